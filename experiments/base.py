@@ -1,0 +1,132 @@
+"""The interface between one experiment module and the ``metainf-repro`` harness.
+
+An experiment module (``experiments/e1_removal.py`` ...) defines one module-level ``EXPERIMENT = Experiment(...)``:
+
+``id``
+    ``"E1"`` ... ``"E6"``.
+``title``
+    One line, used as the section heading of ``REPRODUCE.md``.
+``datasets``
+    The datasets it runs on, a subset of :data:`DATASETS`.
+``configs``
+    ``scale -> config dict`` for the scales in :data:`SCALES`. A config may hold a ``"by_dataset"`` mapping
+    ``dataset -> partial config``; the harness merges it (recursively) into the base config and drops the key, so
+    the stored config is exactly what ran. ``--set key=value`` overrides come last (dotted keys reach nested dicts).
+``run(ctx) -> payload``
+    Runs one seed. ``payload`` is a dict with up to three keys, all JSON-able (numpy/torch scalars and arrays are
+    converted):
+
+    - ``"metrics"``: nested dict whose leaves are numbers (or strings), conventionally
+      ``{method: {metric: value}}``, e.g. ``{"task_if": {"acc": 0.78, "spearman": 0.91}}``. Keys must not contain
+      dots: the harness names a leaf by its dotted path (``"task_if.acc"``) in aggregates, floors and reports.
+    - ``"tables"``: ``name -> list of row dicts``, rendered generically as markdown in ``REPRODUCE.md``. A row may
+      carry ``"paper_ref": <id in replication.paper_targets.PAPER_TARGETS>``; the report then puts the paper's
+      value beside every column whose name matches one of the target's metrics (``"acc"``, ``"runtime_s"``).
+    - ``"series"``: anything a figure needs (curves, score vectors); stored, never compared.
+``figures(result, out_dir) -> paths``
+    Given a *loaded result JSON* (see :mod:`replication.results`: ``result["per_seed"][str(seed)]`` holds each
+    payload, ``result["aggregate"]`` the mean/std of every numeric metric), writes PNGs into ``out_dir`` (use
+    :func:`replication.figures.save_figure`) and returns their paths. It must only read ``result``.
+``default_methods``
+    Methods run when the user names none with ``--method``.
+``seeds``
+    ``scale -> seeds``; each seed is one call of ``run``; several seeds are aggregated as mean and std.
+``validate(scale, config)``
+    Optional; raises :class:`ConfigError` for a config that cannot run (e.g. more ways than classes). Called
+    before anything runs, with the resolved config.
+
+:class:`RunContext` is what ``run`` receives; see its docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+SCALES: tuple[str, ...] = ("smoke", "quick", "paper")
+DATASETS: tuple[str, ...] = ("omniglot", "mnist", "miniimagenet", "fc100")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the CLI reports it in one line and exits with status 2."""
+
+
+def _default_seeds() -> Mapping[str, tuple[int, ...]]:
+    return MappingProxyType({"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)})
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One scripted experiment; see the module docstring for the contract of every field."""
+
+    id: str
+    title: str
+    datasets: tuple[str, ...]
+    configs: Mapping[str, Mapping[str, Any]]
+    run: Callable[[RunContext], dict]
+    figures: Callable[[dict, Path], list[Path]]
+    default_methods: tuple[str, ...] = ()
+    seeds: Mapping[str, tuple[int, ...]] = field(default_factory=_default_seeds)
+    validate: Callable[[str, Mapping[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown:
+            raise ValueError(f"{self.id}: unknown datasets {unknown}; known: {list(DATASETS)}")
+        for scale in (*self.configs, *self.seeds):
+            if scale not in SCALES:
+                raise ValueError(f"{self.id}: unknown scale {scale!r}; known: {list(SCALES)}")
+        missing = [s for s in self.configs if not self.seeds.get(s)]
+        if missing:
+            raise ValueError(f"{self.id}: no seeds for scales {missing}")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything one seed of one experiment run may use.
+
+    ``config`` is the resolved config (a private copy). ``out_dir`` is the results root (``results/``).
+    ``executor`` is ``"serial"``, ``"local"`` or ``"dask"`` (``scheduler`` is the dask address, if any).
+    ``cache_dir`` is this seed's private folder, stable across restarts of the same run (its name is a hash of
+    experiment, dataset, scale, config and methods, plus the seed); it is deleted once the run's result is written.
+    """
+
+    exp_id: str
+    dataset: str
+    scale: str
+    config: dict[str, Any]
+    seed: int
+    methods: tuple[str, ...]
+    out_dir: Path
+    data_root: str | None
+    executor: str
+    scheduler: str | None
+    cache_dir: Path
+    logger: Callable[[Mapping[str, Any], int | None], None]
+
+    def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+        """A tqdm progress bar over ``iterable`` (silent when stderr is not a terminal)."""
+        label = f"{self.exp_id}/{self.dataset} seed {self.seed}: {desc}"
+        return iter(tqdm(iterable, desc=label, total=total, leave=False, disable=None))
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Mirror intermediate metrics to W&B (never stored in the result JSON: return them in the payload)."""
+        self.logger(metrics, step)
+
+    def unit_cache(self, name: str) -> Path:
+        """A folder for resumable per-unit results (e.g. one file per leave-one-out retraining), created on demand.
+
+        Write files atomically (temp file + ``os.replace``) so an interrupted run never leaves a half file.
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"unit cache name must be a plain folder name, got {name!r}")
+        path = self.cache_dir / "units" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path

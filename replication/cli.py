@@ -1,0 +1,212 @@
+"""``metainf-repro``: run experiments, regenerate figures and REPRODUCE.md, guard metrics, describe datasets.
+
+::
+
+    metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
+                         [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
+                         [--scheduler ADDR] [--wandb offline|online|disabled]
+    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [...]
+    metainf-repro figures [--results DIR]
+    metainf-repro report [--results DIR] [--out REPRODUCE.md]
+    metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR]
+    metainf-repro data info DATASET [--data-root DIR]
+
+Bad input (unknown experiment, dataset, method or scale; unavailable data; a config that cannot run; an
+unwritable output folder; a bad floors file) prints one line on stderr and exits with status 2 before anything is
+written. A failed ``check`` exits with 1. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from experiments import registry
+from experiments.base import DATASETS, SCALES, ConfigError
+from replication import capabilities, check, figures, report, results, runner
+from replication.errors import UsageError
+from replication.wandb_mirror import MODES
+
+PROG = "metainf-repro"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors become a one-line :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
+    parser.add_argument("--scale", choices=SCALES, default=default_scale)
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--data-root", default=None, help="dataset root (default: metainf's search order)")
+    parser.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
+    parser.add_argument("--scheduler", default=None, help="dask scheduler address (with --executor dask)")
+    env_mode = os.environ.get("WANDB_MODE", "")
+    parser.add_argument("--wandb", choices=MODES, default=env_mode if env_mode in MODES else "offline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``metainf-repro``."""
+    parser = _Parser(prog=PROG, description="Replication harness for Evaluating Data Influence in Meta Learning.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one experiment on one dataset")
+    run.add_argument("experiment", help="experiment id, e.g. E1")
+    run.add_argument("--dataset", choices=DATASETS, default=None, help="default: the experiment's first dataset")
+    run.add_argument("--method", nargs="+", action="extend", default=[], help="attribution methods to run")
+    run.add_argument("--seed", nargs="+", action="extend", type=int, default=[], help="seeds (default: the scale's)")
+    run.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="override config keys (dotted for nested keys; JSON values)")
+    _run_options(run, "quick")
+    run.set_defaults(handler=_cmd_run)
+
+    run_all = commands.add_parser("all", help="every experiment on every dataset available offline")
+    _run_options(run_all, "quick")
+    run_all.add_argument("--report", type=Path, default=Path("REPRODUCE.md"))
+    run_all.add_argument("--skip-done", action="store_true",
+                         help="skip runs whose result already exists with the same config, methods and seeds")
+    run_all.set_defaults(handler=_cmd_all)
+
+    figs = commands.add_parser("figures", help="regenerate all figures from the result JSON files")
+    figs.add_argument("--results", type=Path, default=Path("results"))
+    figs.set_defaults(handler=_cmd_figures)
+
+    rep = commands.add_parser("report", help="regenerate REPRODUCE.md from the result JSON files")
+    rep.add_argument("--results", type=Path, default=Path("results"))
+    rep.add_argument("--out", type=Path, default=Path("REPRODUCE.md"))
+    rep.set_defaults(handler=_cmd_report)
+
+    chk = commands.add_parser("check", help="rerun the floors file's experiments and guard their metrics")
+    chk.add_argument("--floors", type=Path, default=check.DEFAULT_FLOORS)
+    chk.add_argument("--out", type=Path, default=None, help="keep the fresh results here (default: a temp dir)")
+    chk.add_argument("--data-root", default=None)
+    chk.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
+    chk.set_defaults(handler=_cmd_check)
+
+    data = commands.add_parser("data", help="dataset information")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    info = data_commands.add_parser("info", help="describe a dataset and where it was found")
+    info.add_argument("dataset")
+    info.add_argument("--data-root", default=None)
+    info.set_defaults(handler=_cmd_data_info)
+    return parser
+
+
+def _request(args: argparse.Namespace, exp_id: str, dataset: str, argv: Sequence[str]) -> runner.RunRequest:
+    return runner.RunRequest(
+        exp_id=exp_id,
+        dataset=dataset,
+        scale=args.scale,
+        methods=tuple(getattr(args, "method", ())),
+        seeds=tuple(getattr(args, "seed", ())),
+        set_items=tuple(getattr(args, "set", ())),
+        results_dir=args.out,
+        data_root=args.data_root,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        wandb_mode=args.wandb,
+        argv=(PROG, *argv),
+    )
+
+
+def _print_result(run: runner.PreparedRun, result: dict) -> None:
+    print("\n".join(runner.summary_lines(result)))
+    print(f"result: {run.path}")
+
+
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    experiment = runner.get_experiment(args.experiment)
+    prepared = runner.prepare(_request(args, experiment.id, args.dataset or experiment.datasets[0], argv))
+    _print_result(prepared, runner.execute(prepared))
+    return 0
+
+
+def _up_to_date(run: runner.PreparedRun) -> bool:
+    if not run.path.exists():
+        return False
+    old = results.read_json(run.path)
+    return old.get("run_key") == run.key and old.get("seeds") == list(run.seeds)
+
+
+def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    availability = capabilities.dataset_status(args.data_root)
+    skipped: list[str] = []
+    failed: list[str] = []
+    for exp_id in sorted(registry.EXPERIMENTS):
+        experiment = registry.EXPERIMENTS[exp_id]
+        for dataset in experiment.datasets:
+            available, note = availability.get(dataset, (False, "unknown to metainf.data.registry"))
+            if not available:
+                skipped.append(f"{exp_id} {dataset}: {note}")
+                continue
+            try:
+                prepared = runner.prepare(_request(args, exp_id, dataset, argv), availability)
+            except ConfigError as error:
+                skipped.append(f"{exp_id} {dataset}: config cannot run: {error}")
+                continue
+            if args.skip_done and _up_to_date(prepared):
+                print(f"{exp_id} {dataset} {args.scale}: up to date, skipped")
+                continue
+            try:
+                _print_result(prepared, runner.execute(prepared))
+            except Exception:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
+                traceback.print_exc()
+                failed.append(f"{exp_id} {dataset}")
+    figures.regenerate_all(args.out)
+    print(f"report: {report.write_report(args.out, args.report)}")
+    if not registry.EXPERIMENTS:
+        print("no experiments registered")
+    for line in skipped:
+        print(f"skipped {line}")
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_figures(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    written = figures.regenerate_all(args.results)
+    print(f"{len(written)} figures written under {args.results / 'figures'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    print(f"report: {report.write_report(args.results, args.out)}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    return check.run_check(args.floors, args.out, args.data_root, args.executor)
+
+
+def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    module = capabilities.optional_module("metainf.data.info")
+    if module is None:
+        raise UsageError("metainf.data.info is not installed")
+    try:
+        print(module.format_info(module.dataset_info(args.dataset, args.data_root)))
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metainf-repro`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args, argv)
+    except (UsageError, ConfigError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

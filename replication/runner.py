@@ -1,0 +1,278 @@
+"""Running one (experiment, dataset, scale): validate everything first, then run each seed, resumably.
+
+:func:`prepare` checks the request and raises :class:`~replication.errors.UsageError` or
+:class:`~experiments.base.ConfigError` before anything is written. :func:`execute` runs the seeds; each finished
+seed is kept as ``<results>/.cache/<EXP>/<dataset>-<scale>-<run_key>/seed-<N>.json`` so a restarted run with the
+same config skips it, and experiments get ``seed-<N>/units/<name>/`` folders for finer-grained resume. Once the
+result JSON and its figures are written, the run's cache folder is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import shlex
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from experiments import registry
+from experiments.base import SCALES, Experiment, RunContext
+from replication import capabilities, figures, results
+from replication.config import parse_overrides, resolve_config, run_key
+from replication.errors import UsageError
+from replication.wandb_mirror import WandbMirror
+
+EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
+CACHE = ".cache"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for; empty ``methods`` / ``seeds`` mean the experiment's defaults."""
+
+    exp_id: str
+    dataset: str
+    scale: str = "quick"
+    methods: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    set_items: tuple[str, ...] = ()
+    results_dir: Path = Path("results")
+    data_root: str | None = None
+    executor: str = "serial"
+    scheduler: str | None = None
+    wandb_mode: str = "offline"
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A validated request: the resolved config, methods, seeds, run key and where everything goes."""
+
+    request: RunRequest
+    experiment: Experiment
+    config: dict[str, Any]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    key: str
+    command: str
+    path: Path
+    cache_dir: Path
+
+
+def get_experiment(exp_id: str) -> Experiment:
+    """The registered experiment ``exp_id`` (case-insensitive)."""
+    experiment = registry.EXPERIMENTS.get(exp_id.upper())
+    if experiment is None:
+        known = ", ".join(sorted(registry.EXPERIMENTS)) or "none registered yet"
+        raise UsageError(f"unknown experiment {exp_id!r}; known: {known}")
+    return experiment
+
+
+def _command(request: RunRequest, experiment: Experiment, methods: tuple[str, ...], seeds: tuple[int, ...]) -> str:
+    parts = ["metainf-repro", "run", experiment.id, "--dataset", request.dataset, "--scale", request.scale]
+    if methods != experiment.default_methods:
+        parts += ["--method", *methods]
+    if seeds != tuple(experiment.seeds[request.scale]):
+        parts += ["--seed", *map(str, seeds)]
+    for item in request.set_items:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{time.monotonic_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+
+
+def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | None = None) -> PreparedRun:
+    """Validate ``request`` completely; nothing is written except the (empty) output folder."""
+    experiment = get_experiment(request.exp_id)
+    if request.scale not in SCALES:
+        raise UsageError(f"unknown scale {request.scale!r}; scales: {', '.join(SCALES)}")
+    if request.dataset not in experiment.datasets:
+        raise UsageError(f"{experiment.id} does not run on dataset {request.dataset!r}; "
+                         f"datasets: {', '.join(experiment.datasets)}")
+    methods = request.methods or experiment.default_methods
+    allowed = capabilities.known_methods() | set(experiment.default_methods)
+    unknown = [m for m in methods if m not in allowed]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed)) or 'none'}")
+    if request.executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {request.executor!r}; executors: {', '.join(EXECUTORS)}")
+    if request.scheduler and request.executor != "dask":
+        raise UsageError("--scheduler needs --executor dask")
+    config = resolve_config(experiment, request.scale, request.dataset, parse_overrides(request.set_items))
+    if experiment.validate is not None:
+        experiment.validate(request.scale, config)
+    status = capabilities.dataset_status(request.data_root) if availability is None else availability
+    available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
+    if not available:
+        raise UsageError(f"dataset {request.dataset} is not available: {note}")
+    seeds = request.seeds or tuple(experiment.seeds[request.scale])
+    key = run_key(experiment.id, request.dataset, request.scale, config, methods)
+    results_dir = Path(request.results_dir)
+    path = results.result_path(results_dir, experiment.id, request.dataset, request.scale)
+    _check_writable(path.parent)
+    return PreparedRun(
+        request=request,
+        experiment=experiment,
+        config=config,
+        methods=tuple(methods),
+        seeds=tuple(seeds),
+        key=key,
+        command=_command(request, experiment, tuple(methods), tuple(seeds)),
+        path=path,
+        cache_dir=results_dir / CACHE / experiment.id / f"{request.dataset}-{request.scale}-{key}",
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, numpy and torch, and ask torch for deterministic kernels."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _make_cache_dir(run: PreparedRun) -> None:
+    root = Path(run.request.results_dir) / CACHE
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = root / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")  # resume state is never committed
+    run.cache_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _run_seed(run: PreparedRun, seed: int, mirror: WandbMirror) -> tuple[dict[str, Any], float, dict[str, list]]:
+    """Run one seed; returns the normalized payload, its wall time and each table's column order."""
+    request = run.request
+
+    def logger(metrics: Mapping[str, Any], step: int | None) -> None:
+        row = {f"seed{seed}/{name}": value for name, value in metrics.items()}
+        if step is not None:
+            row[f"seed{seed}/step"] = step
+        mirror.log(row)
+
+    ctx = RunContext(
+        exp_id=run.experiment.id,
+        dataset=request.dataset,
+        scale=request.scale,
+        config=copy.deepcopy(run.config),
+        seed=seed,
+        methods=run.methods,
+        out_dir=Path(request.results_dir),
+        data_root=request.data_root,
+        executor=request.executor,
+        scheduler=request.scheduler,
+        cache_dir=run.cache_dir / f"seed-{seed}",
+        logger=logger,
+    )
+    seed_everything(seed)
+    start = time.perf_counter()
+    raw = run.experiment.run(ctx)
+    runtime = time.perf_counter() - start
+    payload = results.normalize_payload(raw, f"{run.experiment.id} seed {seed}")
+    return payload, runtime, results.table_columns(raw.get("tables", {}))
+
+
+def execute(run: PreparedRun) -> dict[str, Any]:
+    """Run (or resume) every seed, write the result JSON and figures, mirror to W&B; returns the result."""
+    request = run.request
+    name = f"{run.experiment.id}-{request.dataset}-{request.scale}"
+    _make_cache_dir(run)
+    mirror = WandbMirror(request.wandb_mode, Path(request.results_dir))  # runs go to <results>/wandb/
+    mirror.start(name=name, group=run.experiment.id, config={
+        "experiment": run.experiment.id, "dataset": request.dataset, "scale": request.scale,
+        "config": run.config, "methods": list(run.methods), "seeds": list(run.seeds), "run_key": run.key})
+    try:
+        per_seed: dict[str, Any] = {}
+        runtimes: dict[str, float] = {}
+        resumed: list[int] = []
+        columns: dict[str, list[str]] = {}
+        for seed in tqdm(run.seeds, desc=f"{name} seeds", leave=False, disable=None):
+            partial = run.cache_dir / f"seed-{seed}.json"
+            if partial.exists():
+                saved = results.read_json(partial)
+                payload, runtime, seed_columns = saved["payload"], saved["runtime_s"], saved["columns"]
+                resumed.append(seed)
+            else:
+                payload, runtime, seed_columns = _run_seed(run, seed, mirror)
+                results.write_json(partial, {"payload": payload, "runtime_s": runtime, "columns": seed_columns})
+            for table, names in seed_columns.items():
+                columns[table] = list(dict.fromkeys([*columns.get(table, []), *names]))
+            per_seed[str(seed)] = payload
+            runtimes[str(seed)] = runtime
+            mirror.log_tables(payload["tables"], prefix=f"seed{seed}/")
+        result = {
+            "schema": results.SCHEMA,
+            "experiment": run.experiment.id,
+            "title": run.experiment.title,
+            "dataset": request.dataset,
+            "scale": request.scale,
+            "config": run.config,
+            "methods": list(run.methods),
+            "seeds": list(run.seeds),
+            "run_key": run.key,
+            "command": run.command,
+            "per_seed": per_seed,
+            "aggregate": results.aggregate(per_seed),
+            "table_columns": columns,
+            "figures": [],
+            "provenance": {
+                "argv": list(request.argv),
+                "versions": results.library_versions(),
+                "runtime_s": {"seeds": runtimes, "total": sum(runtimes.values())},
+                "resumed_seeds": resumed,
+                "executor": request.executor,
+                "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+        }
+        results.write_json(run.path, result)
+        result = results.read_json(run.path)
+        result["figures"] = figures.render_result(run.experiment, result, Path(request.results_dir))
+        results.write_json(run.path, result)
+        mirror.summarize({path: stats["mean"] for path, stats in result["aggregate"]["metrics"].items()})
+        mirror.log_images([Path(request.results_dir) / p for p in result["figures"]])
+    finally:
+        mirror.finish()
+    shutil.rmtree(run.cache_dir)
+    with contextlib.suppress(OSError):  # the experiment's folder, if no other run of it is cached
+        run.cache_dir.parent.rmdir()
+    return result
+
+
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
+    """The end-of-run summary: one line per metric (mean ± std over seeds), then runtime."""
+    metrics = result["aggregate"]["metrics"]
+    width = max([len("metric"), *map(len, metrics)])
+    seeds = result["seeds"]
+    lines = [f"{result['experiment']} on {result['dataset']} ({result['scale']}), seeds {seeds}",
+             f"{'metric'.ljust(width)}  value"]
+    for path in sorted(metrics):
+        lines.append(f"{path.ljust(width)}  {format_stats(metrics[path])}")
+    lines.append(f"runtime: {result['provenance']['runtime_s']['total']:.1f} s")
+    return lines
+
+
+def format_stats(stats: Mapping[str, Any]) -> str:
+    """``mean`` alone for one seed, ``mean ± std`` for several."""
+    if stats["n"] > 1:
+        return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+    return f"{stats['mean']:.4g}"
+

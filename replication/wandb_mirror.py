@@ -1,0 +1,116 @@
+"""Mirror a run to Weights & Biases: config, metrics, tables and figures; one W&B run per result file.
+
+Modes: ``offline`` (default; no account; files under ``<results>/wandb``; upload later with ``wandb sync``),
+``online`` (when asked) and ``disabled`` (tests; wandb is not even imported). The JSON result is the source of
+truth: if wandb is missing or any W&B call fails, the mirror prints one warning, switches itself off and the run
+continues.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MODES: tuple[str, ...] = ("offline", "online", "disabled")
+
+
+class WandbMirror:
+    """A fault-tolerant wrapper around one ``wandb`` run."""
+
+    def __init__(self, mode: str, directory: Path, project: str = "metainf") -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown W&B mode {mode!r}; modes: {list(MODES)}")
+        self.mode = mode
+        self.directory = Path(directory)
+        self.project = project
+        self._wandb: Any = None
+        self._run: Any = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a W&B run is open."""
+        return self._run is not None
+
+    def _off(self, reason: str) -> None:
+        print(f"metainf-repro: warning: W&B mirror off ({reason}); results are still written to JSON",
+              file=sys.stderr)
+        self._run = None
+
+    def start(self, name: str, group: str, config: Mapping[str, Any]) -> None:
+        """Open the W&B run (no-op when disabled)."""
+        if self.mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            self._off("wandb is not installed; pip install wandb")
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._wandb = wandb
+            self._run = wandb.init(project=self.project, name=name, group=group, config=dict(config),
+                                   mode=self.mode, dir=str(self.directory), reinit="create_new")
+        except Exception as error:  # noqa: BLE001 - any W&B failure must not cost the result
+            self._off(f"wandb.init failed: {error}")
+
+    def log(self, metrics: Mapping[str, Any]) -> None:
+        """Log a dict of scalars (W&B's own step increases by one per call)."""
+        if not self.active:
+            return
+        try:
+            self._run.log(dict(metrics))
+        except Exception as error:  # noqa: BLE001
+            self._off(f"log failed: {error}")
+
+    def log_tables(self, tables: Mapping[str, Sequence[Mapping[str, Any]]], prefix: str) -> None:
+        """Log every table (a list of row dicts) as a ``wandb.Table``."""
+        if not self.active:
+            return
+        try:
+            for name, rows in tables.items():
+                columns = list(dict.fromkeys(key for row in rows for key in row))
+                data = [[_cell(row.get(column)) for column in columns] for row in rows]
+                self._run.log({f"{prefix}{name}": self._wandb.Table(columns=columns, data=data)})
+        except Exception as error:  # noqa: BLE001
+            self._off(f"table logging failed: {error}")
+
+    def log_images(self, paths: Sequence[Path]) -> None:
+        """Log PNG files as images, keyed by file stem."""
+        if not self.active:
+            return
+        try:
+            self._run.log({f"figures/{Path(p).stem}": self._wandb.Image(str(p)) for p in paths})
+        except Exception as error:  # noqa: BLE001
+            self._off(f"image logging failed: {error}")
+
+    def summarize(self, values: Mapping[str, Any]) -> None:
+        """Set run summary values."""
+        if not self.active:
+            return
+        try:
+            self._run.summary.update(dict(values))
+        except Exception as error:  # noqa: BLE001
+            self._off(f"summary failed: {error}")
+
+    def finish(self) -> None:
+        """Close the run."""
+        if not self.active:
+            return
+        try:
+            self._run.finish()
+        except Exception as error:  # noqa: BLE001
+            self._off(f"finish failed: {error}")
+        self._run = None
+
+
+def _cell(value: Any) -> Any:
+    """W&B tables want scalars: pooled cells ``{"mean", "std", "n"}`` and other structures become text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
