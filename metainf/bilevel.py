@@ -1,0 +1,312 @@
+"""The two inner problems of bilevel meta learning and their exact total derivatives.
+
+Notation (DESIGN.md, ``paper-meta-influence.md`` section 2). Meta-parameters ``lam`` (lambda) and adapted
+parameters ``theta`` live in the same flat space. For task k with support set S and query set Q, and per-point
+weights ``ws``, ``wq`` (1 = present, 0 = removed; the denominators stay ``|S|`` and ``|Q|``: removal does not
+re-normalise)::
+
+    L_S(theta) = (1/|S|) sum_j ws_j * ce(model(theta, xs_j), ys_j)
+    L_O(theta) = (1/|Q|) sum_j wq_j * ce(model(theta, xq_j), yq_j)
+
+``UnrolledInner`` (MAML): theta_k(lam) = K steps of SGD on L_S from lam; every total derivative is autodiff of
+the unrolled map, second order unless ``first_order``.
+
+``ProximalInner`` (iMAML, the paper's argmin setting): theta_k(lam) = argmin L_S(theta) + beta/2 ||theta - lam||^2,
+solved by Newton-CG to a stationarity tolerance. With A = Hess L_S(theta_k) + beta I the implicit function theorem
+gives J_k = d theta_k / d lam = beta A^-1 (symmetric), the total gradient g_k = beta A^-1 grad L_O(theta_k), and,
+for the total Hessian-vector product with z = J_k u and q = A^-1 grad L_O::
+
+    D^2 L_O^k u = beta A^-1 [ Hess L_O z  -  D^3 L_S[z, q] ]           (``hprime="exact"``)
+    D^2 L_O^k u = beta A^-1 [ Hess L_O z ]                               (``hprime="drop"``)
+
+the second term being H'_k u, the third-order term of the paper's Theorem 5.1.
+
+Every method here acts on ONE task (unbatched tensors); ``metainf.objective`` vmaps them over the pool.
+The instance primitive ``weight_scores(v)`` returns v^T d(D_lam L_O^k)/d(ws, wq), the building block of
+instance-IF (see ``metainf.influence`` for the sign convention).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad, jacrev, jvp, vjp
+
+from metainf.models import FlatModel
+
+
+class TaskData(NamedTuple):
+    """One task (or, stacked along dim 0, a pool of tasks): support/query inputs, labels and point weights."""
+
+    xs: Tensor
+    ys: Tensor
+    ws: Tensor
+    xq: Tensor
+    yq: Tensor
+    wq: Tensor
+
+
+def weighted_ce(logits: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """(1/n) sum_j w_j ce(logits_j, y_j): the mean cross-entropy when all weights are 1."""
+    return (w * F.cross_entropy(logits, y, reduction="none")).sum() / w.shape[-1]
+
+
+def support_loss(model: FlatModel, theta: Tensor, t: TaskData) -> Tensor:
+    return weighted_ce(model(theta, t.xs), t.ys, t.ws)
+
+
+def query_loss(model: FlatModel, theta: Tensor, t: TaskData) -> Tensor:
+    return weighted_ce(model(theta, t.xq), t.yq, t.wq)
+
+
+def _with_weights(t: TaskData, ws: Tensor, wq: Tensor) -> TaskData:
+    return t._replace(ws=ws, wq=wq)
+
+
+def cg_fixed(matvec, b: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
+    """Conjugate gradient with a fixed iteration count (so it can run under ``vmap``); safe once converged."""
+    x = torch.zeros_like(b) if x0 is None else x0
+    r = b - matvec(x) if x0 is not None else b
+    p, rs = r, r @ r
+    tiny = torch.finfo(b.dtype).tiny
+    for _ in range(iters):
+        ap = matvec(p)
+        pap = p @ ap
+        alpha = torch.where(pap.abs() > tiny, rs / torch.where(pap.abs() > tiny, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = r @ r
+        beta = torch.where(rs > tiny, rs_new / torch.where(rs > tiny, rs, 1.0), 0.0)
+        p = r + beta * p
+        rs = rs_new
+    return x
+
+
+class UnrolledInner:
+    """theta(lam) = K differentiable SGD steps on L_S from lam (MAML; identical to learn2learn's MAML)."""
+
+    kind = "unrolled"
+
+    def __init__(self, steps: int = 1, lr: float = 0.4, first_order: bool = False):
+        if steps < 1 or lr <= 0:
+            raise ValueError(f"unrolled inner problem needs steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+        self.steps, self.lr, self.first_order = steps, lr, first_order
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "steps": self.steps, "lr": self.lr, "first_order": self.first_order}
+
+    # The unrolled map needs no per-task state; ``prepare`` exists for a uniform interface.
+    def prepare(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor | None = None) -> Tensor:
+        return self.adapt(model, lam, t)
+
+    def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+        theta = lam
+        for _ in range(self.steps):
+            g = grad(support_loss, argnums=1)(model, theta, t)
+            theta = theta - self.lr * (g.detach() if self.first_order else g)
+        return theta
+
+    def outer_loss(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+        """L_O^k(lam) = L_O(theta_k(lam)), differentiable in lam."""
+        return query_loss(model, self.adapt(model, lam, t), t)
+
+    def total_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        return grad(self.outer_loss, argnums=1)(model, lam, t)
+
+    def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
+                  hprime: str = "exact") -> Tensor:
+        """D^2 L_O^k u. ``exact``: autodiff through the unroll. ``drop``: J^T Hess L_O J u (no curvature of the map)."""
+        if hprime == "exact":
+            return jvp(lambda l: self.total_grad(model, l, t, state), (lam,), (u,))[1]
+        if hprime == "drop":
+            theta, ju = jvp(lambda l: self.adapt(model, l, t), (lam,), (u,))
+            hz = jvp(lambda th: grad(query_loss, argnums=1)(model, th, t), (theta,), (ju,))[1]
+            return vjp(lambda l: self.adapt(model, l, t), lam)[1](hz)[0]
+        raise ValueError(f"hprime mode {hprime!r} is not available for the unrolled problem: use 'exact' or 'drop'")
+
+    def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
+        """J_k v = d theta_k / d lam . v."""
+        return jvp(lambda l: self.adapt(model, l, t), (lam,), (v,))[1]
+
+    def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
+                      variant: str = "full") -> tuple[Tensor, Tensor]:
+        """(d/dws, d/dwq) of v^T D_lam L_O^k(lam; ws, wq): exact second-order autodiff."""
+        if variant != "full":
+            raise ValueError("the unrolled problem has no inner Hessian to freeze: use variant='full'")
+
+        def directional(ws: Tensor, wq: Tensor) -> Tensor:
+            tw = _with_weights(t, ws, wq)
+            return jvp(lambda l: self.outer_loss(model, l, tw), (lam,), (v,))[1]
+
+        return grad(directional, argnums=(0, 1))(t.ws, t.wq)
+
+    def dgrad_dweights(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, es: Tensor,
+                       eq: Tensor) -> Tensor:
+        """d/ds D_lam L_O^k(lam; ws + s es, wq + s eq) at s = 0 (the direction of an instance removal edit)."""
+        def g(ws: Tensor, wq: Tensor) -> Tensor:
+            return grad(self.outer_loss, argnums=1)(model, lam, _with_weights(t, ws, wq))
+
+        return jvp(g, (t.ws, t.wq), (es, eq))[1]
+
+
+class ProximalInner:
+    """theta(lam) = argmin_theta L_S(theta) + beta/2 ||theta - lam||^2 (iMAML), derivatives by the IFT.
+
+    ``state`` is the solved theta_k (warm start for the next solve). Inner linear systems A x = b use
+    ``inner_solver``: ``"cg"`` (fixed ``cg_iters`` iterations, vmap-able) or ``"dense"`` (A formed by ``jacrev``,
+    small models only).
+    """
+
+    kind = "proximal"
+
+    def __init__(self, beta: float = 1.0, newton_steps: int = 6, cg_iters: int = 60, inner_solver: str = "cg"):
+        if beta <= 0:
+            raise ValueError(f"proximal beta must be > 0, got {beta}")
+        if inner_solver not in ("cg", "dense"):
+            raise ValueError(f"inner_solver must be 'cg' or 'dense', got {inner_solver!r}")
+        self.beta, self.newton_steps, self.cg_iters, self.inner_solver = beta, newton_steps, cg_iters, inner_solver
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "beta": self.beta, "newton_steps": self.newton_steps, "cg_iters": self.cg_iters,
+                "inner_solver": self.inner_solver}
+
+    # -- inner problem -------------------------------------------------------------------------------------
+    def stationarity(self, model: FlatModel, lam: Tensor, t: TaskData, theta: Tensor) -> Tensor:
+        """grad_theta [L_S + beta/2 ||theta - lam||^2]; zero at the inner solution."""
+        return grad(support_loss, argnums=1)(model, theta, t) + self.beta * (theta - lam)
+
+    def a_matvec(self, model: FlatModel, t: TaskData, theta: Tensor, x: Tensor) -> Tensor:
+        """A x = Hess L_S(theta) x + beta x."""
+        hx = jvp(lambda th: grad(support_loss, argnums=1)(model, th, t), (theta,), (x,))[1]
+        return hx + self.beta * x
+
+    def a_solve(self, model: FlatModel, t: TaskData, theta: Tensor, b: Tensor) -> Tensor:
+        """A^-1 b."""
+        if self.inner_solver == "dense":
+            h = jacrev(grad(support_loss, argnums=1), argnums=1)(model, theta, t)
+            a = 0.5 * (h + h.T) + self.beta * torch.eye(theta.numel(), dtype=theta.dtype)
+            return torch.linalg.solve(a, b)
+        return cg_fixed(lambda x: self.a_matvec(model, t, theta, x), b, self.cg_iters)
+
+    def inner_objective(self, model: FlatModel, lam: Tensor, t: TaskData, theta: Tensor) -> Tensor:
+        return support_loss(model, theta, t) + 0.5 * self.beta * (theta - lam) @ (theta - lam)
+
+    def newton(self, model: FlatModel, lam: Tensor, t: TaskData, theta: Tensor, steps: int) -> Tensor:
+        """Safeguarded Newton-CG: each step keeps the best of {Newton step x 1, 1/2, 1/4, 1/16} and
+        {gradient step 1/(2 beta), 1/(8 beta)} and staying put, by inner objective (monotone, vmap-able)."""
+        for _ in range(steps):
+            r = self.stationarity(model, lam, t, theta)
+            d = self.a_solve(model, t, theta, r)
+            cands = torch.stack([theta] + [theta - a * d for a in (1.0, 0.5, 0.25, 0.0625)]
+                                + [theta - r / (c * self.beta) for c in (2.0, 8.0)])
+            vals = torch.stack([self.inner_objective(model, lam, t, c) for c in cands])
+            vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
+            # near the solution objective differences fall below float resolution: prefer the full Newton step
+            tie = 64 * torch.finfo(theta.dtype).eps * (vals[0].abs() + 1.0)
+            vals = vals - tie * F.one_hot(torch.tensor(1), len(cands)).to(vals.dtype)
+            pick = F.one_hot(vals.argmin(), len(cands)).to(theta.dtype)
+            theta = pick @ cands
+        return theta
+
+    def prepare(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor | None = None) -> Tensor:
+        """Solve the inner problem (Newton-CG, warm-started from ``state`` when given); returns theta_k."""
+        return self.newton(model, lam, t, lam if state is None else state, self.newton_steps)
+
+    def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+        return self.prepare(model, lam, t)
+
+    # -- total derivatives ---------------------------------------------------------------------------------
+    def total_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """g_k = beta A^-1 grad L_O(theta_k)."""
+        return self.beta * self.a_solve(model, t, state, grad(query_loss, argnums=1)(model, state, t))
+
+    def _third_order_rhs(self, model: FlatModel, t: TaskData, theta: Tensor, q: Tensor, z: Tensor,
+                         hprime: str) -> Tensor:
+        """Hess L_O z - D^3 L_S[z, q] (exact) or Hess L_O z (drop)."""
+        if hprime == "exact":
+            def f(th: Tensor) -> Tensor:
+                gq = grad(query_loss, argnums=1)(model, th, t)
+                return gq - jvp(lambda s: grad(support_loss, argnums=1)(model, s, t), (th,), (q,))[1]
+        elif hprime == "drop":
+            def f(th: Tensor) -> Tensor:
+                return grad(query_loss, argnums=1)(model, th, t)
+        else:
+            raise ValueError(f"hprime mode {hprime!r} is not available here: use 'exact' or 'drop' "
+                             "(the Gamma surrogate is added by the total-Hessian operator)")
+        return jvp(f, (theta,), (z,))[1]
+
+    def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
+                  hprime: str = "exact") -> Tensor:
+        """D^2 L_O^k u = beta A^-1 [Hess L_O (J u) - D^3 L_S[J u, q]] with q = A^-1 grad L_O, J u = beta A^-1 u."""
+        q = self.a_solve(model, t, state, grad(query_loss, argnums=1)(model, state, t))
+        z = self.beta * self.a_solve(model, t, state, u)
+        return self.beta * self.a_solve(model, t, state, self._third_order_rhs(model, t, state, q, z, hprime))
+
+    def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
+        return self.beta * self.a_solve(model, t, state, v)
+
+    def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
+                      variant: str = "full") -> tuple[Tensor, Tensor]:
+        """(d/dws, d/dwq) of v^T D_lam L_O^k.
+
+        With q_v = A^-1 v, q = A^-1 grad L_O, r = Hess L_O q_v - D^3 L_S[q_v, q], s = A^-1 r, and per-point
+        losses l_j (so that d L_S / d ws_j = l_j / |S|)::
+
+            d/dws_j = -(beta/|S|) [ q_v^T Hess l_j q  +  grad l_j^T s ]        (variant "full": the paper's D_lam P)
+            d/dws_j = -(beta/|S|) grad l_j^T A^-1 Hess L_O q_v                  (variant "frozen": inner-IF held fixed)
+            d/dwq_j =  (beta/|Q|) grad l_j(theta_k)^T q_v                       (query point: J_k v . grad l_j)
+        """
+        theta, beta = state, self.beta
+        qv = self.a_solve(model, t, theta, v)
+        n_s, n_q = t.ws.shape[-1], t.wq.shape[-1]
+
+        def point_loss(th: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(model(th, x.unsqueeze(0)), y.unsqueeze(0))
+
+        point_grad = grad(point_loss)
+        gq_pts = torch.vmap(point_grad, in_dims=(None, 0, 0))(theta, t.xq, t.yq)  # [Q, P]
+        d_wq = beta / n_q * (gq_pts @ qv)
+        gs_pts = torch.vmap(point_grad, in_dims=(None, 0, 0))(theta, t.xs, t.ys)  # [S, P]
+        if variant == "frozen":
+            r = jvp(lambda th: grad(query_loss, argnums=1)(model, th, t), (theta,), (qv,))[1]
+            d_ws = -beta / n_s * (gs_pts @ self.a_solve(model, t, theta, r))
+        elif variant == "full":
+            q = self.a_solve(model, t, theta, grad(query_loss, argnums=1)(model, theta, t))
+            r = self._third_order_rhs(model, t, theta, q, qv, "exact")
+            s = self.a_solve(model, t, theta, r)
+
+            def curvature(x: Tensor, y: Tensor) -> Tensor:  # q_v^T Hess l_j q
+                return jvp(lambda th: point_grad(th, x, y), (theta,), (q,))[1] @ qv
+
+            d_ws = -beta / n_s * (torch.vmap(curvature)(t.xs, t.ys) + gs_pts @ s)
+        else:
+            raise ValueError(f"support variant must be 'full' or 'frozen', got {variant!r}")
+        return d_ws, d_wq
+
+    def dgrad_dweights(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, es: Tensor,
+                       eq: Tensor) -> Tensor:
+        """d/ds g_k(ws + s es, wq + s eq) = beta A^-1 [Hess L_O dth + dL_O[eq] - D^3 L_S[dth] q - dHess L_S[es] q],
+        with dth = -A^-1 grad L_S[es] (the support loss with weights es)."""
+        theta = state
+        q = self.a_solve(model, t, theta, grad(query_loss, argnums=1)(model, theta, t))
+        dth = -self.a_solve(model, t, theta, grad(support_loss, argnums=1)(model, theta, t._replace(ws=es)))
+
+        def f(th: Tensor, ws: Tensor, wq: Tensor) -> Tensor:
+            tw = _with_weights(t, ws, wq)
+            gq = grad(query_loss, argnums=1)(model, th, tw)
+            return gq - jvp(lambda s: grad(support_loss, argnums=1)(model, s, tw), (th,), (q,))[1]
+
+        rhs = jvp(f, (theta, t.ws, t.wq), (dth, es, eq))[1]
+        return self.beta * self.a_solve(model, t, theta, rhs)
+
+
+def make_inner(kind: str, **kwargs) -> UnrolledInner | ProximalInner:
+    """Build an inner problem by name: ``unrolled`` or ``proximal``."""
+    if kind == "unrolled":
+        return UnrolledInner(**kwargs)
+    if kind == "proximal":
+        return ProximalInner(**kwargs)
+    raise ValueError(f"unknown inner problem {kind!r}: choose 'unrolled' or 'proximal'")

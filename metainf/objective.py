@@ -1,0 +1,204 @@
+"""The meta-objective over a fixed task pool, batched over tasks with ``vmap``.
+
+    F(lam) = (1/M) sum_k tau_k L_O^k(lam; ws_k, wq_k) + (delta/2) ||lam||^2
+
+``tau`` are task weights and ``ws``/``wq`` point weights (1 = present, 0 = removed, no re-normalisation), so
+leave-one-out retraining and influence functions differentiate the same function. ``delta`` is the outer L2
+coefficient (the paper's delta I). Per-task state (the proximal inner solutions) is cached per lam.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metainf.bilevel import ProximalInner, TaskData, UnrolledInner, query_loss
+from metainf.data.tasks import TaskPool
+from metainf.models import FlatModel
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/inf."""
+
+
+def pool_tensors(pool: TaskPool, dtype: torch.dtype = torch.float64) -> TaskData:
+    """Stack a pool into ``TaskData`` with all point weights 1."""
+    m = len(pool)
+    return TaskData(
+        xs=pool.support_x.to(dtype), ys=pool.support_y.long(), ws=torch.ones(m, pool.n_support, dtype=dtype),
+        xq=pool.query_x.to(dtype), yq=pool.query_y.long(), wq=torch.ones(m, pool.n_query, dtype=dtype),
+    )
+
+
+def check_finite(x: Tensor, what: str) -> Tensor:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"{what} is not finite. Lower the learning rates (inner lr / outer lr), raise the "
+                             "outer L2 delta or the proximal beta, or use float64.")
+    return x
+
+
+def _chunks(n: int, size: int | None):
+    size = n if not size else size
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@dataclass
+class MetaObjective:
+    """F(lam) over ``tasks`` (stacked TaskData) for ``model`` and ``inner``; ``chunk`` bounds vmap memory."""
+
+    model: FlatModel
+    inner: UnrolledInner | ProximalInner
+    tasks: TaskData
+    delta: float = 0.0
+    tau: Tensor | None = None
+    chunk: int | None = 16
+    _state_lam: Tensor | None = field(default=None, repr=False)
+    _state: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tau is None:
+            self.tau = torch.ones(self.n_tasks, dtype=self.tasks.xs.dtype)
+
+    @property
+    def n_tasks(self) -> int:
+        return self.tasks.xs.shape[0]
+
+    def with_weights(self, tau: Tensor | None = None, ws: Tensor | None = None,
+                     wq: Tensor | None = None) -> "MetaObjective":
+        """A copy with other task / point weights (used for leave-one-out); the state cache is shared as warm start."""
+        t = self.tasks._replace(ws=self.tasks.ws if ws is None else ws, wq=self.tasks.wq if wq is None else wq)
+        obj = MetaObjective(self.model, self.inner, t, self.delta, self.tau.clone() if tau is None else tau,
+                            self.chunk)
+        obj._state_lam, obj._state = self._state_lam, self._state
+        return obj
+
+    # -- per-task batched primitives -----------------------------------------------------------------------
+    def _map(self, fn, *args, in_dims=None) -> Tensor:
+        """vmap ``fn(task, state, *args)`` over tasks in chunks and concatenate along dim 0."""
+        outs = []
+        state = self.state_at(self._state_lam) if self._state is not None else None
+        for sl in _chunks(self.n_tasks, self.chunk):
+            t = TaskData(*(x[sl] for x in self.tasks))
+            st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1)
+            outs.append(vmap(fn, in_dims=(0, 0, *(in_dims or (None,) * len(args))))(t, st, *args))
+        return torch.cat(outs) if isinstance(outs[0], Tensor) else tuple(torch.cat(z) for z in zip(*outs))
+
+    def state_at(self, lam: Tensor) -> Tensor:
+        """Per-task inner state at ``lam`` (the proximal solutions theta_k; adapted params for unrolled)."""
+        if self._state_lam is not None and self._state_lam.shape == lam.shape and torch.equal(self._state_lam, lam):
+            return self._state
+        warm = self._state if self._state is not None else None
+        outs = []
+        for sl in _chunks(self.n_tasks, self.chunk):
+            t = TaskData(*(x[sl] for x in self.tasks))
+            if warm is None:
+                outs.append(vmap(lambda tk: self.inner.prepare(self.model, lam, tk))(t))
+            else:
+                outs.append(vmap(lambda tk, s: self.inner.prepare(self.model, lam, tk, s))(t, warm[sl]))
+        state = torch.cat(outs)
+        if isinstance(self.inner, ProximalInner):
+            state = self._polish(lam, state)
+        self._state_lam, self._state = lam.detach().clone(), state.detach()
+        return self._state
+
+    def _polish(self, lam: Tensor, state: Tensor, tol: float | None = None, max_rounds: int = 20) -> Tensor:
+        """Extra Newton rounds until every task meets the stationarity tolerance; warn if it cannot."""
+        tol = tol if tol is not None else (1e-10 if lam.dtype == torch.float64 else 1e-5)
+        inner = self.inner
+        for _ in range(max_rounds):
+            res = self.inner_residuals(lam, state)
+            check_finite(res, "proximal inner residual")
+            if float(res.max()) <= tol:
+                return state
+            state = torch.cat([
+                vmap(lambda tk, s: inner.newton(self.model, lam, tk, s, 2))(TaskData(*(x[sl] for x in self.tasks)),
+                                                                             state[sl])
+                for sl in _chunks(self.n_tasks, self.chunk)
+            ])
+        import warnings
+        warnings.warn(f"proximal inner problem reached stationarity {float(res.max()):.2e} > tol {tol:.1e}: raise "
+                      "beta (better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
+        return state
+
+    def inner_residuals(self, lam: Tensor, state: Tensor) -> Tensor:
+        """||stationarity||_2 per task (proximal only)."""
+        inner = self.inner
+        out = []
+        for sl in _chunks(self.n_tasks, self.chunk):
+            t = TaskData(*(x[sl] for x in self.tasks))
+            out.append(vmap(lambda tk, s: inner.stationarity(self.model, lam, tk, s).norm())(t, state[sl]))
+        return torch.cat(out)
+
+    def task_losses(self, lam: Tensor) -> Tensor:
+        """L_O^k(lam) for every task (weights applied inside each task, tau not applied)."""
+        state = self.state_at(lam)
+        return self._map(lambda t, s: query_loss(self.model, self._adapted(lam, t, s), t))
+
+    def _adapted(self, lam: Tensor, t: TaskData, s: Tensor) -> Tensor:
+        return s if isinstance(self.inner, ProximalInner) else self.inner.adapt(self.model, lam, t)
+
+    def adapted_params(self, lam: Tensor) -> Tensor:
+        """theta_k(lam) for every task, [M, P]."""
+        state = self.state_at(lam)
+        if isinstance(self.inner, ProximalInner):
+            return state
+        return self._map(lambda t, s: self.inner.adapt(self.model, lam, t))
+
+    def task_grads(self, lam: Tensor) -> Tensor:
+        """Total gradients g_k = D_lam L_O^k for every task, [M, P] (tau not applied)."""
+        self.state_at(lam)
+        g = self._map(lambda t, s: self.inner.total_grad(self.model, lam, t, s))
+        return check_finite(g, "a per-task total gradient")
+
+    def value(self, lam: Tensor) -> Tensor:
+        losses = check_finite(self.task_losses(lam), "a task loss")
+        return (self.tau * losses).sum() / self.n_tasks + 0.5 * self.delta * lam @ lam
+
+    def grad(self, lam: Tensor) -> Tensor:
+        """grad F = (1/M) sum_k tau_k g_k + delta lam."""
+        return self.tau @ self.task_grads(lam) / self.n_tasks + self.delta * lam
+
+    def value_and_grad(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        return self.value(lam), self.grad(lam)
+
+    def hvp(self, lam: Tensor, u: Tensor, hprime: str = "exact") -> Tensor:
+        """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u."""
+        self.state_at(lam)
+        hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
+        return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
+
+    def dense_hessian(self, lam: Tensor, hprime: str = "exact") -> Tensor:
+        """The full total Hessian of F, column by column (small models only)."""
+        eye = torch.eye(lam.numel(), dtype=lam.dtype)
+        cols = [self.hvp(lam, eye[i], hprime) for i in range(lam.numel())]
+        h = torch.stack(cols, dim=1)
+        return 0.5 * (h + h.T)
+
+    def mean_loss(self, lam: Tensor) -> Tensor:
+        """Unweighted mean query loss over the pool: the default evaluation functional L_eval."""
+        return self.task_losses(lam).mean()
+
+    def mean_loss_grad(self, lam: Tensor) -> Tensor:
+        """D_lam of the unweighted mean query loss (the evaluation gradient)."""
+        return self.task_grads(lam).mean(0)
+
+    def accuracy(self, lam: Tensor) -> Tensor:
+        """Post-adaptation query accuracy per task, [M]."""
+        thetas = self.adapted_params(lam)
+        def acc(t: TaskData, th: Tensor) -> Tensor:
+            return (self.model(th, t.xq).argmax(-1) == t.yq).to(lam.dtype).mean()
+        return torch.cat([vmap(acc)(TaskData(*(x[sl] for x in self.tasks)), thetas[sl])
+                          for sl in _chunks(self.n_tasks, self.chunk)])
+
+
+def mean_ci95(values: Tensor) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% interval over tasks."""
+    v = values.double()
+    n = v.numel()
+    half = 1.96 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return float(v.mean()), half
