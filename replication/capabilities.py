@@ -36,16 +36,16 @@ def known_methods() -> frozenset[str]:
 def dataset_status(data_root: str | None) -> dict[str, tuple[bool, str]]:
     """``dataset -> (available, note)`` from ``metainf.data.registry.available_datasets(data_root)``.
 
-    That function maps each dataset to ``True`` (available), ``False`` (not available), or a string. A string
-    describes *why the dataset is unavailable* (e.g. "no files under ./data/miniimagenet"); it is shown to the user.
+    That function maps each dataset to ``False`` (not available offline) or to a truthy value: ``True`` or a string
+    naming the source found (a folder, or "digits (MNIST stand-in)"), which is shown to the user.
     """
     module = optional_module("metainf.data.registry")
     if module is None:
         raise UsageError("cannot tell which datasets are available: metainf.data.registry is not installed")
     status: dict[str, tuple[bool, str]] = {}
     for name, value in module.available_datasets(data_root).items():
-        if value is True:
-            status[name] = (True, "available")
+        if value:
+            status[name] = (True, value if isinstance(value, str) else "available")
         else:
-            status[name] = (False, value if isinstance(value, str) and value else "not available offline")
+            status[name] = (False, "not available offline")
     return status

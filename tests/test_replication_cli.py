@@ -72,7 +72,7 @@ class Dummy:
 
 
 LIBRARY_KNOWN_METHODS = capabilities.known_methods
-AVAILABLE = {"omniglot": True, "mnist": True, "miniimagenet": "no files under DATA/miniimagenet", "fc100": False}
+AVAILABLE = {"omniglot": "/data/omniglot", "mnist": "digits (MNIST stand-in)", "miniimagenet": False, "fc100": False}
 
 
 @pytest.fixture(autouse=True)
@@ -258,7 +258,7 @@ def test_all_runs_available_datasets_and_reports_skips(tmp_path: Path, monkeypat
     assert (tmp_path / "res" / "E0" / "omniglot-smoke.json").exists()
     assert not (tmp_path / "res" / "E0" / "miniimagenet-smoke.json").exists()
     out = capsys.readouterr().out
-    assert "skipped E0 miniimagenet: no files under DATA/miniimagenet" in out
+    assert "skipped E0 miniimagenet: not available offline" in out
     assert "### mnist, smoke scale" in (tmp_path / "REPRODUCE.md").read_text()
 
 
