@@ -10,6 +10,7 @@ coefficient (the paper's delta I). Per-task state (the proximal inner solutions)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -120,7 +121,6 @@ class MetaObjective:
                                                                              state[sl])
                 for sl in _chunks(self.n_tasks, self.chunk)
             ])
-        import warnings
         warnings.warn(f"proximal inner problem reached stationarity {float(res.max()):.2e} > tol {tol:.1e}: raise "
                       "beta (better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
         return state
@@ -136,7 +136,7 @@ class MetaObjective:
 
     def task_losses(self, lam: Tensor) -> Tensor:
         """L_O^k(lam) for every task (weights applied inside each task, tau not applied)."""
-        state = self.state_at(lam)
+        self.state_at(lam)  # solves (or reuses) the inner problems that _map reads
         return self._map(lambda t, s: query_loss(self.model, self._adapted(lam, t, s), t))
 
     def _adapted(self, lam: Tensor, t: TaskData, s: Tensor) -> Tensor:
