@@ -31,6 +31,17 @@ ENTRY_POINT_GROUP = "metainf.methods"
 BUILTIN: dict[str, str] = {
     "task_if": "metainf.methods.influence_methods:TaskIF",
     "direct_if": "metainf.methods.influence_methods:DirectIF",
+    "tracin": "metainf.methods.trajectory:TracIn",
+    "tracin_cp": "metainf.methods.trajectory:TracInCP",
+    "dvemb_exact": "metainf.methods.trajectory:DVEmbExact",
+    "dvemb_fisher": "metainf.methods.trajectory:DVEmbFisher",
+    "grad_dot": "metainf.methods.static:GradDot",
+    "grad_cos": "metainf.methods.static:GradCos",
+    "loss": "metainf.methods.static:LossValue",
+    "random": "metainf.methods.static:Random",
+    "ga_unlearn": "metainf.methods.static:GradientAscentUnlearning",
+    "single_level_if": "metainf.methods.single_level:SingleLevelIF",
+    "trak": "metainf.methods.trak:TRAK",
 }
 
 
