@@ -1,0 +1,48 @@
+"""Toy attribution methods defined outside the package, loaded by ``module:Class`` in test_methods_registry.py.
+
+``NormScore`` is a well-behaved method with an option; ``WrongShape`` and ``NonFinite`` break the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from metainf.methods.base import AttributionProblem
+
+
+@dataclass
+class NormScore:
+    """score[k] = scale * ||g_k|| for tasks (any deterministic function of the problem would do)."""
+
+    scale: float = 1.0
+    name: str = "plugin_norm"
+    kinds: tuple[str, ...] = ("task",)
+    needs_trajectory: bool = False
+
+    def score(self, problem: AttributionProblem, kind: str) -> Tensor:
+        return self.scale * problem.objective.task_grads(problem.lam).norm(dim=1)
+
+
+@dataclass
+class WrongShape:
+    name: str = "plugin_wrong_shape"
+    kinds: tuple[str, ...] = ("task",)
+    needs_trajectory: bool = False
+
+    def score(self, problem: AttributionProblem, kind: str) -> Tensor:
+        return torch.zeros(problem.objective.n_tasks + 1)
+
+
+@dataclass
+class NonFinite:
+    name: str = "plugin_non_finite"
+    kinds: tuple[str, ...] = ("task",)
+    needs_trajectory: bool = False
+
+    def score(self, problem: AttributionProblem, kind: str) -> Tensor:
+        values = torch.zeros(problem.shape(kind))
+        values[0] = float("nan")
+        return values
