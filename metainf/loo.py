@@ -42,10 +42,15 @@ def removal_objective(obj: MetaObjective, kind: str, task: int, point: int | Non
 
 
 def retrain(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, kind: str, task: int,
-            point: int | None = None, tol: float = 1e-8, max_iter: int = 500, start: Tensor | None = None) -> LooResult:
-    """Retrain without one unit from ``start`` (default lam*) and report the evaluation-loss change."""
+            point: int | None = None, tol: float = 1e-8, max_iter: int = 500, start: Tensor | None = None,
+            hessian: Tensor | None = None) -> LooResult:
+    """Retrain without one unit from ``start`` (default lam*) and report the evaluation-loss change.
+
+    ``hessian`` (the total Hessian of the full objective at lam*) only speeds up the Newton stage of small models
+    as an initial curvature; the result is fixed by the gradient tolerance on the objective without the unit.
+    """
     robj = removal_objective(obj, kind, task, point)
-    res = train_converged(robj, lam_star if start is None else start, tol=tol, max_iter=max_iter)
+    res = train_converged(robj, lam_star if start is None else start, tol=tol, max_iter=max_iter, hessian=hessian)
     effect = float(eval_obj.mean_loss(res.lam) - eval_obj.mean_loss(lam_star))
     return LooResult(effect, res.lam, res.grad_norm, res.converged)
 

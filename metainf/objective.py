@@ -62,6 +62,56 @@ class MetaObjective:
     _state: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        """Check ``tasks`` (and ``tau``) against each other and the model; raise ``ValueError`` naming each bad field.
+
+        Expected, for M tasks with S support and Q query points: xs [M, S, *input], ys/ws [M, S], xq [M, Q, *input],
+        yq/wq [M, Q], tau [M]; labels integer in 0..n_out-1; the model accepts *input. (Non-finite inputs surface as
+        ``NonFiniteError`` where a loss is first evaluated.)
+        """
+        t = self.tasks
+        problems: list[str] = []
+        if t.xs.ndim < 3 or t.xq.ndim < 3:
+            problems.append(f"xs/xq must be [tasks, points, *input], got shapes {tuple(t.xs.shape)} / "
+                            f"{tuple(t.xq.shape)}")
+        else:
+            m, s, q = t.xs.shape[0], t.xs.shape[1], t.xq.shape[1]
+            if t.xq.shape[0] != m:
+                problems.append(f"xq holds {t.xq.shape[0]} tasks but xs holds {m}")
+            if t.xq.shape[2:] != t.xs.shape[2:]:
+                problems.append(f"xq has per-point input shape {tuple(t.xq.shape[2:])}, expected "
+                                f"{tuple(t.xs.shape[2:])} (that of xs): resize the query images to match")
+            for name, want in (("ys", (m, s)), ("ws", (m, s)), ("yq", (m, q)), ("wq", (m, q))):
+                got = tuple(getattr(t, name).shape)
+                if got != want:
+                    kind = "support" if name[1] == "s" else "query"
+                    problems.append(f"{name} has shape {got}, expected {want} = [tasks, {kind} points]")
+            if self.tau is not None and tuple(self.tau.shape) != (m,):
+                problems.append(f"tau has shape {tuple(self.tau.shape)}, expected ({m},) = one weight per task")
+            for name in ("ys", "yq"):
+                y = getattr(t, name)
+                if y.is_floating_point() or y.is_complex():
+                    problems.append(f"{name} must hold integer class labels (torch.long), got {y.dtype}")
+            module = getattr(self.model, "module", None)
+            if not problems and m and s and isinstance(module, torch.nn.Module):
+                p0 = next(module.parameters(), None)
+                try:
+                    with torch.no_grad():
+                        out = module(t.xs[0, :1].to(t.xs.dtype if p0 is None else p0.dtype))
+                except (RuntimeError, ValueError) as exc:
+                    raise ValueError(
+                        f"the model does not accept the task inputs of per-point shape {tuple(t.xs.shape[2:])} "
+                        f"({exc}). Build the model for that input shape (metainf.models.build_model(kind, "
+                        "input_shape=pool.input_shape, n_way)) or load the images at the size the model expects "
+                        "(image_size=...).") from exc
+                n_out = out.shape[-1]
+                for name in ("ys", "yq"):
+                    y = getattr(t, name)
+                    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
+                        problems.append(f"{name} has labels in {int(y.min())}..{int(y.max())} but the model has "
+                                        f"{n_out} outputs: expected labels 0..{n_out - 1} (build it with n_way)")
+        if problems:
+            raise ValueError("MetaObjective tasks are malformed: " + "; ".join(problems) + ". Build them with "
+                             "metainf.objective.pool_tensors(pool) from a TaskPool, or fix the named fields.")
         if self.tau is None:
             self.tau = torch.ones(self.n_tasks, dtype=self.tasks.xs.dtype)
 
@@ -172,12 +222,31 @@ class MetaObjective:
         hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
         return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
 
-    def dense_hessian(self, lam: Tensor, hprime: str = "exact") -> Tensor:
-        """The full total Hessian of F, column by column (small models only)."""
+    def dense_hessian(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
+        """The full total Hessian of F (small models only), symmetrised; ``block`` HVPs are batched with vmap."""
+        self.state_at(lam)
         eye = torch.eye(lam.numel(), dtype=lam.dtype)
-        cols = [self.hvp(lam, eye[i], hprime) for i in range(lam.numel())]
-        h = torch.stack(cols, dim=1)
+
+        def hvp_fixed_state(u: Tensor) -> Tensor:
+            hk = self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u)
+            return self.tau @ hk / self.n_tasks + self.delta * u
+
+        h = torch.cat([vmap(hvp_fixed_state)(eye[i:i + block]) for i in range(0, lam.numel(), block)])
+        check_finite(h, "the dense total Hessian")
         return 0.5 * (h + h.T)
+
+    def task_hessians(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
+        """Per-task total Hessians D^2 L_O^k, [M, P, P], symmetrised (small models only; tau, delta not applied)."""
+        self.state_at(lam)
+        eye = torch.eye(lam.numel(), dtype=lam.dtype)
+
+        def per_task_hvps(u: Tensor) -> Tensor:
+            return self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u)
+
+        cols = torch.cat([vmap(per_task_hvps)(eye[i:i + block]) for i in range(0, lam.numel(), block)])  # [P,M,P]
+        h = cols.permute(1, 2, 0)
+        check_finite(h, "a per-task total Hessian")
+        return 0.5 * (h + h.transpose(1, 2))
 
     def mean_loss(self, lam: Tensor) -> Tensor:
         """Unweighted mean query loss over the pool: the default evaluation functional L_eval."""

@@ -1,15 +1,17 @@
 """Inverse total-Hessian-vector products (delta I + H)^-1 b behind one interface.
 
 ``solve(hvp, b, method, damping)`` with ``hvp(u) = H u``. Methods: ``dense`` (H formed column by column,
-eigen-checked, solved exactly) and ``cg`` (conjugate gradient to a relative residual ``tol``). An indefinite
-(damped) Hessian raises ``IndefiniteHessianError``; a CG run that does not reach ``tol`` raises
-``SolverNotConvergedError``. Both messages say what to change.
+eigen-checked, solved exactly), ``cg`` (conjugate gradient to a relative residual ``tol``), and the paper's
+truncated series ``neumann`` / ``lissa`` (``metainf.accel.neumann``; depth J = ``max_iter`` terms). An indefinite
+(damped) Hessian raises ``IndefiniteHessianError``; a run that does not reach ``tol`` raises
+``SolverNotConvergedError`` (Neumann/LiSSA with ``strict=False`` warn instead and return ``converged=False``).
+Every message says what to change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -29,12 +31,29 @@ class SolveInfo:
     iterations: int
     rel_residual: float
     min_eigenvalue: float | None = None
+    converged: bool = True
+    max_eigenvalue: float | None = None  # Neumann / LiSSA: the power-iteration estimate, 1 / eta
 
 
 def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", damping: float = 0.0, tol: float = 1e-10,
-          max_iter: int = 500) -> tuple[Tensor, SolveInfo]:
-    """x = (damping I + H)^-1 b."""
+          max_iter: int = 500, **options: Any) -> tuple[Tensor, SolveInfo]:
+    """x = (damping I + H)^-1 b.
+
+    ``options`` (keyword only) go to the series solvers of ``metainf.accel.neumann``: for ``neumann``
+    ``eta`` (default 1 / power-iteration lambda_max), ``power_iters``, ``seed``, ``strict``; for ``lissa`` also the
+    required ``batch_hvp(u, idx)`` (the mini-batch estimate of H u over units ``idx``, e.g.
+    ``metainf.accel.batches.task_batch_hvp``), ``n_units``, ``batch_size`` and ``repeats``.
+    """
     op = (lambda u: hvp(u) + damping * u) if damping else hvp
+    if method in ("neumann", "lissa"):
+        from metainf.accel.neumann import lissa_solve, neumann_solve  # deferred: metainf.accel imports this module
+
+        if method == "neumann":
+            return neumann_solve(op, b, max_iter, tol, **options)
+        batch_hvp = options.pop("batch_hvp")
+        return lissa_solve(lambda u, idx: batch_hvp(u, idx) + damping * u, op, b, depth=max_iter, tol=tol, **options)
+    if options:
+        raise TypeError(f"solver {method!r} takes no options, got {sorted(options)}")
     if method == "dense":
         eye = torch.eye(b.numel(), dtype=b.dtype)
         h = torch.stack([op(eye[i]) for i in range(b.numel())], dim=1)
@@ -57,8 +76,9 @@ def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", dampin
             ap = op(p)
             curv = float(p @ ap)
             if curv <= 0:
+                rayleigh = curv / max(float(p @ p), 1e-300)
                 raise IndefiniteHessianError(
-                    f"CG met non-positive curvature {curv:.3e} at iteration {it}: the damped total Hessian is "
+                    f"CG met non-positive curvature p'Hp/p'p = {rayleigh:.3e} at iteration {it}: the damped total Hessian is "
                     "indefinite; raise the damping or the outer L2 delta, or use method='dense' to see the spectrum")
             alpha = rs / curv
             x = x + alpha * p
@@ -71,4 +91,4 @@ def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", dampin
         raise SolverNotConvergedError(
             f"CG reached relative residual {float(rs.sqrt()) / bnorm:.2e} > tol {tol:.1e} after {max_iter} iterations: "
             "raise max_iter, raise the damping (better conditioning) or loosen tol")
-    raise ValueError(f"unknown solver {method!r}: choose 'dense' or 'cg'")
+    raise ValueError(f"unknown solver {method!r}: choose 'dense', 'cg', 'neumann' or 'lissa'")

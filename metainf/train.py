@@ -18,15 +18,29 @@ class ConvergedResult:
     grad_norm: float
     iterations: int
     converged: bool
+    min_eigenvalue: float | None = None  # of the total Hessian at lam, when the dense Newton stage ran
+
+
+#: models up to this many parameters are polished with dense Newton steps (the dense total Hessian is cheap)
+DENSE_NEWTON_MAX_PARAMS = 3000
 
 
 def train_converged(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_iter: int = 500,
-                    history: int = 20) -> ConvergedResult:
-    """Minimise F by full-batch L-BFGS (strong Wolfe) until ||grad F||_2 <= tol, starting from ``lam0``."""
+                    history: int = 20, newton: bool | None = None, hessian: Tensor | None = None) -> ConvergedResult:
+    """Minimise F until ||grad F||_2 <= tol, starting from ``lam0``.
+
+    Full-batch L-BFGS (strong Wolfe) brings lam into the basin; for small models (``newton=None`` means
+    ``n_params <= DENSE_NEWTON_MAX_PARAMS``) damped Newton steps on the dense total Hessian then reach the
+    tolerance in a few iterations (:func:`newton_refine`, reusing ``hessian`` if given). The minimiser is defined by the gradient tolerance
+    alone, not by the path, so both stages target the same point.
+    """
+    use_newton = lam0.numel() <= DENSE_NEWTON_MAX_PARAMS if newton is None else newton
     lam = lam0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([lam], lr=1.0, max_iter=max_iter, history_size=history, tolerance_grad=0.0,
                             tolerance_change=0.0, line_search_fn="strong_wolfe")
     count = {"n": 0}
+    # L-BFGS alone to the final tolerance, or to a loose one before Newton takes over
+    lbfgs_tol = max(tol, 1e-4) if use_newton else tol
 
     def closure() -> Tensor:
         count["n"] += 1
@@ -34,18 +48,80 @@ def train_converged(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_ite
             value, g = obj.value_and_grad(lam.detach())
         check_finite(value, "the meta-objective")
         lam.grad = g
-        if float(g.norm()) <= tol:  # stop the inner L-BFGS loop early: zero gradient ends it
+        if float(g.norm()) <= lbfgs_tol:  # stop the inner L-BFGS loop early: zero gradient ends it
             lam.grad = torch.zeros_like(g)
         return value
 
-    for _ in range(max(1, max_iter // 50)):
+    if float(obj.grad(lam0).norm()) > lbfgs_tol:
         opt.step(closure)
-        gn = float(obj.grad(lam.detach()).norm())
-        if gn <= tol:
-            break
     lam_out = lam.detach()
+    if use_newton:
+        refined = escape_saddles(obj, newton_refine(obj, lam_out, tol=tol, hessian=hessian), tol)
+        refined.iterations += count["n"]
+        return refined
     gn = float(obj.grad(lam_out).norm())
     return ConvergedResult(lam_out, gn, count["n"], gn <= tol)
+
+
+def escape_saddles(obj: MetaObjective, res: ConvergedResult, tol: float, max_escapes: int = 5) -> ConvergedResult:
+    """Make a stationary point a local minimum: while the total Hessian has a negative eigenvalue, step along its
+    eigenvector (the sign and length, from a short list, with the lowest F) and run Newton again.
+
+    A gradient tolerance alone also accepts saddle points; influence functions and leave-one-out retraining both
+    assume a minimum (H_F positive definite), so ``min_eigenvalue`` is recorded with the result.
+    """
+    for _ in range(max_escapes + 1):
+        evals, evecs = torch.linalg.eigh(obj.dense_hessian(res.lam))
+        res.min_eigenvalue = float(evals[0])
+        if evals[0] > 0 or not res.converged:
+            return res
+        direction = evecs[:, 0]
+        trials = [res.lam + sign * length * direction for length in (0.03, 0.1, 0.3, 1.0) for sign in (1.0, -1.0)]
+        values = torch.stack([obj.value(t) for t in trials])
+        start = trials[int(torch.argmin(torch.nan_to_num(values, nan=float("inf"))))]
+        res = newton_refine(obj, start, tol=tol)
+    return res
+
+
+def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps: int = 50,
+                  hessian: Tensor | None = None) -> ConvergedResult:
+    """Newton iterations lam <- lam - t H^-1 grad F(lam) until ||grad F|| <= tol.
+
+    ``hessian`` (for instance the total Hessian at lam* when retraining a leave-one-out neighbour) is reused as a
+    fixed curvature (chord method) while the gradient norm falls at least 2x per step; otherwise the dense total
+    Hessian at the current point is recomputed. A backtracking (Armijo) line search on F keeps each step a descent
+    step. An indefinite Hessian is used with the absolute values of its eigenvalues (saddle-free Newton).
+    """
+    lam = lam0.detach().clone()
+    value, g = obj.value_and_grad(lam)
+    check_finite(value, "the meta-objective")
+    h, factor, gn_prev = hessian, None, float("inf")
+    for step in range(max_steps):
+        gn = float(g.norm())
+        if gn <= tol:
+            return ConvergedResult(lam, gn, step, True)
+        if h is None or gn > 0.5 * gn_prev:  # no curvature yet, or the reused one no longer contracts fast
+            h, factor = obj.dense_hessian(lam), None
+        if factor is None:
+            evals, evecs = torch.linalg.eigh(h)
+            # saddle-free modification: |eigenvalues|, floored, so the direction is always a descent direction
+            factor = (evals.abs().clamp_min(1e-12 * float(evals.abs().max())), evecs)
+        evals, evecs = factor
+        direction = -(evecs @ ((evecs.T @ g) / evals))
+        t, slope = 1.0, float(g @ direction)
+        while True:
+            trial = lam + t * direction
+            trial_value, trial_g = obj.value_and_grad(trial)
+            finite = bool(torch.isfinite(trial_value)) and bool(torch.isfinite(trial_g).all())
+            # Armijo on F, or (full step) a smaller gradient: near the optimum F changes below rounding
+            if finite and (float(trial_value) <= float(value) + 1e-4 * t * slope
+                           or t == 1.0 and float(trial_g.norm()) < gn) or t < 1e-8:
+                break
+            t *= 0.5
+        check_finite(trial_value, "the meta-objective")
+        gn_prev, lam, value, g = gn, trial, trial_value, trial_g
+    gn = float(g.norm())
+    return ConvergedResult(lam, gn, max_steps, gn <= tol)
 
 
 @dataclass

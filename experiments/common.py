@@ -1,0 +1,185 @@
+"""Shared pieces of the experiments: the problem set-up, the two trainings, unit selection, ground truth, methods.
+
+Every experiment builds the same kind of problem from its config:
+
+- task pools (train / eval / test) drawn with :func:`metainf.data.tasks.sample_task_pool` from the dataset's
+  splits, seeded by the run's seed;
+- an MLP (or Conv-4) over a flat parameter vector, and the ``unrolled`` or ``proximal`` inner problem;
+- a recorded stochastic meta-training (the trajectory of TracIn / DVEmb and of trajectory-specific LOO), ending at
+  lam_T, then full-batch convergence from lam_T to lam* (the point of the influence functions and converged LOO).
+
+Ground truth is in the project's sign convention, L_eval(without u) - L_eval(with u), and cached per unit through
+:func:`metainf.executor.run_units`, so an interrupted run resumes without redoing finished retrainings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from experiments.base import ConfigError, RunContext
+from metainf.bilevel import make_inner
+from metainf.data.registry import load_split
+from metainf.data.tasks import TaskPool, sample_task_pool
+from metainf.executor import run_units
+from metainf.loo import retrain
+from metainf.methods import AttributionProblem, Scores, get_method, run_method
+from metainf.models import FlatModel, build_model
+from metainf.objective import MetaObjective, pool_tensors
+from metainf.solvers import IndefiniteHessianError, SolverNotConvergedError
+from metainf.train import DENSE_NEWTON_MAX_PARAMS, Trajectory, train_converged, train_stochastic
+from metainf.trajloo import trajectory_loo_many
+
+Unit = tuple[int, int | None]
+
+#: errors a method may legitimately raise on a problem it cannot handle; reported, not fatal
+METHOD_ERRORS = (IndefiniteHessianError, SolverNotConvergedError, NotImplementedError)
+
+
+@dataclass
+class Setup:
+    """Pools, model, inner problem and the objectives built from them."""
+
+    train_pool: TaskPool
+    eval_pool: TaskPool
+    model: FlatModel
+    objective: MetaObjective
+    eval_objective: MetaObjective
+    inner_kind: str
+
+
+@dataclass
+class Fitted:
+    """The two trainings of one set-up: stochastic (trajectory, lam_T) then converged from lam_T (lam*)."""
+
+    lam_traj: Tensor
+    trajectory: Trajectory
+    train_config: dict[str, Any]
+    lam_star: Tensor
+    grad_norm: float
+    converged: bool
+    seconds: float
+
+
+def load_opts(cfg: dict) -> dict:
+    """Dataset options of the config (``image_size`` for Omniglot / Mini-ImageNet)."""
+    return {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+
+
+def validate_pools(cfg: dict, dataset: str, data_root: str | None) -> None:
+    """A ConfigError before anything runs when the split cannot supply the requested tasks."""
+    for split in ("train", "val"):
+        data = load_split(dataset, split, data_root, **load_opts(cfg))
+        n_classes = len(data.class_names)
+        if cfg["n_way"] > n_classes:
+            raise ConfigError(f"{cfg['n_way']}-way tasks need {cfg['n_way']} classes but the {dataset} {split} "
+                              f"split has {n_classes}: lower n_way")
+
+
+def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Setup:
+    """Pools from the run's seed, the model and the objectives for ``inner_kind`` ("unrolled" or "proximal")."""
+    cfg = ctx.config
+    opts = load_opts(cfg)
+    train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
+    held_out = load_split(ctx.dataset, eval_split, ctx.data_root, **opts)
+    ptr = sample_task_pool(train, cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"], seed=ctx.seed)
+    pev = sample_task_pool(held_out, cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                           seed=ctx.seed + 1000)
+    model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
+    inner = make_inner(inner_kind, **cfg[inner_kind])
+    obj = MetaObjective(model, inner, pool_tensors(ptr), delta=cfg["delta"], chunk=cfg.get("chunk"))
+    ev = MetaObjective(model, inner, pool_tensors(pev), chunk=cfg.get("chunk"))
+    return Setup(ptr, pev, model, obj, ev, inner_kind)
+
+
+def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
+    """SGD/Adam meta-training with a recorded trajectory, then convergence of F from lam_T to ``cfg['tol']``."""
+    t0 = time.perf_counter()
+    tc = {"steps": cfg["outer_steps"], "batch": cfg["outer_batch"], "lr": cfg["outer_lr"],
+          "optimizer": cfg.get("outer_optimizer", "sgd"), "seed": seed, "record_every": 1}
+    lam0 = setup.model.init(seed)
+    lam_t, traj = train_stochastic(setup.objective, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"],
+                                   seed=seed, record_every=1)
+    res = train_converged(setup.objective, lam_t, tol=cfg["tol"], max_iter=cfg["max_iter"])
+    return Fitted(lam_t, traj, tc, res.lam, res.grad_norm, res.converged, time.perf_counter() - t0)
+
+
+def problems(setup: Setup, fitted: Fitted, seed: int) -> dict[str, AttributionProblem]:
+    """The attribution problems at lam* (``"converged"``) and at lam_T (``"trajectory"``), sharing the trajectory."""
+    ids = setup.train_pool.task_ids
+    common = dict(objective=setup.objective, eval_objective=setup.eval_objective, trajectory=fitted.trajectory,
+                  train_config=fitted.train_config, task_ids=ids, seed=seed)
+    return {"converged": AttributionProblem(lam=fitted.lam_star, **common),
+            "trajectory": AttributionProblem(lam=fitted.lam_traj, **common)}
+
+
+def choose_units(obj: MetaObjective, kind: str, n: int, seed: int) -> list[Unit]:
+    """The first ``n`` tasks, or ``n`` (task, point) pairs drawn without replacement with ``default_rng(seed)``."""
+    m = obj.n_tasks
+    if kind == "task":
+        return [(k, None) for k in range(min(n, m))]
+    width = obj.tasks.ws.shape[1] if kind == "support" else obj.tasks.wq.shape[1]
+    flat = np.random.default_rng(seed).choice(m * width, size=min(n, m * width), replace=False)
+    return [(int(i) // width, int(i) % width) for i in sorted(flat)]
+
+
+def unit_values(scores: Tensor, units: list[Unit]) -> np.ndarray:
+    """Pick the units' entries out of a score array shaped like ``problem.shape(kind)``."""
+    s = scores.detach().cpu().numpy()
+    return np.array([s[k] if j is None else s[k, j] for k, j in units])
+
+
+def _converged_unit(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: str, task: int, point: int | None,
+                    tol: float, max_iter: int, hessian: Tensor | None) -> float:
+    res = retrain(obj, lam, ev, kind, task, point, tol=tol, max_iter=max_iter, hessian=hessian)
+    if not res.converged:
+        raise RuntimeError(f"leave-one-out retraining of {kind} unit ({task}, {point}) stopped at gradient norm "
+                           f"{res.grad_norm:.2e} > tol {tol:.1e}: raise max_iter or the outer L2 delta")
+    return res.effect
+
+
+def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, units: list[Unit], tag: str) -> np.ndarray:
+    """Converged leave-one-out effects of ``units`` (warm start from lam*, same optimiser, gradient tolerance).
+
+    For small models the Newton stage starts from the exact total Hessian of the objective without the unit
+    at lam* (tasks: H - tau_k H_k / M) or from H (points); the result is fixed by the tolerance, not by this choice.
+    """
+    cfg, obj, lam = ctx.config, setup.objective, fitted.lam_star
+    small = lam.numel() <= DENSE_NEWTON_MAX_PARAMS
+    h = obj.dense_hessian(lam) if small else None
+    hk = obj.task_hessians(lam) if small and kind == "task" else None
+    args = {}
+    for k, j in units:
+        start_h = None if h is None else (h - obj.tau[k] * hk[k] / obj.n_tasks if hk is not None else h)
+        args[f"{kind}-{k}-{j}"] = (obj, lam, setup.eval_objective, kind, k, j, cfg["tol"], cfg["max_iter"], start_h)
+    out = run_units(_converged_unit, args, executor="serial" if ctx.executor == "serial" else ctx.executor,
+                    scheduler=ctx.scheduler, cache_dir=ctx.unit_cache(f"loo-{tag}-{kind}"),
+                    cache_key=f"{ctx.seed}", desc=f"converged LOO {tag} {kind}")
+    return np.array([out[u] for u in args])
+
+
+def trajectory_loo(problem: AttributionProblem, kind: str, units: list[Unit]) -> np.ndarray:
+    """Trajectory-specific leave-one-out (every occurrence masked) for ``units``."""
+    return trajectory_loo_many(problem, kind, units, "all").numpy()
+
+
+def score_all(methods: tuple[str, ...], problem: AttributionProblem, kinds: tuple[str, ...],
+              options: dict[str, dict] | None = None) -> tuple[dict[str, dict[str, Scores]], dict[str, str]]:
+    """Run every method on every unit kind it supports; methods that cannot handle the problem are reported."""
+    scores: dict[str, dict[str, Scores]] = {}
+    skipped: dict[str, str] = {}
+    for name in methods:
+        method = get_method(name, **(options or {}).get(name, {}))
+        for kind in kinds:
+            if kind not in method.kinds:
+                continue
+            try:
+                scores.setdefault(name, {})[kind] = run_method(method, problem, kind)
+            except METHOD_ERRORS as error:
+                skipped[f"{name}/{kind}"] = f"{type(error).__name__}: {error}"
+    return scores, skipped
