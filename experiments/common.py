@@ -183,3 +183,81 @@ def score_all(methods: tuple[str, ...], problem: AttributionProblem, kinds: tupl
             except METHOD_ERRORS as error:
                 skipped[f"{name}/{kind}"] = f"{type(error).__name__}: {error}"
     return scores, skipped
+
+
+# -- removal, editing and accuracy (E1, E2) ----------------------------------------------------------------------
+def corrupt(pool: TaskPool, noise: dict | None, seed: int) -> TaskPool:
+    """Apply the config's label noise (``{"kind": "tasks"|"instances", ...}``) to a training pool, or nothing."""
+    from metainf.data.noise import corrupt_instances, corrupt_tasks
+
+    if not noise:
+        return pool
+    opts = {k: v for k, v in noise.items() if k != "kind"}
+    if noise["kind"] == "tasks":
+        return corrupt_tasks(pool, seed=seed + 7, **opts)
+    if noise["kind"] == "instances":
+        return corrupt_instances(pool, seed=seed + 7, **opts)
+    raise ConfigError(f"noise.kind must be 'tasks' or 'instances', got {noise['kind']!r}")
+
+
+def build_noisy_setup(ctx: RunContext, inner_kind: str) -> tuple[Setup, MetaObjective]:
+    """A set-up whose training pool carries the config's label noise, and a clean meta-test objective."""
+    setup = build_setup(ctx, inner_kind)
+    cfg = ctx.config
+    noisy = corrupt(setup.train_pool, cfg.get("noise"), ctx.seed)
+    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy), delta=cfg["delta"],
+                        chunk=cfg.get("chunk"))
+    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg))
+    ptest = sample_task_pool(test, cfg["n_test_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                             seed=ctx.seed + 2000)
+    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest), chunk=cfg.get("chunk"))
+    return Setup(noisy, setup.eval_pool, setup.model, obj, setup.eval_objective, inner_kind), test_obj
+
+
+def weights_without(obj: MetaObjective, kind: str, mask: np.ndarray) -> MetaObjective:
+    """The objective with every unit of ``kind`` where ``mask`` is True removed (weight 0, no re-normalisation)."""
+    m = torch.as_tensor(mask)
+    if kind == "task":
+        return obj.with_weights(tau=obj.tau * (~m).to(obj.tau.dtype))
+    if kind == "support":
+        return obj.with_weights(ws=obj.tasks.ws * (~m).to(obj.tasks.ws.dtype))
+    return obj.with_weights(wq=obj.tasks.wq * (~m).to(obj.tasks.wq.dtype))
+
+
+def most_harmful(scores: Tensor, fraction: float) -> np.ndarray:
+    """Boolean mask of the ``round(fraction * n)`` lowest scores (most harmful first; ties by position)."""
+    flat = scores.detach().cpu().numpy().ravel()
+    n = int(round(fraction * flat.size))
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argsort(flat, kind="stable")[:n]] = True
+    return mask.reshape(tuple(scores.shape))
+
+
+def accuracy(test_obj: MetaObjective, lam: Tensor) -> tuple[float, float]:
+    """Meta-test accuracy: mean over test tasks and the half-width of its 95% interval."""
+    from metainf.objective import mean_ci95
+
+    return mean_ci95(test_obj.accuracy(lam))
+
+
+def retrain_without(obj: MetaObjective, lam_star: Tensor, kind: str, mask: np.ndarray, cfg: dict) -> tuple[Tensor, float]:
+    """Group removal: re-minimise F without the masked units from lam* (warm start); returns (lam, seconds)."""
+    t0 = time.perf_counter()
+    res = train_converged(weights_without(obj, kind, mask), lam_star, tol=cfg["tol"], max_iter=cfg["max_iter"])
+    return res.lam, time.perf_counter() - t0
+
+
+def edit_without(obj: MetaObjective, lam_star: Tensor, kind: str, mask: np.ndarray) -> tuple[Tensor, float]:
+    """Model editing by influence: lam* + H_F^-1 (sum of the removed units' d grad F / d weight); (lam, seconds)."""
+    from metainf.influence import InfluenceConfig, edit_instances, edit_tasks
+
+    t0 = time.perf_counter()
+    icfg = InfluenceConfig(tol=1e-8, max_iter=2000)
+    m = torch.as_tensor(mask)
+    if kind == "task":
+        lam = edit_tasks(obj, lam_star, torch.nonzero(m).flatten().tolist(), icfg)
+    else:
+        es = m if kind == "support" else torch.zeros_like(obj.tasks.ws, dtype=torch.bool)
+        eq = m if kind == "query" else torch.zeros_like(obj.tasks.wq, dtype=torch.bool)
+        lam = edit_instances(obj, lam_star, es, eq, icfg)
+    return lam, time.perf_counter() - t0

@@ -1,0 +1,142 @@
+"""E1: remove the 40% most harmful tasks / support points / query points, retrain or edit, meta-test accuracy.
+
+The paper's main table. Protocol (the paper's is not stated; ours, documented): the training pool carries label
+noise (``noise``), the model is trained (recorded SGD run, then converged), every method scores the units of each
+kind against the clean validation loss, the ``remove_fraction`` lowest-scored units (most harmful: removing them is
+predicted to lower the validation loss) are removed, and
+
+- *retrain*: F without them is re-minimised from lam* (warm start, the same tolerance);
+- *edit* (task-IF / instance-IF only): lam* + H_F^-1 sum of the removed units' d grad F / d weight, no retraining.
+
+"Retrain (GT)" ranks tasks by their actual converged leave-one-out effect. Accuracy is the post-adaptation query
+accuracy on ``n_test_tasks`` meta-test tasks (mean and 95% interval); ``runtime_s`` is the time from lam* to the
+final model (scoring plus retraining or editing).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from experiments import common
+from experiments.base import Experiment, RunContext
+from metainf.methods import available_methods
+
+METHODS = ("task_if", "direct_if", "tracin", "trak", "dvemb_exact", "loss", "random")
+#: (kind, method, mode) -> the paper's row
+PAPER_REFS = {("task", "gt", "retrain"): "main/task/retrain", ("task", "task_if", "edit"): "main/task/task_if",
+              ("task", "direct_if", "retrain"): "main/task/direct_if", ("task", "trak", "retrain"): "main/task/trak",
+              ("task", "tracin", "retrain"): "main/task/tracin",
+              ("support", "task_if", "retrain"): "main/instance/retrain_train",
+              ("support", "task_if", "edit"): "main/instance/instance_if_train",
+              ("query", "task_if", "retrain"): "main/instance/retrain_val",
+              ("query", "task_if", "edit"): "main/instance/instance_if_val"}
+
+_BASE = {
+    "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [8], "delta": 0.1, "tol": 1e-6,
+    "max_iter": 300, "outer_steps": 100, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
+    "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
+    "noise": {"kind": "tasks", "fraction": 0.4, "flip_rate": 0.6, "where": "both"},
+    "remove_fraction": 0.4, "kinds": ["task", "support", "query"], "task_ground_truth": True,
+    "by_dataset": {"omniglot": {"image_size": 8}},
+}
+CONFIGS = {
+    "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 50, "outer_steps": 50,
+              "kinds": ["task"], "task_ground_truth": False},
+    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 200},
+    "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "n_test_tasks": 600, "hidden": [32],
+              "inners": ["unrolled", "proximal"], "outer_steps": 2000},
+}
+
+
+def _row(inner: str, kind: str, method: str, mode: str, acc: tuple[float, float], runtime: float,
+         removed: int) -> dict:
+    row = {"inner": inner, "unit": kind, "method": method, "mode": mode, "removed": removed, "acc": acc[0],
+           "acc_ci95": acc[1], "runtime_s": runtime}
+    ref = PAPER_REFS.get((kind, method, mode))
+    return {**row, "paper_ref": ref} if ref else row
+
+
+def run(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    torch.set_num_threads(1)
+    metrics: dict = {}
+    rows: list[dict] = []
+    for inner_kind in cfg["inners"]:
+        setup, test_obj = common.build_noisy_setup(ctx, inner_kind)
+        fitted = common.fit(setup, cfg, ctx.seed)
+        problem = common.problems(setup, fitted, ctx.seed)["converged"]
+        full = common.accuracy(test_obj, fitted.lam_star)
+        m = metrics.setdefault(inner_kind, {"full": {"acc": full[0], "acc_ci95": full[1]}})
+        rows.append(_row(inner_kind, "-", "none (all data)", "-", full, 0.0, 0))
+        kinds = tuple(cfg["kinds"])
+        scores, skipped = common.score_all(ctx.methods, problem, kinds)
+        if cfg["task_ground_truth"] and "task" in kinds:
+            units = common.choose_units(setup.objective, "task", setup.objective.n_tasks, ctx.seed)
+            start = time.perf_counter()
+            effects = common.converged_loo(ctx, setup, fitted, "task", units, f"e1-{inner_kind}")
+            t_gt = time.perf_counter() - start
+            gt = torch.as_tensor(effects)
+            mask = common.most_harmful(gt, cfg["remove_fraction"])
+            lam, t_rt = common.retrain_without(setup.objective, fitted.lam_star, "task", mask, cfg)
+            acc = common.accuracy(test_obj, lam)
+            m["gt"] = {"task_retrain_acc": acc[0], "task_retrain_runtime_s": t_gt + t_rt}
+            rows.append(_row(inner_kind, "task", "gt", "retrain", acc, t_gt + t_rt, int(mask.sum())))
+        for method, by_kind in scores.items():
+            for kind, sc in by_kind.items():
+                mask = common.most_harmful(sc.values, cfg["remove_fraction"])
+                lam, t_rt = common.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
+                acc = common.accuracy(test_obj, lam)
+                mm = m.setdefault(method, {})
+                mm.update({f"{kind}_retrain_acc": acc[0], f"{kind}_retrain_runtime_s": sc.seconds + t_rt,
+                           f"{kind}_score_s": sc.seconds})
+                corrupted = {"task": setup.train_pool.task_corrupted, "support": setup.train_pool.support_corrupted,
+                             "query": setup.train_pool.query_corrupted}[kind].numpy()
+                if corrupted.any():
+                    mm[f"{kind}_removed_corrupted_frac"] = float((mask & corrupted).sum() / max(mask.sum(), 1))
+                rows.append(_row(inner_kind, kind, method, "retrain", acc, sc.seconds + t_rt, int(mask.sum())))
+                if method == "task_if":
+                    lam_e, t_ed = common.edit_without(setup.objective, fitted.lam_star, kind, mask)
+                    acc_e = common.accuracy(test_obj, lam_e)
+                    mm.update({f"{kind}_edit_acc": acc_e[0], f"{kind}_edit_runtime_s": sc.seconds + t_ed})
+                    rows.append(_row(inner_kind, kind, method, "edit", acc_e, sc.seconds + t_ed, int(mask.sum())))
+        m["skipped"] = {k.replace("/", "__"): v for k, v in skipped.items()}
+    return {"metrics": metrics, "tables": {"Accuracy after removing the most harmful 40%": rows},
+            "series": {"rows": rows}}
+
+
+def figures(result: dict, out_dir: Path) -> list[Path]:
+    """Meta-test accuracy after removal, one bar per (method, mode), one panel per unit kind."""
+    from replication.figures import method_color, new_figure, save_figure
+
+    paths = []
+    dataset = result.get("dataset", "")
+    seed, payload = next(iter(result["per_seed"].items()))
+    rows = payload["series"]["rows"]
+    full = next(r for r in rows if r["unit"] == "-")
+    kinds = [k for k in ("task", "support", "query") if any(r["unit"] == k for r in rows)]
+    fig, axes = new_figure(ncols=len(kinds), width=4.5)
+    for ax, kind in zip(np.ravel(axes), kinds):
+        sel = [r for r in rows if r["unit"] == kind and r["inner"] == full["inner"]]
+        labels = [f"{r['method']} ({r['mode']})" for r in sel]
+        ax.barh(range(len(sel)), [r["acc"] for r in sel], xerr=[r["acc_ci95"] for r in sel],
+                color=[method_color(r["method"]) for r in sel])
+        ax.axvline(full["acc"], color="0.3", ls="--", lw=1, label="no removal")
+        ax.set_yticks(range(len(sel)), labels, fontsize=7)
+        ax.set_xlabel("meta-test accuracy")
+        ax.set_title(f"{kind} units")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"E1 {dataset}: remove 40% most harmful ({full['inner']}), seed {seed}")
+    paths.append(save_figure(fig, out_dir / f"e1-{dataset}.png"))
+    return paths
+
+
+EXPERIMENT = Experiment(
+    id="E1", title="Removing the 40% most harmful tasks / support points / query points: retrain vs edit",
+    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
+    default_methods=tuple(m for m in METHODS if m in available_methods()),
+    seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+)

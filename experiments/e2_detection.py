@@ -1,0 +1,124 @@
+"""E2: label-flip detection. Fraction of corrupted units found vs fraction inspected, and accuracy after removal.
+
+Two noisy training pools per dataset: ``task_noise`` flips labels inside a fraction of the tasks (detect tasks);
+``instance_noise`` flips a fraction of individual points (detect support and query points). Each method scores the
+units against the clean validation loss; units are inspected from the lowest score up (most harmful first).
+Reported per method and unit kind: the detection curve (fraction of corrupted units found after inspecting each
+fraction), its area (AUC; random inspection gives about 0.5), the fraction found after inspecting 40%, and the
+meta-test accuracy after removing the first ``removal_fraction`` and retraining (``removal_methods`` only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from experiments import common
+from experiments.base import Experiment, RunContext
+from metainf.methods import available_methods
+
+METHODS = ("task_if", "direct_if", "single_level_if", "tracin", "dvemb_exact", "dvemb_fisher", "grad_dot",
+           "trak", "loss", "random")
+GRID = [round(0.05 * i, 2) for i in range(1, 21)]
+
+_BASE = {
+    "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [8], "delta": 0.1, "tol": 1e-6,
+    "max_iter": 300, "outer_steps": 100, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
+    "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
+    "settings": {
+        "task_noise": {"noise": {"kind": "tasks", "fraction": 0.4, "flip_rate": 0.6, "where": "both"},
+                       "kinds": ["task"]},
+        "instance_noise": {"noise": {"kind": "instances", "fraction": 0.3, "where": "both"},
+                           "kinds": ["support", "query"]},
+    },
+    "removal_fraction": 0.25, "removal_methods": ["task_if", "dvemb_exact", "tracin", "loss", "random"],
+    "by_dataset": {"omniglot": {"image_size": 8}},
+}
+CONFIGS = {
+    "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 50, "outer_steps": 50,
+              "removal_methods": ["task_if", "random"]},
+    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 200},
+    "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "n_test_tasks": 600, "hidden": [32],
+              "outer_steps": 2000},
+}
+
+
+def detection_curve(scores: np.ndarray, corrupted: np.ndarray, grid: list[float]) -> list[float]:
+    """Fraction of corrupted units among the first ``f * n`` inspected (lowest scores first), for f in ``grid``."""
+    order = np.argsort(scores.ravel(), kind="stable")
+    hits = np.cumsum(corrupted.ravel()[order])
+    total = max(int(corrupted.sum()), 1)
+    n = scores.size
+    return [float(hits[max(int(round(f * n)), 1) - 1] / total) for f in grid]
+
+
+def run(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    torch.set_num_threads(1)
+    metrics: dict = {}
+    series: dict = {}
+    rows: list[dict] = []
+    inner_kind = cfg["inners"][0]
+    for setting, spec in cfg["settings"].items():
+        sub = RunContext(**{**ctx.__dict__, "config": {**cfg, "noise": spec["noise"]}})
+        setup, test_obj = common.build_noisy_setup(sub, inner_kind)
+        fitted = common.fit(setup, cfg, ctx.seed)
+        problem = common.problems(setup, fitted, ctx.seed)["converged"]
+        full = common.accuracy(test_obj, fitted.lam_star)
+        m = metrics.setdefault(setting, {"full": {"acc": full[0], "acc_ci95": full[1]}})
+        scores, skipped = common.score_all(ctx.methods, problem, tuple(spec["kinds"]))
+        pool = setup.train_pool
+        truth = {"task": pool.task_corrupted, "support": pool.support_corrupted, "query": pool.query_corrupted}
+        for method, by_kind in scores.items():
+            for kind, sc in by_kind.items():
+                corrupted = truth[kind].numpy()
+                curve = detection_curve(sc.values.numpy(), corrupted, GRID)
+                entry = {f"{kind}_auc": float(np.mean(curve)), f"{kind}_found_at_40": curve[GRID.index(0.4)],
+                         f"{kind}_score_s": sc.seconds}
+                row = {"setting": setting, "unit": kind, "method": method, "auc": entry[f"{kind}_auc"],
+                       "found_at_40": entry[f"{kind}_found_at_40"], "score_s": sc.seconds}
+                if method in cfg["removal_methods"]:
+                    mask = common.most_harmful(sc.values, cfg["removal_fraction"])
+                    lam, _ = common.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
+                    acc = common.accuracy(test_obj, lam)
+                    entry[f"{kind}_test_acc_at_25"] = acc[0]
+                    row.update({"test_acc_at_25": acc[0], "acc_ci95": acc[1]})
+                if setting == "task_noise" and method in ("task_if", "random"):
+                    row["paper_ref"] = "detection/influence" if method == "task_if" else "detection/random"
+                m.setdefault(method, {}).update(entry)
+                series.setdefault(setting, {}).setdefault(kind, {})[method] = curve
+                rows.append(row)
+        m["skipped"] = {k.replace("/", "__"): v for k, v in skipped.items()}
+    return {"metrics": metrics, "series": {"grid": GRID, "curves": series},
+            "tables": {"Label-flip detection": rows}}
+
+
+def figures(result: dict, out_dir: Path) -> list[Path]:
+    """Detection curves (fraction found vs fraction inspected), one panel per (setting, unit kind)."""
+    from replication.figures import method_color, new_figure, save_figure
+
+    dataset = result.get("dataset", "")
+    seed, payload = next(iter(result["per_seed"].items()))
+    grid = payload["series"]["grid"]
+    panels = [(s, k, c) for s, by_kind in payload["series"]["curves"].items() for k, c in by_kind.items()]
+    fig, axes = new_figure(ncols=len(panels))
+    for ax, (setting, kind, curves) in zip(np.ravel(axes), panels):
+        for method, curve in curves.items():
+            ax.plot(grid, curve, color=method_color(method), label=method, lw=1.2)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+        ax.set_xlabel("fraction inspected")
+        ax.set_ylabel("fraction of corrupted found")
+        ax.set_title(f"{setting}: {kind}")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"E2 {dataset}, seed {seed}")
+    return [save_figure(fig, out_dir / f"e2-{dataset}.png")]
+
+
+EXPERIMENT = Experiment(
+    id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
+    default_methods=tuple(m for m in METHODS if m in available_methods()),
+    seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+)

@@ -1,0 +1,164 @@
+"""E5: cost. Runtime and peak memory against the number of tasks and of parameters, every method and retraining.
+
+For each (number of training tasks M, hidden width) on the grid, measured in one process:
+
+- ``epoch_s``: one meta-epoch, i.e. one full-batch F value and total gradient over all M tasks (median of 3);
+- ``train_s``: one converged meta-training run from initialisation (the unit of the retraining cost);
+- every method's scoring time for all tasks and its peak resident memory (``metainf.methods.run_method``);
+- ``loo_all_s``: converged leave-one-out retraining of all M tasks, *extrapolated* as M times the mean time of
+  ``loo_sample`` measured retrainings (the number measured is stored beside it);
+- ``loop_grads_s`` vs ``batched_grads_s``: per-task total gradients by a Python loop over tasks vs one ``vmap``.
+
+Reported ratios: each method's time in meta-epochs and as a speed-up over leave-one-out retraining, and the
+growth exponent of each method's time in M (least-squares slope on log-log axes, per width).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from experiments import common
+from experiments.base import Experiment, RunContext
+from metainf.bilevel import TaskData
+from metainf.methods import get_method, run_method
+from metainf.objective import MetaObjective
+from metainf.train import train_converged
+
+METHODS = ("task_if", "direct_if", "tracin", "dvemb_exact", "trak", "grad_dot")
+_BASE = {
+    "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
+    "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],
+    "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0}, "n_eval_tasks": 20, "loo_sample": 3,
+    "by_dataset": {"omniglot": {"image_size": 8}},
+}
+CONFIGS = {
+    "smoke": {**_BASE, "tasks_grid": [10, 20], "hidden_grid": [8], "loo_sample": 2},
+    "quick": {**_BASE, "tasks_grid": [10, 30, 100], "hidden_grid": [8, 32]},
+    "paper": {**_BASE, "tasks_grid": [10, 30, 100, 300], "hidden_grid": [8, 32, 64], "loo_sample": 5},
+}
+
+
+def _median_time(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: first calls pay for tracing and allocation
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _loop_grads(obj: MetaObjective, lam: torch.Tensor) -> torch.Tensor:
+    """Per-task total gradients one task at a time (the reference the batched path is measured against)."""
+    return torch.stack([obj.inner.total_grad(obj.model, lam, TaskData(*(x[k] for x in obj.tasks)), None)
+                        for k in range(obj.n_tasks)])
+
+
+def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
+    """Every timing of one grid point (see the module docstring)."""
+    cfg = {**ctx.config, "n_train_tasks": n_tasks, "hidden": [hidden]}
+    sub = RunContext(**{**ctx.__dict__, "config": cfg})
+    setup = common.build_setup(sub, cfg["inners"][0])
+    obj = setup.objective
+    lam0 = setup.model.init(ctx.seed)
+    out: dict = {"n_tasks": n_tasks, "hidden": hidden, "n_params": setup.model.n_params}
+    out["epoch_s"] = _median_time(lambda: obj.value_and_grad(lam0))
+    out["batched_grads_s"] = _median_time(lambda: obj.task_grads(lam0))
+    if cfg["inners"][0] == "unrolled":
+        out["loop_grads_s"] = _median_time(lambda: _loop_grads(obj, lam0))
+    t0 = time.perf_counter()
+    train_converged(obj, lam0, tol=cfg["tol"], max_iter=cfg["max_iter"])
+    out["train_s"] = time.perf_counter() - t0
+    fitted = common.fit(setup, cfg, ctx.seed)
+    problem = common.problems(setup, fitted, ctx.seed)["converged"]
+    for name in ctx.methods:
+        try:
+            sc = run_method(get_method(name), problem, "task")
+        except common.METHOD_ERRORS as error:
+            out[f"{name}_error"] = f"{type(error).__name__}: {error}"
+            continue
+        out[f"{name}_s"] = sc.seconds
+        out[f"{name}_peak_mb"] = sc.peak_rss_mb
+    units = common.choose_units(obj, "task", cfg["loo_sample"], ctx.seed)
+    t0 = time.perf_counter()
+    common.converged_loo(sub, setup, fitted, "task", units, f"e5-{n_tasks}-{hidden}")
+    out["loo_per_task_s"] = (time.perf_counter() - t0) / len(units)
+    out["loo_all_s"] = out["loo_per_task_s"] * n_tasks
+    out["loo_measured"] = len(units)
+    return out
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0]) if len(x) > 1 else float("nan")
+
+
+def run(ctx: RunContext) -> dict:
+    torch.set_num_threads(1)
+    cfg = ctx.config
+    points = [measure(ctx, m, h) for h in cfg["hidden_grid"] for m in ctx.progress(cfg["tasks_grid"], "grid")]
+    metrics: dict = {}
+    rows = []
+    for p in points:
+        key = f"m{p['n_tasks']}_h{p['hidden']}"
+        entry = {"epoch_s": p["epoch_s"], "train_s": p["train_s"], "loo_all_s": p["loo_all_s"]}
+        if "loop_grads_s" in p:
+            entry["batched_grad_speedup"] = p["loop_grads_s"] / p["batched_grads_s"]
+        for name in ctx.methods:
+            if f"{name}_s" in p:
+                entry[f"{name}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
+                entry[f"{name}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
+                rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": name, "time_s": p[f"{name}_s"],
+                             "meta_epochs": entry[f"{name}_epochs"], "peak_mb": p[f"{name}_peak_mb"],
+                             "speedup_vs_loo": entry[f"{name}_speedup_vs_loo"]})
+        rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": "loo (all tasks, extrapolated)",
+                     "time_s": p["loo_all_s"], "meta_epochs": p["loo_all_s"] / p["epoch_s"]})
+        metrics[key] = entry
+    growth = {}
+    for h in cfg["hidden_grid"]:
+        sel = [p for p in points if p["hidden"] == h]
+        ms = [p["n_tasks"] for p in sel]
+        for name in (*ctx.methods, "loo_all", "train", "epoch"):
+            ys = [p.get(f"{name}_s") for p in sel]
+            if all(y is not None for y in ys):
+                growth[f"{name}_h{h}"] = _slope(ms, ys)
+    metrics["growth_exponent"] = growth
+    return {"metrics": metrics, "series": {"points": points}, "tables": {"Cost of scoring all tasks": rows}}
+
+
+def figures(result: dict, out_dir: Path) -> list[Path]:
+    """Log-log time vs number of tasks per method (one panel per width)."""
+    from replication.figures import method_color, new_figure, save_figure
+
+    dataset = result.get("dataset", "")
+    seed, payload = next(iter(result["per_seed"].items()))
+    points = payload["series"]["points"]
+    widths = sorted({p["hidden"] for p in points})
+    fig, axes = new_figure(ncols=len(widths), width=4.5)
+    for ax, h in zip(np.ravel(axes), widths):
+        sel = sorted((p for p in points if p["hidden"] == h), key=lambda p: p["n_tasks"])
+        ms = [p["n_tasks"] for p in sel]
+        names = sorted({k[:-2] for p in sel for k in p if k.endswith("_s") and not k.endswith("grads_s")})
+        for name in names:
+            ys = [p.get(f"{name}_s") for p in sel]
+            if all(y is not None for y in ys):
+                style = {"ls": "--", "color": "0.2"} if name in ("loo_all", "train", "epoch") else {
+                    "color": method_color(name)}
+                ax.loglog(ms, ys, marker="o", ms=3, label=name, **style)
+        ax.set_xlabel("training tasks M")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"MLP hidden {h} ({sel[0]['n_params']} params)")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"E5 {dataset}: cost vs number of tasks, seed {seed}")
+    return [save_figure(fig, out_dir / f"e5-{dataset}.png")]
+
+
+EXPERIMENT = Experiment(
+    id="E5", title="Cost: runtime and memory vs number of tasks and parameters, speed-up over retraining",
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
+    default_methods=METHODS, seeds={"smoke": (0,), "quick": (0,), "paper": (0,)},
+)
