@@ -13,6 +13,7 @@ import importlib.util
 from experiments.base import Experiment
 
 EXPERIMENT_MODULES: tuple[str, ...] = (
+    "experiments.e0_maml",
     "experiments.e1_removal",
     "experiments.e2_detection",
     "experiments.e3_loo",
