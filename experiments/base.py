@@ -31,6 +31,9 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
     Methods run when the user names none with ``--method``.
 ``seeds``
     ``scale -> seeds``; each seed is one call of ``run``; several seeds are aggregated as mean and std.
+``reproduce_datasets``
+    Optional; the datasets ``metainf-repro all`` runs this experiment on (when available offline). Default: all of
+    ``datasets``. ``metainf-repro run --dataset`` accepts any of ``datasets``.
 ``validate(scale, config)``
     Optional; raises :class:`ConfigError` for a config that cannot run (e.g. more ways than classes). Called
     before anything runs, with the resolved config.
@@ -75,9 +78,10 @@ class Experiment:
     default_methods: tuple[str, ...] = ()
     seeds: Mapping[str, tuple[int, ...]] = field(default_factory=_default_seeds)
     validate: Callable[[str, Mapping[str, Any]], None] | None = None
+    reproduce_datasets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        unknown = [d for d in self.datasets if d not in DATASETS]
+        unknown = [d for d in (*self.datasets, *(self.reproduce_datasets or ())) if d not in DATASETS]
         if unknown:
             raise ValueError(f"{self.id}: unknown datasets {unknown}; known: {list(DATASETS)}")
         for scale in (*self.configs, *self.seeds):

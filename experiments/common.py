@@ -37,6 +37,9 @@ from metainf.trajloo import trajectory_loo_many
 
 Unit = tuple[int, int | None]
 
+#: per-task Hessians (exact start curvature for task removal) are formed only below this size; above it, H is used
+MAX_TASK_HESSIAN_BYTES = 500 * 2**20
+
 #: errors a method may legitimately raise on a problem it cannot handle; reported, not fatal
 METHOD_ERRORS = (IndefiniteHessianError, SolverNotConvergedError, NotImplementedError)
 
@@ -152,7 +155,8 @@ def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, unit
     cfg, obj, lam = ctx.config, setup.objective, fitted.lam_star
     small = lam.numel() <= DENSE_NEWTON_MAX_PARAMS
     h = obj.dense_hessian(lam) if small else None
-    hk = obj.task_hessians(lam) if small and kind == "task" else None
+    per_task_bytes = obj.n_tasks * lam.numel() ** 2 * lam.element_size()
+    hk = obj.task_hessians(lam) if small and kind == "task" and per_task_bytes <= MAX_TASK_HESSIAN_BYTES else None
     args = {}
     for k, j in units:
         start_h = None if h is None else (h - obj.tau[k] * hk[k] / obj.n_tasks if hk is not None else h)

@@ -121,4 +121,5 @@ EXPERIMENT = Experiment(
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+    reproduce_datasets=("mnist",),
 )

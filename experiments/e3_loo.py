@@ -160,4 +160,5 @@ EXPERIMENT = Experiment(
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)}, validate=_validate,
+    reproduce_datasets=("mnist",),
 )

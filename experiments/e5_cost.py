@@ -38,7 +38,7 @@ _BASE = {
 }
 CONFIGS = {
     "smoke": {**_BASE, "tasks_grid": [10, 20], "hidden_grid": [8], "loo_sample": 2},
-    "quick": {**_BASE, "tasks_grid": [10, 30, 100], "hidden_grid": [8, 32]},
+    "quick": {**_BASE, "tasks_grid": [10, 30, 100], "hidden_grid": [8, 16]},
     "paper": {**_BASE, "tasks_grid": [10, 30, 100, 300], "hidden_grid": [8, 32, 64], "loo_sample": 5},
 }
 
@@ -161,4 +161,5 @@ EXPERIMENT = Experiment(
     id="E5", title="Cost: runtime and memory vs number of tasks and parameters, speed-up over retraining",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=METHODS, seeds={"smoke": (0,), "quick": (0,), "paper": (0,)},
+    reproduce_datasets=("mnist",),
 )

@@ -93,4 +93,5 @@ EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
     datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=("dvemb_exact", "tracin"), seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
+    reproduce_datasets=("mnist",),
 )

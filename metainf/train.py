@@ -68,12 +68,16 @@ def escape_saddles(obj: MetaObjective, res: ConvergedResult, tol: float, max_esc
     eigenvector (the sign and length, from a short list, with the lowest F) and run Newton again.
 
     A gradient tolerance alone also accepts saddle points; influence functions and leave-one-out retraining both
-    assume a minimum (H_F positive definite), so ``min_eigenvalue`` is recorded with the result.
+    assume a minimum (H_F positive definite), so ``min_eigenvalue`` is recorded with the result. It is the smallest
+    eigenvalue of the last Hessian Newton factorised (at or next to the returned point); the dense Hessian at the
+    returned point is computed only when that one is not positive definite or Newton did not report it.
     """
     for _ in range(max_escapes + 1):
+        if not res.converged or res.min_eigenvalue is not None and res.min_eigenvalue > 0:
+            return res
         evals, evecs = torch.linalg.eigh(obj.dense_hessian(res.lam))
         res.min_eigenvalue = float(evals[0])
-        if evals[0] > 0 or not res.converged:
+        if evals[0] > 0:
             return res
         direction = evecs[:, 0]
         trials = [res.lam + sign * length * direction for length in (0.03, 0.1, 0.3, 1.0) for sign in (1.0, -1.0)]
@@ -95,15 +99,16 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
     lam = lam0.detach().clone()
     value, g = obj.value_and_grad(lam)
     check_finite(value, "the meta-objective")
-    h, factor, gn_prev = hessian, None, float("inf")
+    h, factor, gn_prev, last_min_eig = hessian, None, float("inf"), None
     for step in range(max_steps):
         gn = float(g.norm())
         if gn <= tol:
-            return ConvergedResult(lam, gn, step, True)
+            return ConvergedResult(lam, gn, step, True, last_min_eig)
         if h is None or gn > 0.5 * gn_prev:  # no curvature yet, or the reused one no longer contracts fast
             h, factor = obj.dense_hessian(lam), None
         if factor is None:
             evals, evecs = torch.linalg.eigh(h)
+            last_min_eig = float(evals[0])
             # saddle-free modification: |eigenvalues|, floored, so the direction is always a descent direction
             factor = (evals.abs().clamp_min(1e-12 * float(evals.abs().max())), evecs)
         evals, evecs = factor
@@ -121,7 +126,7 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
         check_finite(trial_value, "the meta-objective")
         gn_prev, lam, value, g = gn, trial, trial_value, trial_g
     gn = float(g.norm())
-    return ConvergedResult(lam, gn, max_steps, gn <= tol)
+    return ConvergedResult(lam, gn, max_steps, gn <= tol, last_min_eig)
 
 
 @dataclass

@@ -141,7 +141,7 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
     failed: list[str] = []
     for exp_id in sorted(registry.EXPERIMENTS):
         experiment = registry.EXPERIMENTS[exp_id]
-        for dataset in experiment.datasets:
+        for dataset in experiment.reproduce_datasets or experiment.datasets:
             available, note = availability.get(dataset, (False, "unknown to metainf.data.registry"))
             if not available:
                 skipped.append(f"{exp_id} {dataset}: {note}")

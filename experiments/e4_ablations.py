@@ -1,0 +1,310 @@
+"""E4: ablation of the acceleration strategies (paper section 4) on a small MLP problem.
+
+Every combination of
+
+- inner solver for the proximal inner iHVPs A^-1 v: ``dense`` / ``cg`` (``cg_iters`` fixed iterations) / ``ekfac``
+  (the unrolled inner problem has no inner solve: only ``autodiff``);
+- total solver for v = (damping I + H)^-1 grad L_eval: ``dense``, ``cg`` (to ``solve_tol``), ``neumann`` at every
+  depth J in ``neumann_depths`` (all read off one run of the series, each timed at its own term), ``lissa``
+  (task mini-batches of ``lissa.batch_size``, ``lissa.depth`` terms);
+- curvature: H' ``exact`` / ``drop`` / ``gamma`` (``metainf.bilevel.parse_hprime``) or the TLXML Gauss-Newton
+  ``gn`` (``metainf.accel.gauss_newton``);
+
+is scored against the exact path (proximal: dense / dense / exact; unrolled: dense / exact) by Pearson, Spearman and
+the relative error ||s - s_exact|| / ||s_exact|| of the task scores s_k = v . g_k / M, and against converged
+leave-one-task-out retraining (``metainf.loo.retrain``) by Spearman. Wall time of a configuration = evaluation
+gradient + task gradients (with its inner solver) + the solve (+ the shared power iteration for Neumann / LiSSA);
+the inner solutions theta_k(lam*) come with the trained model and are shared. Peak memory is the process RSS
+sampled during the configuration (``_PeakSampler``; RSS rarely shrinks, so later configurations report an upper
+bound). Reported per inner problem: the fastest configuration whose Spearman with LOO is within ``loo_margin`` of
+the exact path's, and its speed-up over retraining every task (timed in the same run, including the dense Hessian
+that the Newton stage of retraining reuses).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from experiments.base import Experiment, RunContext
+from metainf.accel.batches import sub_objective
+from metainf.accel.gamma import check_gamma
+from metainf.accel.gauss_newton import gn_dense, gn_hvp
+from metainf.accel.neumann import power_iteration
+from metainf.bilevel import ProximalInner, UnrolledInner, make_inner
+from metainf.data.registry import load_split
+from metainf.data.tasks import sample_task_pool
+from metainf.loo import retrain
+from metainf.methods.registry import _PeakSampler
+from metainf.metrics import correlations
+from metainf.models import build_model
+from metainf.objective import MetaObjective, pool_tensors
+from metainf.solvers import IndefiniteHessianError, SolveInfo, SolverNotConvergedError, solve
+from metainf.train import train_converged
+
+_BASE = {
+    "n_way": 5, "k_shot": 1, "q_query": 2, "hidden": 4, "image_size": 4, "delta": 1e-2, "tol": 1e-6, "max_iter": 300,
+    "damping": 0.0, "inners": ["proximal", "unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
+    "inner_solvers": ["dense", "cg", "ekfac"], "cg_iters": 10, "curvatures": ["exact", "drop", "gamma", "gn"],
+    "neumann_depths": [5, 10, 20, 50, 100], "power_iters": 10, "solve_tol": 1e-8, "cg_max_iter": 200,
+    "lissa": {"depth": 50, "batch_size": 2, "repeats": 1}, "loo_margin": 0.02,
+}
+CONFIGS = {
+    # smoke: the full grid at reduced depths (Neumann J <= 20, LiSSA 10 terms), no Gauss-Newton, so it runs in < 3 min
+    "smoke": {**_BASE, "n_train_tasks": 8, "n_eval_tasks": 8, "curvatures": ["exact", "drop", "gamma"], "cg_iters": 5,
+              "neumann_depths": [5, 10, 20], "solve_tol": 1e-6, "cg_max_iter": 100,
+              "lissa": {"depth": 10, "batch_size": 2, "repeats": 1}},
+    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "lissa": {"depth": 50, "batch_size": 10, "repeats": 1}},
+    "paper": {**_BASE, "n_train_tasks": 100, "n_eval_tasks": 50, "image_size": 8, "hidden": 8, "cg_iters": 30,
+              "power_iters": 20, "lissa": {"depth": 100, "batch_size": 20, "repeats": 2}},
+}
+
+T = TypeVar("T")
+Solve = Callable[[], tuple[Tensor, SolveInfo]]
+
+
+def _with_inner(obj: MetaObjective, inner: UnrolledInner | ProximalInner) -> MetaObjective:
+    """``obj`` with another inner solver, sharing the inner solutions theta_k(lam*) already computed."""
+    out = MetaObjective(obj.model, inner, obj.tasks, obj.delta, obj.tau, obj.chunk)
+    out._state_lam, out._state = obj._state_lam, obj._state
+    return out
+
+
+def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> dict[str, UnrolledInner | ProximalInner]:
+    if kind == "unrolled":
+        return {"autodiff": make_inner("unrolled", **cfg["unrolled"])}
+    return {s: make_inner("proximal", **cfg["proximal"], inner_solver=s, cg_iters=cfg["cg_iters"])
+            for s in (solvers or cfg["inner_solvers"])}
+
+
+def _operators(obj: MetaObjective, lam: Tensor, curvature: str):
+    """(hvp, mini-batch hvp over task subsets, dense matrix) for one curvature."""
+    if curvature == "gn":
+        return (gn_hvp(obj, lam), lambda u, idx: gn_hvp(sub_objective(obj, lam, idx), lam)(u),
+                lambda: gn_dense(obj, lam))
+    return (lambda u: obj.hvp(lam, u, curvature), lambda u, idx: sub_objective(obj, lam, idx).hvp(lam, u, curvature),
+            lambda: obj.dense_hessian(lam, curvature))
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """(fn(), wall seconds, peak RSS in MB while it ran)."""
+    with _PeakSampler() as sampler:
+        t0 = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t0
+    return out, seconds, sampler.peak
+
+
+def _status(error: Exception) -> str:
+    if isinstance(error, IndefiniteHessianError):
+        return "indefinite"
+    return "diverged" if "diverges" in str(error) else "not_converged"
+
+
+class _Recorder:
+    """Collects one row per configuration: task scores s_k = v . g_k / M, cost and solver status."""
+
+    def __init__(self, grads: Tensor, t_shared: float, mem_shared: float, base: dict):
+        self.grads, self.t_shared, self.mem_shared, self.base, self.rows = grads, t_shared, mem_shared, base, []
+
+    def add(self, total: str, x: Tensor | None, seconds: float, peak: float, status: str, iterations: int | None = None,
+            rel_residual: float = float("nan")) -> None:
+        m = self.grads.shape[0]
+        self.rows.append({**self.base, "total_solver": total, "status": status, "iterations": iterations,
+                          "rel_residual": rel_residual, "seconds": self.t_shared + seconds,
+                          "peak_mb": max(self.mem_shared, peak),
+                          "scores": (self.grads @ x / m).tolist() if x is not None else [float("nan")] * m})
+
+    def attempt(self, total: str, fn: Solve, extra_seconds: float = 0.0) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # truncation is recorded as a status
+                (x, info), seconds, peak = _timed(fn)
+        except (IndefiniteHessianError, SolverNotConvergedError) as error:
+            self.add(total, None, float("nan"), float("nan"), _status(error))
+            return
+        self.add(total, x, seconds + extra_seconds, peak, "ok" if info.converged else "truncated", info.iterations,
+                 info.rel_residual)
+
+    def neumann(self, hvp, b: Tensor, damping: float, top: float, t_pow: float, cfg: dict, seed: int) -> None:
+        """One Neumann run to max(J); the truncation at each J is recorded with the time at its own term."""
+        depths = sorted(cfg["neumann_depths"])
+        seen: dict[int, tuple[Tensor, float, float]] = {}
+        final, failure = None, "indefinite"
+        with _PeakSampler() as sampler:
+            t0 = time.perf_counter()
+
+            def keep(j: int, x: Tensor, rel: float) -> None:
+                if j in depths:
+                    seen[j] = (x, time.perf_counter() - t0, rel)
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    if top > 0:
+                        x, info = solve(hvp, b, "neumann", damping, cfg["solve_tol"], depths[-1], eta=1.0 / top,
+                                        seed=seed, strict=False, callback=keep)
+                        final = (x, time.perf_counter() - t0, info.rel_residual)
+            except SolverNotConvergedError as error:
+                failure = _status(error)
+        for j in depths:
+            if j in seen or final is not None:  # a series that met the tolerance early is its own truncation
+                x, seconds, rel = seen.get(j, final)
+                self.add(f"neumann{j}", x, seconds + t_pow, sampler.peak,
+                         "ok" if rel <= cfg["solve_tol"] else "truncated", j, rel)
+            else:
+                self.add(f"neumann{j}", None, float("nan"), float("nan"), failure)
+
+
+def _grid(obj: MetaObjective, ev: MetaObjective, lam: Tensor, cfg: dict, kind: str, seed: int) -> list[dict]:
+    """Scores, time and memory of every (inner solver, total solver, curvature) for one inner problem."""
+    rows, m, damping, lis = [], obj.n_tasks, cfg["damping"], cfg["lissa"]
+    for solver_name, inner in _inner_variants(kind, cfg).items():
+        obj_v, ev_v = _with_inner(obj, inner), _with_inner(ev, inner)
+        (b, grads), t_shared, mem_shared = _timed(lambda: (ev_v.mean_loss_grad(lam), obj_v.task_grads(lam)))
+        for curvature in cfg["curvatures"]:
+            hvp, batch_hvp, dense = _operators(obj_v, lam, curvature)
+            rec = _Recorder(grads, t_shared, mem_shared, {"inner_solver": solver_name, "curvature": curvature})
+
+            def dense_solve() -> tuple[Tensor, SolveInfo]:
+                h = dense()
+                return solve(lambda u: h @ u, b, "dense", damping)
+
+            rec.attempt("dense", dense_solve)
+            rec.attempt("cg", lambda: solve(hvp, b, "cg", damping, cfg["solve_tol"], cfg["cg_max_iter"]))
+            top, t_pow, _ = _timed(lambda: power_iteration(lambda u: hvp(u) + damping * u, b, cfg["power_iters"],
+                                                           seed))
+            rec.neumann(hvp, b, damping, top, t_pow, cfg, seed)
+            if top > 0:
+                rec.attempt("lissa", lambda: solve(hvp, b, "lissa", damping, cfg["solve_tol"], lis["depth"],
+                                                   batch_hvp=batch_hvp, n_units=m, batch_size=min(lis["batch_size"], m),
+                                                   repeats=lis["repeats"], eta=1.0 / top, seed=seed, strict=False),
+                            extra_seconds=t_pow)
+            else:
+                rec.add("lissa", None, float("nan"), float("nan"), "indefinite")
+            rows += rec.rows
+    return rows
+
+
+def _agreement(rows: list[dict], ref: dict, actual: np.ndarray, t_loo: float) -> None:
+    s_ref = np.asarray(ref["scores"])
+    for r in rows:
+        s = np.asarray(r["scores"])
+        ok = bool(np.isfinite(s).all())
+        nan = {"pearson": float("nan"), "spearman": float("nan")}
+        exact = correlations(s, s_ref) if ok else nan
+        loo = correlations(s, actual) if ok else nan
+        r.update({"pearson": exact["pearson"], "spearman": exact["spearman"],
+                  "rel_err": float(np.linalg.norm(s - s_ref) / np.linalg.norm(s_ref)) if ok else float("nan"),
+                  "pearson_loo": loo["pearson"], "spearman_loo": loo["spearman"],
+                  "speedup_vs_loo": t_loo / r["seconds"] if ok else float("nan")})
+
+
+def _name(r: dict) -> str:
+    return f"{r['inner_solver']}-{r['total_solver']}-{r['curvature'].replace(':', '').replace('.', 'p')}"
+
+
+def run(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    torch.set_num_threads(1)  # tiny per-task kernels: more threads only cost synchronisation on 2 cores
+    data = {s: load_split(ctx.dataset, s, ctx.data_root, image_size=cfg["image_size"]) for s in ("train", "val")}
+    ptr = sample_task_pool(data["train"], cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                           seed=ctx.seed)
+    pev = sample_task_pool(data["val"], cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                           seed=ctx.seed + 1000)
+    model = build_model("mlp", ptr.input_shape, cfg["n_way"], hidden=(cfg["hidden"],))
+    metrics, series, grid_rows, best_rows = {}, {}, [], []
+    for kind in cfg["inners"]:
+        ref_inner = next(iter(_inner_variants(kind, cfg, ["dense"]).values()))
+        obj = MetaObjective(model, ref_inner, pool_tensors(ptr), delta=cfg["delta"], chunk=None)
+        ev = MetaObjective(model, ref_inner, pool_tensors(pev), chunk=None)
+        fit = train_converged(obj, model.init(ctx.seed), tol=cfg["tol"], max_iter=cfg["max_iter"])
+        lam = fit.lam
+        ev.state_at(lam)
+        t0 = time.perf_counter()
+        h_star = obj.dense_hessian(lam)
+        actual = np.array([retrain(obj, lam, ev, "task", k, tol=cfg["tol"], max_iter=cfg["max_iter"],
+                                   hessian=h_star).effect
+                           for k in ctx.progress(range(obj.n_tasks), desc=f"LOO {kind}")])
+        t_loo = time.perf_counter() - t0
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", RuntimeWarning)
+            gamma = check_gamma(obj, lam, "gamma", power_iters=cfg["power_iters"], seed=ctx.seed)
+        rows = _grid(obj, ev, lam, cfg, kind, ctx.seed)
+        first = "dense" if kind == "proximal" else "autodiff"
+        ref = next(r for r in rows if (r["inner_solver"], r["total_solver"], r["curvature"]) == (first, "dense",
+                                                                                                  "exact"))
+        if ref["status"] != "ok":
+            raise RuntimeError(f"E4 {kind}: the exact path (dense total solve of the exact total Hessian) failed "
+                               f"({ref['status']}); raise 'damping' or 'delta', or train to a smaller 'tol'")
+        _agreement(rows, ref, actual, t_loo)
+        best = min((r for r in rows if r["spearman_loo"] >= ref["spearman_loo"] - cfg["loo_margin"]),
+                   key=lambda r: r["seconds"])  # NaN comparisons are False: failed configurations never qualify
+        keep = ("inner_solver", "total_solver", "curvature", "status", "pearson", "spearman", "rel_err",
+                "spearman_loo", "seconds", "peak_mb", "speedup_vs_loo")
+        metrics[kind] = {
+            "exact_path": {k: ref[k] for k in ("spearman_loo", "pearson_loo", "seconds", "speedup_vs_loo")},
+            "best": {"config": _name(best), **{k: best[k] for k in ("spearman_loo", "spearman", "rel_err", "seconds",
+                                                                  "speedup_vs_loo")}},
+            "loo_s": t_loo, "train_grad_norm": fit.grad_norm, "n_params": model.n_params,
+            "gamma": {"gamma": gamma.gamma, "lambda_max_rest": gamma.lambda_max_rest,
+                      "ratio": gamma.gamma / gamma.lambda_max_rest},
+            "configs": {_name(r): {k: r[k] for k in keep} for r in rows},
+        }
+        series[kind] = {"loo": actual.tolist(), "scores": {_name(r): r["scores"] for r in rows}}
+        grid_rows += [{"inner": kind, **{k: v for k, v in r.items() if k != "scores"}} for r in rows]
+        best_rows.append({"inner": kind, "best_config": _name(best), "best_spearman_loo": best["spearman_loo"],
+                          "exact_spearman_loo": ref["spearman_loo"], "best_s": best["seconds"],
+                          "exact_s": ref["seconds"], "loo_s": t_loo, "speedup_vs_loo": best["speedup_vs_loo"]})
+    return {"metrics": metrics, "series": series,
+            "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows}}
+
+
+def figures(result: dict, out_dir: Path) -> list[Path]:
+    from replication.figures import new_figure, save_figure
+
+    paths = []
+    for seed, payload in result["per_seed"].items():
+        for kind, m in payload["metrics"].items():
+            configs = m["configs"].values()
+            fig, ax = new_figure()
+            for name, c in m["configs"].items():
+                seconds, rho = float(c["seconds"]), float(c["spearman_loo"])
+                if np.isfinite(seconds) and np.isfinite(rho):
+                    ax.scatter(seconds, rho, s=10, color="C3" if name == m["best"]["config"] else "C0")
+            ax.axhline(float(m["exact_path"]["spearman_loo"]), color="k", lw=0.8, ls="--", label="exact path")
+            ax.set_xscale("log")
+            ax.set_xlabel("wall time of the configuration (s)")
+            ax.set_ylabel("Spearman with leave-one-out")
+            ax.set_title(f"E4 {kind}, seed {seed} (red: fastest within the margin)")
+            ax.legend()
+            paths.append(save_figure(fig, out_dir / f"e4-{kind}-time-vs-loo-seed{seed}.png"))
+            fig, ax = new_figure()
+            for inner_solver, curvature in sorted({(c["inner_solver"], c["curvature"]) for c in configs}):
+                pts = sorted((int(c["total_solver"][len("neumann"):]), float(c["rel_err"])) for c in configs
+                             if c["total_solver"].startswith("neumann") and c["inner_solver"] == inner_solver
+                             and c["curvature"] == curvature and np.isfinite(float(c["rel_err"])))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"{inner_solver} / {curvature}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("Neumann depth J")
+            ax.set_ylabel("relative error of task scores vs the exact path")
+            ax.set_title(f"E4 {kind}, seed {seed}")
+            ax.legend(fontsize=6)
+            paths.append(save_figure(fig, out_dir / f"e4-{kind}-neumann-depth-seed{seed}.png"))
+    return paths
+
+
+EXPERIMENT = Experiment(
+    id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
+    datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, figures=figures,
+    default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+)
