@@ -74,25 +74,18 @@ def load_opts(cfg: dict) -> dict:
     return {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
 
 
-def validate_pools(cfg: dict, dataset: str, data_root: str | None) -> None:
-    """A ConfigError before anything runs when the split cannot supply the requested tasks."""
-    for split in ("train", "val"):
-        data = load_split(dataset, split, data_root, **load_opts(cfg))
-        n_classes = len(data.class_names)
-        if cfg["n_way"] > n_classes:
-            raise ConfigError(f"{cfg['n_way']}-way tasks need {cfg['n_way']} classes but the {dataset} {split} "
-                              f"split has {n_classes}: lower n_way")
-
-
 def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Setup:
     """Pools from the run's seed, the model and the objectives for ``inner_kind`` ("unrolled" or "proximal")."""
     cfg = ctx.config
     opts = load_opts(cfg)
     train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
     held_out = load_split(ctx.dataset, eval_split, ctx.data_root, **opts)
-    ptr = sample_task_pool(train, cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"], seed=ctx.seed)
-    pev = sample_task_pool(held_out, cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
-                           seed=ctx.seed + 1000)
+    try:
+        ptr = sample_task_pool(train, cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"], seed=ctx.seed)
+        pev = sample_task_pool(held_out, cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                               seed=ctx.seed + 1000)
+    except ValueError as error:  # more ways than classes, K+Q above the images per class: the config cannot run
+        raise ConfigError(str(error)) from None
     model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
     inner = make_inner(inner_kind, **cfg[inner_kind])
     obj = MetaObjective(model, inner, pool_tensors(ptr), delta=cfg["delta"], chunk=cfg.get("chunk"))
@@ -129,6 +122,11 @@ def choose_units(obj: MetaObjective, kind: str, n: int, seed: int) -> list[Unit]
     width = obj.tasks.ws.shape[1] if kind == "support" else obj.tasks.wq.shape[1]
     flat = np.random.default_rng(seed).choice(m * width, size=min(n, m * width), replace=False)
     return [(int(i) // width, int(i) % width) for i in sorted(flat)]
+
+
+def metric_key(method: str) -> str:
+    """A method name usable as a metric key (no dots: ``pkg.mod:Cls`` -> ``pkg_mod:Cls``)."""
+    return method.replace(".", "_")
 
 
 def unit_values(scores: Tensor, units: list[Unit]) -> np.ndarray:

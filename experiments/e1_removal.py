@@ -90,7 +90,7 @@ def run(ctx: RunContext) -> dict:
                 mask = common.most_harmful(sc.values, cfg["remove_fraction"])
                 lam, t_rt = common.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
                 acc = common.accuracy(test_obj, lam)
-                mm = m.setdefault(method, {})
+                mm = m.setdefault(common.metric_key(method), {})
                 mm.update({f"{kind}_retrain_acc": acc[0], f"{kind}_retrain_runtime_s": sc.seconds + t_rt,
                            f"{kind}_score_s": sc.seconds})
                 corrupted = {"task": setup.train_pool.task_corrupted, "support": setup.train_pool.support_corrupted,

@@ -87,7 +87,7 @@ def run(ctx: RunContext) -> dict:
                     row.update({"test_acc_at_25": acc[0], "acc_ci95": acc[1]})
                 if setting == "task_noise" and method in ("task_if", "random"):
                     row["paper_ref"] = "detection/influence" if method == "task_if" else "detection/random"
-                m.setdefault(method, {}).update(entry)
+                m.setdefault(common.metric_key(method), {}).update(entry)
                 series.setdefault(setting, {}).setdefault(kind, {})[method] = curve
                 rows.append(row)
         m["skipped"] = {k.replace("/", "__"): v for k, v in skipped.items()}

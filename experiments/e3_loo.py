@@ -95,7 +95,7 @@ def run(ctx: RunContext) -> dict:
                 for kind, sc in by_kind.items():
                     pred = common.unit_values(sc.values, truth[kind]["units"])
                     actual = truth[kind][gt_name]
-                    m = metrics[inner_kind].setdefault(method, {})
+                    m = metrics[inner_kind].setdefault(common.metric_key(method), {})
                     m.update(_corr(pred, actual, f"{kind}_{gt_name}"))
                     m[f"{kind}_{gt_name}_seconds"] = sc.seconds
                     m[f"{kind}_{gt_name}_peak_mb"] = sc.peak_rss_mb

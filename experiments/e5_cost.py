@@ -110,11 +110,12 @@ def run(ctx: RunContext) -> dict:
             entry["batched_grad_speedup"] = p["loop_grads_s"] / p["batched_grads_s"]
         for name in ctx.methods:
             if f"{name}_s" in p:
-                entry[f"{name}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
-                entry[f"{name}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
+                key = common.metric_key(name)
+                entry[f"{key}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
+                entry[f"{key}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
                 rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": name, "time_s": p[f"{name}_s"],
-                             "meta_epochs": entry[f"{name}_epochs"], "peak_mb": p[f"{name}_peak_mb"],
-                             "speedup_vs_loo": entry[f"{name}_speedup_vs_loo"]})
+                             "meta_epochs": entry[f"{key}_epochs"], "peak_mb": p[f"{name}_peak_mb"],
+                             "speedup_vs_loo": entry[f"{key}_speedup_vs_loo"]})
         rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": "loo (all tasks, extrapolated)",
                      "time_s": p["loo_all_s"], "meta_epochs": p["loo_all_s"] / p["epoch_s"]})
         metrics[key] = entry
@@ -125,7 +126,7 @@ def run(ctx: RunContext) -> dict:
         for name in (*ctx.methods, "loo_all", "train", "epoch"):
             ys = [p.get(f"{name}_s") for p in sel]
             if all(y is not None for y in ys):
-                growth[f"{name}_h{h}"] = _slope(ms, ys)
+                growth[f"{common.metric_key(name)}_h{h}"] = _slope(ms, ys)
     metrics["growth_exponent"] = growth
     return {"metrics": metrics, "series": {"points": points}, "tables": {"Cost of scoring all tasks": rows}}
 

@@ -60,7 +60,7 @@ def run(ctx: RunContext) -> dict:
             entry.update({f"{kind}_early_late_spearman": early_late,
                           f"{kind}_early_late_top10_overlap": _top_overlap(parts[0], parts[-1]),
                           f"{kind}_late_total_spearman": correlations(parts[-1], total)["spearman"]})
-            metrics.setdefault(method, {}).update(entry)
+            metrics.setdefault(common.metric_key(method), {}).update(entry)
             series.setdefault(method, {})[kind] = parts.tolist()
             rows.append({"method": method, "unit": kind, **{p: float(s) for p, s in zip(PHASES, share)},
                          "early_vs_late_spearman": early_late,

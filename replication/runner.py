@@ -98,6 +98,20 @@ def _check_writable(folder: Path) -> None:
         raise UsageError(f"output folder {folder} is not writable: {error.strerror or error}") from None
 
 
+def _importable_method(name: str) -> bool:
+    """A plug-in method named ``module:Class`` that imports and implements the attribution interface."""
+    if ":" not in name:
+        return False
+    module = capabilities.optional_module("metainf.methods")
+    if module is None:
+        return False
+    try:
+        module.get_method(name)
+    except module.UnknownMethodError as error:
+        raise UsageError(str(error)) from None
+    return True
+
+
 def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | None = None) -> PreparedRun:
     """Validate ``request`` completely; nothing is written except the (empty) output folder."""
     experiment = get_experiment(request.exp_id)
@@ -108,7 +122,7 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
                          f"datasets: {', '.join(experiment.datasets)}")
     methods = request.methods or experiment.default_methods
     allowed = capabilities.known_methods() | set(experiment.default_methods)
-    unknown = [m for m in methods if m not in allowed]
+    unknown = [m for m in methods if m not in allowed and not _importable_method(m)]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed)) or 'none'}")
     if request.executor not in EXECUTORS:

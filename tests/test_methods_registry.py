@@ -63,3 +63,18 @@ def test_contract_violations_raise_clear_errors(problem: AttributionProblem):
         run_method(get_method("plugin_method:WrongShape"), problem, "task")
     with pytest.raises(ValueError, match="non-finite"):
         run_method(get_method("plugin_method:NonFinite"), problem, "task")
+
+
+def test_harness_accepts_plugin_method_by_reference(tmp_path: Path) -> None:
+    """``metainf-repro run E3 --method plugin_method:NormScore`` is accepted as it is; a broken reference is not."""
+    from replication import runner
+    from replication.errors import UsageError
+
+    request = runner.RunRequest("E3", "mnist", "smoke", methods=("task_if", "plugin_method:NormScore"),
+                                results_dir=tmp_path / "res", wandb_mode="disabled")
+    prepared = runner.prepare(request)
+    assert "plugin_method:NormScore" in prepared.methods
+    bad = runner.RunRequest("E3", "mnist", "smoke", methods=("plugin_method:Missing",), results_dir=tmp_path / "r2",
+                            wandb_mode="disabled")
+    with pytest.raises(UsageError, match="Missing"):
+        runner.prepare(bad)
