@@ -110,12 +110,12 @@ def run(ctx: RunContext) -> dict:
             entry["batched_grad_speedup"] = p["loop_grads_s"] / p["batched_grads_s"]
         for name in ctx.methods:
             if f"{name}_s" in p:
-                key = common.metric_key(name)
-                entry[f"{key}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
-                entry[f"{key}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
+                mk = common.metric_key(name)
+                entry[f"{mk}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
+                entry[f"{mk}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
                 rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": name, "time_s": p[f"{name}_s"],
-                             "meta_epochs": entry[f"{key}_epochs"], "peak_mb": p[f"{name}_peak_mb"],
-                             "speedup_vs_loo": entry[f"{key}_speedup_vs_loo"]})
+                             "meta_epochs": entry[f"{mk}_epochs"], "peak_mb": p[f"{name}_peak_mb"],
+                             "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"]})
         rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": "loo (all tasks, extrapolated)",
                      "time_s": p["loo_all_s"], "meta_epochs": p["loo_all_s"] / p["epoch_s"]})
         metrics[key] = entry
