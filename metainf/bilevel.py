@@ -21,6 +21,15 @@ for the total Hessian-vector product with z = J_k u and q = A^-1 grad L_O::
 
 the second term being H'_k u, the third-order term of the paper's Theorem 5.1.
 
+H' modes (``parse_hprime``), for both inner problems: ``"exact"``, ``"drop"`` (H'_k = 0), and the paper's
+Theorem 5.1 surrogate, which replaces sum_k H'_k by Gamma = sum_k ||grad_theta L_O^k(theta_k)||_1 I and is ADDED
+(positive sign, it acts as damping). Per task, with a scale c::
+
+    D^2 L_O^k u ~ [drop term] + c ||grad_theta L_O^k(theta_k)||_1 u     (``"gamma"``: c = 1; ``"gamma_scaled:c"``)
+
+``MetaObjective`` averages tasks, so Hess F gets (c/M) sum_k tau_k ||grad_theta L_O^k||_1 I: the paper's Gamma in
+the mean normalisation. ``metainf.accel.gamma.check_gamma`` warns when it dominates the rest of the spectrum.
+
 Every method here acts on ONE task (unbatched tensors); ``metainf.objective`` vmaps them over the pool.
 The instance primitive ``weight_scores(v)`` returns v^T d(D_lam L_O^k)/d(ws, wq), the building block of
 instance-IF (see ``metainf.influence`` for the sign convention).
@@ -64,6 +73,32 @@ def query_loss(model: FlatModel, theta: Tensor, t: TaskData) -> Tensor:
 
 def _with_weights(t: TaskData, ws: Tensor, wq: Tensor) -> TaskData:
     return t._replace(ws=ws, wq=wq)
+
+
+HPRIME_MODES = ("exact", "drop", "gamma", "gamma_scaled:<c>")
+
+
+def parse_hprime(hprime: str) -> tuple[str, float]:
+    """``"exact"`` / ``"drop"`` -> (mode, 0); ``"gamma"`` -> ("gamma", 1); ``"gamma_scaled:c"`` -> ("gamma", c > 0)."""
+    if hprime in ("exact", "drop"):
+        return hprime, 0.0
+    if hprime == "gamma":
+        return "gamma", 1.0
+    head, _, scale = hprime.partition(":")
+    if head == "gamma_scaled":
+        try:
+            c = float(scale)
+        except ValueError:
+            c = float("nan")
+        if c > 0:
+            return "gamma", c
+    raise ValueError(f"unknown hprime mode {hprime!r}: choose one of {', '.join(HPRIME_MODES)} "
+                     "(e.g. 'gamma_scaled:0.1', scale c > 0)")
+
+
+def gamma_coefficient(model: FlatModel, theta: Tensor, t: TaskData) -> Tensor:
+    """||grad_theta L_O(theta)||_1: one task's term of the paper's Gamma (Theorem 5.1)."""
+    return grad(query_loss, argnums=1)(model, theta, t).abs().sum()
 
 
 def cg_fixed(matvec, b: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
@@ -118,14 +153,15 @@ class UnrolledInner:
 
     def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
                   hprime: str = "exact") -> Tensor:
-        """D^2 L_O^k u. ``exact``: autodiff through the unroll. ``drop``: J^T Hess L_O J u (no curvature of the map)."""
-        if hprime == "exact":
+        """D^2 L_O^k u. ``exact``: autodiff through the unroll. ``drop``: J^T Hess L_O J u (no curvature of the map).
+        ``gamma`` / ``gamma_scaled:c``: the drop term + c ||grad_theta L_O(theta_k)||_1 u (see ``parse_hprime``)."""
+        mode, scale = parse_hprime(hprime)
+        if mode == "exact":
             return jvp(lambda l: self.total_grad(model, l, t, state), (lam,), (u,))[1]
-        if hprime == "drop":
-            theta, ju = jvp(lambda l: self.adapt(model, l, t), (lam,), (u,))
-            hz = jvp(lambda th: grad(query_loss, argnums=1)(model, th, t), (theta,), (ju,))[1]
-            return vjp(lambda l: self.adapt(model, l, t), lam)[1](hz)[0]
-        raise ValueError(f"hprime mode {hprime!r} is not available for the unrolled problem: use 'exact' or 'drop'")
+        theta, ju = jvp(lambda l: self.adapt(model, l, t), (lam,), (u,))
+        hz = jvp(lambda th: grad(query_loss, argnums=1)(model, th, t), (theta,), (ju,))[1]
+        out = vjp(lambda l: self.adapt(model, l, t), lam)[1](hz)[0]
+        return out + scale * gamma_coefficient(model, theta, t) * u if mode == "gamma" else out
 
     def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
         """J_k v = d theta_k / d lam . v."""
@@ -156,8 +192,9 @@ class ProximalInner:
     """theta(lam) = argmin_theta L_S(theta) + beta/2 ||theta - lam||^2 (iMAML), derivatives by the IFT.
 
     ``state`` is the solved theta_k (warm start for the next solve). Inner linear systems A x = b use
-    ``inner_solver``: ``"cg"`` (fixed ``cg_iters`` iterations, vmap-able) or ``"dense"`` (A formed by ``jacrev``,
-    small models only).
+    ``inner_solver``: ``"cg"`` (fixed ``cg_iters`` iterations, vmap-able), ``"dense"`` (A formed by ``jacrev``,
+    small models only) or ``"ekfac"`` (``metainf.accel.ekfac``: an EK-FAC approximation of Hess L_S with beta on
+    its diagonal; approximate, so Newton steps become quasi-Newton steps).
     """
 
     kind = "proximal"
@@ -165,8 +202,8 @@ class ProximalInner:
     def __init__(self, beta: float = 1.0, newton_steps: int = 6, cg_iters: int = 60, inner_solver: str = "cg"):
         if beta <= 0:
             raise ValueError(f"proximal beta must be > 0, got {beta}")
-        if inner_solver not in ("cg", "dense"):
-            raise ValueError(f"inner_solver must be 'cg' or 'dense', got {inner_solver!r}")
+        if inner_solver not in ("cg", "dense", "ekfac"):
+            raise ValueError(f"inner_solver must be 'cg', 'dense' or 'ekfac', got {inner_solver!r}")
         self.beta, self.newton_steps, self.cg_iters, self.inner_solver = beta, newton_steps, cg_iters, inner_solver
 
     def config(self) -> dict:
@@ -189,6 +226,11 @@ class ProximalInner:
             h = jacrev(grad(support_loss, argnums=1), argnums=1)(model, theta, t)
             a = 0.5 * (h + h.T) + self.beta * torch.eye(theta.numel(), dtype=theta.dtype)
             return torch.linalg.solve(a, b)
+        if self.inner_solver == "ekfac":
+            # deferred: metainf.accel imports this module
+            from metainf.accel.ekfac import ekfac_solve
+
+            return ekfac_solve(model, t, theta, b, self.beta)
         return cg_fixed(lambda x: self.a_matvec(model, t, theta, x), b, self.cg_iters)
 
     def inner_objective(self, model: FlatModel, lam: Tensor, t: TaskData, theta: Tensor) -> Tensor:
@@ -235,15 +277,22 @@ class ProximalInner:
                 return grad(query_loss, argnums=1)(model, th, t)
         else:
             raise ValueError(f"hprime mode {hprime!r} is not available here: use 'exact' or 'drop' "
-                             "(the Gamma surrogate is added by the total-Hessian operator)")
+                             "(the Gamma surrogate is added by total_hvp)")
         return jvp(f, (theta,), (z,))[1]
 
     def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
                   hprime: str = "exact") -> Tensor:
-        """D^2 L_O^k u = beta A^-1 [Hess L_O (J u) - D^3 L_S[J u, q]] with q = A^-1 grad L_O, J u = beta A^-1 u."""
-        q = self.a_solve(model, t, state, grad(query_loss, argnums=1)(model, state, t))
+        """D^2 L_O^k u = beta A^-1 [Hess L_O (J u) - D^3 L_S[J u, q]] with q = A^-1 grad L_O, J u = beta A^-1 u.
+
+        ``drop`` omits the D^3 term (and the solve for q); ``gamma`` / ``gamma_scaled:c`` add
+        c ||grad_theta L_O(theta_k)||_1 u to the drop term (see ``parse_hprime``)."""
+        mode, scale = parse_hprime(hprime)
+        gq = grad(query_loss, argnums=1)(model, state, t)
+        q = self.a_solve(model, t, state, gq) if mode == "exact" else gq
         z = self.beta * self.a_solve(model, t, state, u)
-        return self.beta * self.a_solve(model, t, state, self._third_order_rhs(model, t, state, q, z, hprime))
+        rhs = self._third_order_rhs(model, t, state, q, z, "exact" if mode == "exact" else "drop")
+        out = self.beta * self.a_solve(model, t, state, rhs)
+        return out + scale * gq.abs().sum() * u if mode == "gamma" else out
 
     def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
         return self.beta * self.a_solve(model, t, state, v)

@@ -10,8 +10,9 @@ Every message says what to change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,10 +47,14 @@ def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", dampin
     """
     op = (lambda u: hvp(u) + damping * u) if damping else hvp
     if method in ("neumann", "lissa"):
-        from metainf.accel.neumann import lissa_solve, neumann_solve  # deferred: metainf.accel imports this module
+        # deferred: metainf.accel imports this module
+        from metainf.accel.neumann import lissa_solve, neumann_solve
 
         if method == "neumann":
             return neumann_solve(op, b, max_iter, tol, **options)
+        if "batch_hvp" not in options:
+            raise TypeError("solver 'lissa' needs batch_hvp=(u, idx) -> mini-batch H u and n_units, batch_size, "
+                            "e.g. metainf.accel.batches.task_batch_hvp(obj, lam, hprime)")
         batch_hvp = options.pop("batch_hvp")
         return lissa_solve(lambda u, idx: batch_hvp(u, idx) + damping * u, op, b, depth=max_iter, tol=tol, **options)
     if options:

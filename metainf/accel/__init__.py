@@ -1,0 +1,8 @@
+"""Acceleration strategies of the paper (section 4) and the ablation alternatives.
+
+- ``neumann``: truncated Neumann series and LiSSA for (damping I + H)^-1 b (``metainf.solvers.solve`` methods
+  ``"neumann"`` / ``"lissa"``); ``batches``: mini-batch total HVPs over task subsets for LiSSA.
+- ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``).
+- ``gamma``: the Gamma surrogate for H' (``hprime="gamma"`` / ``"gamma_scaled:c"``) and its dominance check.
+- ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian.
+"""

@@ -1,0 +1,160 @@
+"""EK-FAC inverse of the proximal inner Hessian A = Hess L_S(theta) + beta I, layer by layer (George et al. 2018;
+Grosse et al. 2023), for ``ProximalInner(inner_solver="ekfac")`` (inner iHVPs, total gradients and the
+support-point stage of instance-IF all go through ``ProximalInner.a_solve``).
+
+Hess L_S is replaced by its layer-block-diagonal Gauss-Newton matrix. For a Linear / Conv2d layer with weight
+matrix W (d_out x d_in'; the bias is the last input column; a conv weight is d_out x c_in k_h k_w and its inputs
+are the unfolded patches at every output position l), with support weights w_j = ws_j / |S|::
+
+    G_W = sum_j w_j sum_c vec(D_jc) vec(D_jc)^T ,     D_jc = sum_l g_jcl a_jl^T
+
+where a_jl is the layer input of example j and g_jcl the backpropagation to the layer output of column c of a
+square root M_j of the output Hessian H_j = d^2 ce(o_j, y_j) / d o^2 = M_j M_j^T (``fisher="ggn"``: the exact
+expectation over the model's labels, C columns) or of the true-label gradient (``fisher="empirical"``: one column).
+
+    Kronecker factors     A = sum_jl w_j a_jl a_jl^T = Q_A S_A Q_A^T ,    G = sum_jcl g_jcl g_jcl^T = Q_G S_G Q_G^T
+    eigenvalue correction Lambda[r, s] = sum_jc (Q_G^T D_jc Q_A)[r, s]^2   (diag of G_W in the Kronecker eigenbasis)
+    inverse               A^-1 V ~ Q_G [ (Q_G^T V Q_A) / (Lambda + beta + rho) ] Q_A^T     (beta: the proximal term)
+
+The factor scales cancel (only their eigenvectors are used). Exactness: the result is the exact (G_W + (beta+rho) I)^-1
+whenever G_W is diagonal in Q_A (x) Q_G: e.g. one support example (G_W = a a^T (x) sum_c g g^T is a Kronecker
+product), or a single linear layer under 2-way CE whose augmented inputs a_j are mutually orthogonal with distinct
+norms (every H_j is a multiple of the same rank-1 v v^T, so G_W = (sum_j w_j p_j0 p_j1 a_j a_j^T) (x) 2 v v^T and
+Q_A diagonalises the weighted sum, although plain K-FAC's unweighted A (x) G differs from it). For a linear model,
+G_W is the exact Hessian of CE. Parameters outside Linear / Conv2d layers (e.g. GroupNorm affine) get curvature 0:
+A^-1 b = b / (beta + rho) there. Layers are found through ``model.module`` and mapped onto the flat vector with
+``model.unflatten`` / ``model.flatten``; inputs and output gradients are tapped with forward hooks (vmap-able).
+Cost per solve: one forward, C backward passes, two eigendecompositions per layer (d_in'^3 + d_out^3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import grad, jacrev, vjp, vmap
+
+from metainf.bilevel import TaskData
+from metainf.models import FlatModel
+
+FISHERS = ("ggn", "empirical")
+
+
+@dataclass
+class LayerFactors:
+    """One layer's eigenbases and corrected eigenvalues; ``weight`` / ``bias`` are flat-parameter names."""
+
+    weight: str
+    bias: str | None
+    q_a: Tensor  # [d_in', d_in']
+    q_g: Tensor  # [d_out, d_out]
+    eigenvalues: Tensor  # [d_out, d_in'] (Lambda)
+
+
+def kfac_layers(model: FlatModel) -> list[tuple[nn.Module, str, str | None]]:
+    """(module, weight name, bias name or None) for every Linear / Conv2d layer whose weight is in the flat vector."""
+    names = set(model.names)
+    out = []
+    for path, mod in model.module.named_modules():
+        prefix = f"{path}." if path else ""
+        if isinstance(mod, (nn.Linear, nn.Conv2d)) and prefix + "weight" in names:
+            if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or isinstance(mod.padding, str)
+                                               or mod.padding_mode != "zeros"):
+                raise ValueError(f"EK-FAC supports Conv2d with groups=1, integer zero padding; {path!r} is {mod}")
+            bias = prefix + "bias" if prefix + "bias" in names else None
+            out.append((mod, prefix + "weight", bias))
+    return out
+
+
+def _tapped_forward(model: FlatModel, theta: Tensor, x: Tensor, mods: list[nn.Module],
+                    taps: list[Tensor] | None) -> tuple[Tensor, list[Tensor], list[torch.Size]]:
+    """logits with ``taps[i]`` added to layer i's output; returns the layer inputs and output shapes too."""
+    inputs: dict[int, Tensor] = {}
+    shapes: dict[int, torch.Size] = {}
+
+    def hook_for(i: int):
+        def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+            inputs[i], shapes[i] = inp[0], out.shape
+            return out if taps is None else out + taps[i]
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(mods)]
+    try:
+        logits = model(theta, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, [inputs[i] for i in range(len(mods))], [shapes[i] for i in range(len(mods))]
+
+
+def _patches(mod: nn.Module, a: Tensor, has_bias: bool) -> Tensor:
+    """Layer inputs as [n, L, d_in'] (L positions; a trailing 1 for the bias)."""
+    if isinstance(mod, nn.Conv2d):
+        a = F.unfold(a, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)
+    else:
+        a = a.reshape(a.shape[0], 1, -1)
+    return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1) if has_bias else a
+
+
+def _output_roots(logits: Tensor, y: Tensor, w: Tensor, fisher: str) -> Tensor:
+    """Cotangents [K, n, C] for the backward passes: sqrt(w_j) x columns of M_j (ggn) or of grad ce (empirical)."""
+    def point_loss(o: Tensor, yy: Tensor) -> Tensor:
+        return F.cross_entropy(o.unsqueeze(0), yy.unsqueeze(0))
+
+    sw = w.clamp_min(0).sqrt().unsqueeze(-1)
+    if fisher == "ggn":
+        h = vmap(jacrev(grad(point_loss)))(logits, y)  # [n, C, C]
+        evals, evecs = torch.linalg.eigh(0.5 * (h + h.transpose(1, 2)))
+        roots = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)  # columns c of M_j
+        return (roots * sw.unsqueeze(-1)).permute(2, 0, 1)
+    if fisher == "empirical":
+        return (vmap(grad(point_loss))(logits, y) * sw).unsqueeze(0)
+    raise ValueError(f"unknown EK-FAC fisher {fisher!r}: choose one of {FISHERS}")
+
+
+def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "ggn") -> list[LayerFactors]:
+    """EK-FAC factors of the Gauss-Newton matrix of L_S(theta) on task ``t``'s support set (weights ``t.ws``)."""
+    layers = kfac_layers(model)
+    mods = [m for m, _, _ in layers]
+    _, _, shapes = _tapped_forward(model, theta, t.xs, mods, None)
+    taps = [torch.zeros(s, dtype=theta.dtype) for s in shapes]
+    logits, pullback, inputs = vjp(lambda tp: _tapped_forward(model, theta, t.xs, mods, tp)[:2], taps, has_aux=True)
+    w = t.ws / t.ws.shape[-1]
+    cots = _output_roots(logits, t.ys, w, fisher)
+    out_grads = vmap(lambda c: pullback(c)[0])(cots)  # per layer [K, n, *out_shape]
+    factors = []
+    for (mod, wname, bname), a, g in zip(layers, inputs, out_grads):
+        a = _patches(mod, a, bname is not None)  # [n, L, d_in']
+        g = g.flatten(3).transpose(2, 3) if isinstance(mod, nn.Conv2d) else g.unsqueeze(2)  # [K, n, L, d_out]
+        cov_a = torch.einsum("n,nld,nle->de", w, a, a)
+        cov_g = torch.einsum("knld,knle->de", g, g)
+        q_a = torch.linalg.eigh(0.5 * (cov_a + cov_a.T))[1]
+        q_g = torch.linalg.eigh(0.5 * (cov_g + cov_g.T))[1]
+        projected = torch.einsum("knlr,nls->knrs", g @ q_g, a @ q_a)  # Q_G^T D_jc Q_A
+        factors.append(LayerFactors(wname, bname, q_a, q_g, (projected ** 2).sum((0, 1))))
+    return factors
+
+
+def ekfac_apply(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float) -> Tensor:
+    """(G_W + damping I)^-1 b with the EK-FAC factors; damping (beta + rho) > 0 on every coordinate."""
+    if damping <= 0:
+        raise ValueError(f"EK-FAC needs a positive damping (beta + rho), got {damping}")
+    parts = model.unflatten(b)
+    out = {name: v / damping for name, v in parts.items()}
+    for f in factors:
+        wmat = parts[f.weight].reshape(f.q_g.shape[0], -1)
+        v = torch.cat([wmat, parts[f.bias].unsqueeze(-1)], dim=-1) if f.bias else wmat
+        x = f.q_g @ ((f.q_g.T @ v @ f.q_a) / (f.eigenvalues + damping)) @ f.q_a.T
+        if f.bias:
+            out[f.bias] = x[:, -1]
+            x = x[:, :-1]
+        out[f.weight] = x.reshape(parts[f.weight].shape)
+    return model.flatten(out)
+
+
+def ekfac_solve(model: FlatModel, t: TaskData, theta: Tensor, b: Tensor, beta: float, rho: float = 0.0,
+                fisher: str = "ggn") -> Tensor:
+    """EK-FAC approximation of (Hess L_S(theta) + beta I)^-1 b, with extra damping ``rho``."""
+    return ekfac_apply(model, ekfac_factors(model, t, theta, fisher), b, beta + rho)
