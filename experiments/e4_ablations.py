@@ -16,9 +16,15 @@ leave-one-task-out retraining (``metainf.loo.retrain``) by Spearman. Wall time o
 gradient + task gradients (with its inner solver) + the solve (+ the shared power iteration for Neumann / LiSSA);
 the inner solutions theta_k(lam*) come with the trained model and are shared. Memory is the process RSS sampled
 during the configuration (``_PeakSampler``): its peak and its growth over the RSS at the start (RSS rarely shrinks,
-so a configuration run after a larger one shows little growth). Reported per inner problem: the fastest configuration whose Spearman with LOO is within ``loo_margin`` of
-the exact path's, and its speed-up over retraining every task (timed in the same run, including the dense Hessian
-that the Newton stage of retraining reuses).
+so a configuration run after a larger one shows little growth). Reported per inner problem: the fastest
+configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
+over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
+reuses).
+
+Problem: 3-way 2-shot 4-query tasks on 4x4 images (digits or Omniglot resized), a tanh MLP with 4 hidden units
+(83 parameters), outer L2 delta = 0.05, proximal beta = 1. Label-permuted tasks carry little meta-learnable signal
+for so small a model: with 5-way tasks or a larger delta the meta-parameters collapse to lam* = 0 at 40 tasks, and
+with a smaller delta the total Hessian becomes near-singular (LOO slow and nonlinear).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 8, "n_eval_tasks": 8, "curvatures": ["exact", "drop", "gamma"], "cg_iters": 5,
               "solve_tol": 1e-6, "cg_max_iter": 100, "lissa": {"depth": 20, "batch_size": 2, "repeats": 1}},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "lissa": {"depth": 50, "batch_size": 10, "repeats": 1}},
-    "paper": {**_BASE, "n_train_tasks": 100, "n_eval_tasks": 50, "image_size": 8, "hidden": 8, "cg_iters": 30,
+    "paper": {**_BASE, "n_train_tasks": 100, "n_eval_tasks": 50, "image_size": 6, "hidden": 6, "cg_iters": 30,
               "power_iters": 20, "lissa": {"depth": 100, "batch_size": 20, "repeats": 2}},
 }
 
@@ -330,4 +336,5 @@ EXPERIMENT = Experiment(
     id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
     datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, figures=figures,
     default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+    reproduce_datasets=("omniglot",),
 )
