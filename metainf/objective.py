@@ -222,29 +222,25 @@ class MetaObjective:
         hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
         return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
 
-    def dense_hessian(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
-        """The full total Hessian of F (small models only), symmetrised; ``block`` HVPs are batched with vmap."""
+    def _hessian_columns(self, lam: Tensor, hprime: str, block: int, combine) -> Tensor:
+        """``combine(per-task HVPs [M, P], u)`` for every basis vector u, ``block`` of them batched with vmap."""
         self.state_at(lam)
         eye = torch.eye(lam.numel(), dtype=lam.dtype)
 
-        def hvp_fixed_state(u: Tensor) -> Tensor:
-            hk = self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u)
-            return self.tau @ hk / self.n_tasks + self.delta * u
+        def column(u: Tensor) -> Tensor:
+            return combine(self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u), u)
 
-        h = torch.cat([vmap(hvp_fixed_state)(eye[i:i + block]) for i in range(0, lam.numel(), block)])
+        return torch.cat([vmap(column)(eye[i:i + block]) for i in range(0, lam.numel(), block)])
+
+    def dense_hessian(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
+        """The full total Hessian of F (small models only), symmetrised."""
+        h = self._hessian_columns(lam, hprime, block, lambda hk, u: self.tau @ hk / self.n_tasks + self.delta * u)
         check_finite(h, "the dense total Hessian")
         return 0.5 * (h + h.T)
 
     def task_hessians(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
         """Per-task total Hessians D^2 L_O^k, [M, P, P], symmetrised (small models only; tau, delta not applied)."""
-        self.state_at(lam)
-        eye = torch.eye(lam.numel(), dtype=lam.dtype)
-
-        def per_task_hvps(u: Tensor) -> Tensor:
-            return self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u)
-
-        cols = torch.cat([vmap(per_task_hvps)(eye[i:i + block]) for i in range(0, lam.numel(), block)])  # [P,M,P]
-        h = cols.permute(1, 2, 0)
+        h = self._hessian_columns(lam, hprime, block, lambda hk, u: hk).permute(1, 2, 0)  # [P, M, P] -> [M, P, P]
         check_finite(h, "a per-task total Hessian")
         return 0.5 * (h + h.transpose(1, 2))
 
