@@ -32,7 +32,8 @@ from metainf.methods import AttributionProblem, Scores, get_method, run_method
 from metainf.models import FlatModel, build_model
 from metainf.objective import MetaObjective, pool_tensors
 from metainf.solvers import IndefiniteHessianError, SolverNotConvergedError
-from metainf.train import DENSE_NEWTON_MAX_PARAMS, Trajectory, train_converged, train_stochastic
+from metainf.train import (DENSE_NEWTON_MAX_PARAMS, Trajectory, task_total_hessians, total_hessian, train_converged,
+                           train_stochastic)
 from metainf.trajloo import trajectory_loo_many
 
 Unit = tuple[int, int | None]
@@ -144,21 +145,41 @@ def _converged_unit(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: st
     return res.effect
 
 
-def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, units: list[Unit], tag: str) -> np.ndarray:
+def start_curvature(obj: MetaObjective, lam: Tensor, kind: str,
+                    h: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """(H, H_k): the total Hessian of F at lam* (``h`` if given) and, for task removal, the per-task total Hessians
+    [M, P, P]; (None, None) above ``DENSE_NEWTON_MAX_PARAMS``. Built by ``metainf.train.total_hessian`` (dense per-task
+    blocks for the proximal inner problem)."""
+    if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
+        return None, None
+    h = total_hessian(obj, lam) if h is None else h
+    per_task_bytes = obj.n_tasks * lam.numel() ** 2 * lam.element_size()
+    hk = task_total_hessians(obj, lam) if kind == "task" and per_task_bytes <= MAX_TASK_HESSIAN_BYTES else None
+    return h, hk
+
+
+def unit_start_hessian(obj: MetaObjective, curvature: tuple[Tensor | None, Tensor | None], task: int) -> Tensor | None:
+    """The exact total Hessian at lam* of F without task ``task`` (H - tau_k H_k / M) when H_k is known, else H."""
+    h, hk = curvature
+    if h is None or hk is None:
+        return h
+    return h - obj.tau[task] * hk[task] / obj.n_tasks
+
+
+def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, units: list[Unit], tag: str,
+                  curvature: tuple[Tensor | None, Tensor | None] | None = None) -> np.ndarray:
     """Converged leave-one-out effects of ``units`` (warm start from lam*, same optimiser, gradient tolerance).
 
     For small models the Newton stage starts from the exact total Hessian of the objective without the unit
-    at lam* (tasks: H - tau_k H_k / M) or from H (points); the result is fixed by the tolerance, not by this choice.
+    at lam* (tasks: H - tau_k H_k / M) or from H (points), ``curvature`` = :func:`start_curvature` (computed if
+    None); the result is fixed by the tolerance, not by this choice.
     """
     cfg, obj, lam = ctx.config, setup.objective, fitted.lam_star
-    small = lam.numel() <= DENSE_NEWTON_MAX_PARAMS
-    h = obj.dense_hessian(lam) if small else None
-    per_task_bytes = obj.n_tasks * lam.numel() ** 2 * lam.element_size()
-    hk = obj.task_hessians(lam) if small and kind == "task" and per_task_bytes <= MAX_TASK_HESSIAN_BYTES else None
+    curvature = start_curvature(obj, lam, kind) if curvature is None else curvature
     args = {}
     for k, j in units:
-        start_h = None if h is None else (h - obj.tau[k] * hk[k] / obj.n_tasks if hk is not None else h)
-        args[f"{kind}-{k}-{j}"] = (obj, lam, setup.eval_objective, kind, k, j, cfg["tol"], cfg["max_iter"], start_h)
+        args[f"{kind}-{k}-{j}"] = (obj, lam, setup.eval_objective, kind, k, j, cfg["tol"], cfg["max_iter"],
+                                   unit_start_hessian(obj, curvature, k))
     out = run_units(_converged_unit, args, executor="serial" if ctx.executor == "serial" else ctx.executor,
                     scheduler=ctx.scheduler, cache_dir=ctx.unit_cache(f"loo-{tag}-{kind}"),
                     cache_key=f"{ctx.seed}", desc=f"converged LOO {tag} {kind}")

@@ -11,10 +11,17 @@ For every method and unit kind: Pearson and Spearman with each ground truth over
 ``n_units.task``; ``n_units.support`` / ``n_units.query`` seeded (task, point) pairs), the scoring time, and the
 retraining time. The noise floor of converged retraining (a second retraining from a perturbed start) is reported
 beside the spread of the true effects.
+
+Problems (:func:`problem_configs`): the primary ones are the inner problems in ``inners`` at ``k_shot`` (1 shot:
+metric keys ``unrolled.<method>.<kind>_<truth>_spearman``, ``proximal...``), with per-inner settings in
+``by_inner``; ``variants`` adds further problems under their own key, e.g. ``unrolled_5shot`` (5-shot support points:
+at 1 shot removing a support point removes its class from the task, not a small change). ``ground_truth.k_shot``
+records the shot count of each problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -23,9 +30,11 @@ import torch
 
 from experiments import common
 from experiments.base import Experiment, RunContext
+from metainf.bilevel import ProximalInner
 from metainf.loo import noise_floor
 from metainf.methods import available_methods
 from metainf.metrics import correlations
+from metainf.train import DENSE_NEWTON_MAX_PARAMS, total_hessian
 
 METHODS = ("task_if", "direct_if", "single_level_if", "tracin", "tracin_cp", "dvemb_exact", "dvemb_fisher",
            "grad_dot", "grad_cos", "trak", "ga_unlearn", "loss", "random")
@@ -35,16 +44,33 @@ _BASE = {
     "max_iter": 500, "outer_steps": 200, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
     "kinds": ["task", "support", "query"], "trajectory_ground_truth": True,
-    "by_dataset": {"omniglot": {"image_size": 8}},
+    "by_inner": {}, "variants": {},
+    "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam* = 0
 }
+#: settings of the proximal problem at quick scale, used when it is selected (``--set 'inners=["unrolled",
+#: "proximal"]'``). Every evaluation of F re-solves 40 inner problems by Newton-CG (warm started: 2 Newton steps;
+#: 30 CG iterations give the 200-iteration total gradient to 1e-15 here), so it runs the methods that need no
+#: replay through the inner solver, against converged LOO only. It is not in the default quick run: measured on a
+#: loaded 2-core machine, training plus the start Hessians took ~10 min and one leave-one-out retraining 0.5-2.5 min.
+_PROXIMAL_QUICK = {
+    "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 30}, "outer_steps": 50, "trajectory_ground_truth": False,
+    "methods": ["task_if", "direct_if", "grad_dot", "grad_cos", "loss", "random"],
+    "n_units": {"task": 20, "support": 20, "query": 20},
+}
+#: the second problem: removing one of K > 1 examples of a class (at 1 shot a support point is its class)
+_FIVE_SHOT = {"inner": "unrolled", "k_shot": 5, "kinds": ["support"],
+              "methods": ["task_if", "direct_if", "dvemb_exact", "tracin", "grad_dot", "loss", "random"]}
 CONFIGS = {
     # smoke keeps 40 training tasks (with 8 the converged minimum is nearly singular and removal of one task
     # changes the landscape qualitatively) and scores only 8 units per kind
     "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "outer_steps": 100,
               "n_units": {"task": 8, "support": 8, "query": 8}},
-    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_units": {"task": 40, "support": 40, "query": 40}},
+    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_units": {"task": 40, "support": 40, "query": 40},
+              "by_inner": {"proximal": _PROXIMAL_QUICK},
+              "variants": {"unrolled_5shot": _FIVE_SHOT}},
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "inners": ["unrolled", "proximal"],
-              "outer_steps": 2000, "n_units": {"task": 200, "support": 100, "query": 100}},
+              "outer_steps": 2000, "n_units": {"task": 200, "support": 100, "query": 100},
+              "variants": {"unrolled_5shot": _FIVE_SHOT}},
 }
 
 
@@ -52,70 +78,114 @@ def _corr(pred: np.ndarray, actual: np.ndarray, prefix: str) -> dict[str, float]
     return {f"{prefix}_{k}": v for k, v in correlations(pred, actual).items()}
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in recursively (dicts merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def problem_configs(cfg: dict) -> dict[str, dict]:
+    """name -> config of every problem E3 runs; the name keys its metrics, series and figures.
+
+    The primary problems are ``cfg["inners"]`` (named by the inner problem, at ``k_shot``), each with
+    ``cfg["by_inner"][inner]`` merged in; then every ``cfg["variants"][name]`` (a partial config naming its
+    ``inner``, e.g. another ``k_shot``) merged over the config of its inner. A problem config may restrict
+    ``methods`` (run in the order of the run's methods) and sets its own ``n_units``, ``kinds``, ...
+    """
+    bare = {k: v for k, v in cfg.items() if k not in ("by_inner", "variants")}
+    out = {inner: _merge({**bare, "inner": inner}, cfg["by_inner"].get(inner, {})) for inner in cfg["inners"]}
+    for name, variant in cfg["variants"].items():
+        out[name] = _merge(_merge({**bare, "inner": variant["inner"]}, cfg["by_inner"].get(variant["inner"], {})),
+                           variant)
+    return out
+
+
+def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list[dict]]:
+    """(metrics, series, table rows) of one problem: fit, converged (and trajectory) LOO, every method scored."""
+    ctx = dataclasses.replace(ctx, config=cfg)
+    inner_kind, kinds = cfg["inner"], tuple(cfg["kinds"])
+    methods = tuple(m for m in ctx.methods if "methods" not in cfg or m in cfg["methods"])
+    setup = common.build_setup(ctx, inner_kind)
+    fitted = common.fit(setup, cfg, ctx.seed)
+    probs = common.problems(setup, fitted, ctx.seed)
+    obj, lam = setup.objective, fitted.lam_star
+    t0 = time.perf_counter()
+    h_star = total_hessian(obj, lam) if lam.numel() <= DENSE_NEWTON_MAX_PARAMS else None
+    if h_star is not None and isinstance(obj.inner, ProximalInner):
+        obj.use_block_hessian(lam, "exact", h_star)  # task-IF's solve then costs matrix products, same operator
+    truth: dict[str, dict] = {}
+    gt_metrics: dict = {"train_grad_norm": fitted.grad_norm, "train_s": fitted.seconds, "k_shot": cfg["k_shot"],
+                        "hessian_s": time.perf_counter() - t0}
+    for kind in kinds:
+        units = common.choose_units(obj, kind, cfg["n_units"][kind], ctx.seed)
+        t0 = time.perf_counter()
+        curvature = common.start_curvature(obj, lam, kind, h_star)
+        conv = common.converged_loo(ctx, setup, fitted, kind, units, name, curvature)
+        t_conv = time.perf_counter() - t0
+        k0, j0 = units[0]
+        floor = noise_floor(obj, lam, setup.eval_objective, kind, k0, j0, tol=cfg["tol"],
+                            hessian=common.unit_start_hessian(obj, curvature, k0))
+        truth[kind] = {"units": units, "converged": conv}
+        gt_metrics.update({f"{kind}_loo_s": t_conv, f"{kind}_noise_floor": floor,
+                           f"{kind}_effect_std": float(conv.std())})
+        if cfg["trajectory_ground_truth"]:
+            t0 = time.perf_counter()
+            truth[kind]["trajectory"] = common.trajectory_loo(probs["trajectory"], kind, units)
+            gt_metrics[f"{kind}_trajloo_s"] = time.perf_counter() - t0
+    metrics: dict = {"ground_truth": gt_metrics}
+    series = {kind: {"units": [list(u) for u in truth[kind]["units"]],
+                     "converged": truth[kind]["converged"].tolist(),
+                     **({"trajectory": truth[kind]["trajectory"].tolist()} if "trajectory" in truth[kind] else {}),
+                     "predicted": {}} for kind in kinds}
+    rows: list[dict] = []
+    skipped_all: dict[str, str] = {}
+    for gt_name, problem in probs.items():
+        if gt_name == "trajectory" and not cfg["trajectory_ground_truth"]:
+            continue
+        scores, skipped = common.score_all(methods, problem, kinds)
+        skipped_all.update({f"{gt_name}/{k}": v for k, v in skipped.items()})
+        for method, by_kind in scores.items():
+            for kind, sc in by_kind.items():
+                pred = common.unit_values(sc.values, truth[kind]["units"])
+                actual = truth[kind][gt_name]
+                m = metrics.setdefault(common.metric_key(method), {})
+                m.update(_corr(pred, actual, f"{kind}_{gt_name}"))
+                m[f"{kind}_{gt_name}_seconds"] = sc.seconds
+                m[f"{kind}_{gt_name}_peak_mb"] = sc.peak_rss_mb
+                series[kind]["predicted"].setdefault(gt_name, {})[method] = pred.tolist()
+                loo_s = gt_metrics[f"{kind}_loo_s" if gt_name == "converged" else f"{kind}_trajloo_s"]
+                rows.append({"problem": name, "inner": inner_kind, "k_shot": cfg["k_shot"], "ground_truth": gt_name,
+                             "unit": kind, "method": method, "n": len(pred), **correlations(pred, actual),
+                             "score_s": sc.seconds, "retrain_s": loo_s,
+                             "speedup": loo_s / max(sc.seconds, 1e-9)})
+    metrics["skipped"] = {k.replace(".", "_").replace("/", "__"): v for k, v in skipped_all.items()}
+    return metrics, series, rows
+
+
 def run(ctx: RunContext) -> dict:
-    cfg = ctx.config
     torch.set_num_threads(1)  # tiny per-task kernels: more threads cost 30x in synchronisation on 2 cores
-    kinds = tuple(cfg["kinds"])
     metrics: dict = {}
     series: dict = {}
     rows: list[dict] = []
-    for inner_kind in cfg["inners"]:
-        setup = common.build_setup(ctx, inner_kind)
-        fitted = common.fit(setup, cfg, ctx.seed)
-        probs = common.problems(setup, fitted, ctx.seed)
-        truth: dict[str, dict] = {}
-        gt_metrics: dict = {"train_grad_norm": fitted.grad_norm, "train_s": fitted.seconds}
-        for kind in kinds:
-            units = common.choose_units(setup.objective, kind, cfg["n_units"][kind], ctx.seed)
-            t0 = time.perf_counter()
-            conv = common.converged_loo(ctx, setup, fitted, kind, units, inner_kind)
-            t_conv = time.perf_counter() - t0
-            k0, j0 = units[0]
-            floor = noise_floor(setup.objective, fitted.lam_star, setup.eval_objective, kind, k0, j0, tol=cfg["tol"])
-            truth[kind] = {"units": units, "converged": conv}
-            gt_metrics.update({f"{kind}_loo_s": t_conv, f"{kind}_noise_floor": floor,
-                               f"{kind}_effect_std": float(conv.std())})
-            if cfg["trajectory_ground_truth"]:
-                t0 = time.perf_counter()
-                truth[kind]["trajectory"] = common.trajectory_loo(probs["trajectory"], kind, units)
-                gt_metrics[f"{kind}_trajloo_s"] = time.perf_counter() - t0
-        metrics[inner_kind] = {"ground_truth": gt_metrics}
-        series[inner_kind] = {kind: {"units": [list(u) for u in truth[kind]["units"]],
-                                     "converged": truth[kind]["converged"].tolist(),
-                                     **({"trajectory": truth[kind]["trajectory"].tolist()}
-                                        if "trajectory" in truth[kind] else {}),
-                                     "predicted": {}} for kind in kinds}
-        skipped_all: dict[str, str] = {}
-        for gt_name, problem in probs.items():
-            if gt_name == "trajectory" and not cfg["trajectory_ground_truth"]:
-                continue
-            scores, skipped = common.score_all(ctx.methods, problem, kinds)
-            skipped_all.update({f"{gt_name}/{k}": v for k, v in skipped.items()})
-            for method, by_kind in scores.items():
-                for kind, sc in by_kind.items():
-                    pred = common.unit_values(sc.values, truth[kind]["units"])
-                    actual = truth[kind][gt_name]
-                    m = metrics[inner_kind].setdefault(common.metric_key(method), {})
-                    m.update(_corr(pred, actual, f"{kind}_{gt_name}"))
-                    m[f"{kind}_{gt_name}_seconds"] = sc.seconds
-                    m[f"{kind}_{gt_name}_peak_mb"] = sc.peak_rss_mb
-                    series[inner_kind][kind]["predicted"].setdefault(gt_name, {})[method] = pred.tolist()
-                    loo_s = gt_metrics[f"{kind}_loo_s" if gt_name == "converged" else f"{kind}_trajloo_s"]
-                    rows.append({"inner": inner_kind, "ground_truth": gt_name, "unit": kind, "method": method,
-                                 "n": len(pred), **correlations(pred, actual), "score_s": sc.seconds,
-                                 "retrain_s": loo_s, "speedup": loo_s / max(sc.seconds, 1e-9)})
-        metrics[inner_kind]["skipped"] = {k.replace(".", "_").replace("/", "__"): v for k, v in skipped_all.items()}
+    for name, cfg in problem_configs(ctx.config).items():
+        t0 = time.perf_counter()
+        metrics[name], series[name], problem_rows = run_problem(ctx, name, cfg)
+        metrics[name]["ground_truth"]["problem_s"] = time.perf_counter() - t0
+        rows += problem_rows
     return {"metrics": metrics, "series": series, "tables": {"Agreement with leave-one-out retraining": rows}}
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Predicted vs actual change for task-IF (and DVEmb on trajectory LOO), one panel per unit kind."""
+    """Predicted vs actual change for task-IF (and DVEmb on trajectory LOO), one panel per unit kind, one figure per
+    problem (``unrolled``, ``proximal``, a variant such as ``unrolled_5shot``) and ground truth."""
     from replication.figures import method_color, new_figure, save_figure
 
     paths = []
     dataset = result.get("dataset", "")
     for seed, payload in result["per_seed"].items():
-        for inner_kind, by_kind in payload["series"].items():
+        for problem, by_kind in payload["series"].items():
             for gt_name, methods in (("converged", ("task_if", "direct_if")), ("trajectory", ("dvemb_exact", "tracin"))):
                 kinds = [k for k in by_kind if gt_name in by_kind[k]]
                 if not kinds:
@@ -140,17 +210,22 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                     ax.set_ylabel("predicted (rescaled)")
                     ax.set_title(f"{kind} units")
                     ax.legend(fontsize=7)
-                fig.suptitle(f"E3 {dataset} {inner_kind}, seed {seed}")
-                paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{inner_kind}-{gt_name}-seed{seed}.png"))
+                fig.suptitle(f"E3 {dataset} {problem}, seed {seed}")
+                paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{problem}-{gt_name}-seed{seed}.png"))
     return paths
 
 
 def _validate(scale: str, config: dict) -> None:
     from experiments.base import ConfigError
 
-    unknown = set(config["inners"]) - {"unrolled", "proximal"}
+    inners = [*config["inners"], *(v.get("inner") for v in config["variants"].values())]
+    unknown = set(inners) - {"unrolled", "proximal"}
     if unknown:
-        raise ConfigError(f"E3: unknown inner problems {sorted(unknown)}; use 'unrolled' and/or 'proximal'")
+        raise ConfigError(f"E3: unknown inner problems {sorted(map(str, unknown))}; use 'unrolled' and/or "
+                          "'proximal' (every entry of 'variants' names its 'inner')")
+    clash = set(config["variants"]) & set(config["inners"])
+    if clash:
+        raise ConfigError(f"E3: variants {sorted(clash)} reuse the name of a primary inner problem; rename them")
     if config["n_train_tasks"] < 2:
         raise ConfigError("E3: leave-one-out needs at least 2 training tasks")
 

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import grad, jacrev, jvp, vjp
+from torch.func import grad, hessian, jacrev, jvp, vjp
 
 from metainf.models import FlatModel
 
@@ -293,6 +293,38 @@ class ProximalInner:
         rhs = self._third_order_rhs(model, t, state, q, z, "exact" if mode == "exact" else "drop")
         out = self.beta * self.a_solve(model, t, state, rhs)
         return out + scale * gq.abs().sum() * u if mode == "gamma" else out
+
+    def dense_total_hessian(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor,
+                            hprime: str = "exact") -> Tensor:
+        """D^2 L_O^k as a dense P x P matrix from dense per-task blocks (small models; no implicit HVPs).
+
+        With A = Hess L_S(theta_k) + beta I and q = A^-1 grad L_O (both formed densely, exact solves)::
+
+            D^2 L_O^k = beta^2 A^-1 Hess phi A^-1,   phi(theta) = L_O(theta) - q . grad L_S(theta)  (q held fixed)
+
+        since Hess phi = Hess L_O - D^3 L_S[., q]: the matrix of :meth:`total_hvp` (``"exact"``). ``drop`` uses
+        phi = L_O (H'_k = 0); ``gamma`` / ``gamma_scaled:c`` add c ||grad_theta L_O(theta_k)||_1 I to the drop
+        matrix. Symmetrised. Cost: three dense Hessians (one of third order) and two P x P solves per task.
+        """
+        mode, scale = parse_hprime(hprime)
+        theta, beta = state, self.beta
+        eye = torch.eye(theta.numel(), dtype=theta.dtype)
+        h_s = hessian(support_loss, argnums=1)(model, theta, t)
+        a = 0.5 * (h_s + h_s.T) + beta * eye
+        gq = grad(query_loss, argnums=1)(model, theta, t)
+        if mode == "exact":
+            q = torch.linalg.solve(a, gq)
+
+            def phi(th: Tensor) -> Tensor:
+                return query_loss(model, th, t) - grad(support_loss, argnums=1)(model, th, t) @ q
+        else:
+            def phi(th: Tensor) -> Tensor:
+                return query_loss(model, th, t)
+        c = hessian(phi)(theta)
+        a_inv_c = torch.linalg.solve(a, 0.5 * (c + c.T))             # A^-1 C
+        out = beta ** 2 * torch.linalg.solve(a, a_inv_c.T)             # A^-1 C^T A^-1 = A^-1 C A^-1 (C, A symmetric)
+        out = 0.5 * (out + out.T)
+        return out + scale * gq.abs().sum() * eye if mode == "gamma" else out
 
     def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
         return self.beta * self.a_solve(model, t, state, v)

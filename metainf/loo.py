@@ -46,8 +46,10 @@ def retrain(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, kind:
             hessian: Tensor | None = None) -> LooResult:
     """Retrain without one unit from ``start`` (default lam*) and report the evaluation-loss change.
 
-    ``hessian`` (the total Hessian of the full objective at lam*) only speeds up the Newton stage of small models
-    as an initial curvature; the result is fixed by the gradient tolerance on the objective without the unit.
+    ``hessian`` (the total Hessian at lam* of the objective without the unit, or of the full one) only speeds up
+    small models: Newton starts from it at once, as a chord curvature (``metainf.train.train_converged``; build it
+    with ``metainf.train.total_hessian`` / ``task_total_hessians``, dense per-task blocks for the proximal inner
+    problem). The result is fixed by the gradient tolerance on the objective without the unit.
     """
     robj = removal_objective(obj, kind, task, point)
     res = train_converged(robj, lam_star if start is None else start, tol=tol, max_iter=max_iter, hessian=hessian)
@@ -56,10 +58,12 @@ def retrain(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, kind:
 
 
 def noise_floor(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, kind: str, task: int,
-                point: int | None = None, tol: float = 1e-8, scale: float = 1e-3, seed: int = 0) -> float:
-    """|effect(start lam*) - effect(start lam* + noise)|: how much two retrainings of one removal can differ."""
+                point: int | None = None, tol: float = 1e-8, scale: float = 1e-3, seed: int = 0,
+                hessian: Tensor | None = None) -> float:
+    """|effect(start lam*) - effect(start lam* + noise)|: how much two retrainings of one removal can differ
+    (``hessian``: the start curvature of both, as in :func:`retrain`)."""
     gen = torch.Generator().manual_seed(seed)
-    a = retrain(obj, lam_star, eval_obj, kind, task, point, tol)
+    a = retrain(obj, lam_star, eval_obj, kind, task, point, tol, hessian=hessian)
     noise = torch.randn(lam_star.shape, generator=gen, dtype=lam_star.dtype) * scale
-    b = retrain(obj, lam_star, eval_obj, kind, task, point, tol, start=lam_star + noise)
+    b = retrain(obj, lam_star, eval_obj, kind, task, point, tol, start=lam_star + noise, hessian=hessian)
     return abs(a.effect - b.effect)

@@ -60,6 +60,7 @@ class MetaObjective:
     chunk: int | None = 16
     _state_lam: Tensor | None = field(default=None, repr=False)
     _state: Tensor | None = field(default=None, repr=False)
+    _dense_hvp: tuple[Tensor, str, Tensor] | None = field(default=None, repr=False)  # (lam, hprime, Hess F)
 
     def __post_init__(self) -> None:
         """Check ``tasks`` (and ``tau``) against each other and the model; raise ``ValueError`` naming each bad field.
@@ -217,7 +218,11 @@ class MetaObjective:
         return self.value(lam), self.grad(lam)
 
     def hvp(self, lam: Tensor, u: Tensor, hprime: str = "exact") -> Tensor:
-        """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u."""
+        """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u (from the matrix of :meth:`use_block_hessian`, if set
+        for this lam and hprime)."""
+        cached = self._dense_hvp
+        if cached is not None and cached[1] == hprime and cached[0].shape == lam.shape and torch.equal(cached[0], lam):
+            return cached[2] @ u
         self.state_at(lam)
         hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
         return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
@@ -243,6 +248,41 @@ class MetaObjective:
         h = self._hessian_columns(lam, hprime, block, lambda hk, u: hk).permute(1, 2, 0)  # [P, M, P] -> [M, P, P]
         check_finite(h, "a per-task total Hessian")
         return 0.5 * (h + h.transpose(1, 2))
+
+    def _block_chunks(self, lam: Tensor, hprime: str, chunk: int):
+        """Yield (slice, [n, P, P] per-task total Hessians) from ``inner.dense_total_hessian`` (proximal only)."""
+        if not isinstance(self.inner, ProximalInner):
+            raise ValueError("dense per-task blocks need the proximal inner problem; use dense_hessian / "
+                             "task_hessians (HVP columns) for the unrolled one")
+        state = self.state_at(lam)
+        for sl in _chunks(self.n_tasks, chunk):
+            t = TaskData(*(x[sl] for x in self.tasks))
+            h = vmap(lambda tk, s: self.inner.dense_total_hessian(self.model, lam, tk, s, hprime))(t, state[sl])
+            yield sl, check_finite(h, "a per-task total Hessian")
+
+    def block_task_hessians(self, lam: Tensor, hprime: str = "exact", chunk: int = 8) -> Tensor:
+        """Per-task total Hessians D^2 L_O^k, [M, P, P], from dense per-task blocks (proximal; tau, delta not applied).
+
+        The same matrices as :meth:`task_hessians` with exact inner solves instead of P implicit HVPs (each running
+        CG solves): see ``ProximalInner.dense_total_hessian``. ``chunk`` tasks are vmapped at a time.
+        """
+        return torch.cat([h for _, h in self._block_chunks(lam, hprime, chunk)])
+
+    def block_hessian(self, lam: Tensor, hprime: str = "exact", chunk: int = 8) -> Tensor:
+        """Hess F = (1/M) sum_k tau_k D^2 L_O^k + delta I from dense per-task blocks (proximal), accumulated chunk-wise
+        so that only ``chunk`` P x P blocks are held at a time. The matrix of :meth:`dense_hessian`."""
+        h = self.delta * torch.eye(lam.numel(), dtype=lam.dtype)
+        for sl, hk in self._block_chunks(lam, hprime, chunk):
+            h = h + torch.einsum("k,kij->ij", self.tau[sl], hk) / self.n_tasks
+        return 0.5 * (h + h.T)
+
+    def use_block_hessian(self, lam: Tensor, hprime: str = "exact", hess: Tensor | None = None) -> Tensor:
+        """Serve :meth:`hvp` at ``lam`` (for ``hprime``) as H u with H = ``hess`` or :meth:`block_hessian`: the same
+        operator with exact instead of CG inner solves, so iterative solvers (task-IF) cost matrix products.
+        Returns H; any other lam or hprime still takes the implicit path."""
+        h = self.block_hessian(lam, hprime) if hess is None else hess
+        self._dense_hvp = (lam.detach().clone(), hprime, h)
+        return h
 
     def mean_loss(self, lam: Tensor) -> Tensor:
         """Unweighted mean query loss over the pool: the default evaluation functional L_eval."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metainf.bilevel import ProximalInner
 from metainf.objective import MetaObjective, check_finite
 
 
@@ -25,14 +26,29 @@ class ConvergedResult:
 DENSE_NEWTON_MAX_PARAMS = 3000
 
 
+def total_hessian(obj: MetaObjective, lam: Tensor) -> Tensor:
+    """The exact dense total Hessian Hess F (``hprime="exact"``) by the cheaper route for the inner problem.
+
+    Proximal: from dense per-task blocks, beta^2 A_k^-1 Hess phi_k A_k^-1 (:meth:`MetaObjective.block_hessian`, exact
+    inner solves); each of the P implicit HVP columns of :meth:`MetaObjective.dense_hessian` would run three CG
+    solves per task. Unrolled: the P vmapped HVP columns. The same matrix either way.
+    """
+    return obj.block_hessian(lam) if isinstance(obj.inner, ProximalInner) else obj.dense_hessian(lam)
+
+
+def task_total_hessians(obj: MetaObjective, lam: Tensor) -> Tensor:
+    """Per-task total Hessians D^2 L_O^k, [M, P, P], by the route of :func:`total_hessian`."""
+    return obj.block_task_hessians(lam) if isinstance(obj.inner, ProximalInner) else obj.task_hessians(lam)
+
+
 def train_converged(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_iter: int = 500,
                     history: int = 20, newton: bool | None = None, hessian: Tensor | None = None) -> ConvergedResult:
     """Minimise F until ||grad F||_2 <= tol, starting from ``lam0``.
 
     Full-batch L-BFGS (strong Wolfe) brings lam into the basin; for small models (``newton=None`` means
-    ``n_params <= DENSE_NEWTON_MAX_PARAMS``) damped Newton steps on the dense total Hessian then reach the
-    tolerance in a few iterations (:func:`newton_refine`, reusing ``hessian`` if given). The minimiser is defined by the gradient tolerance
-    alone, not by the path, so both stages target the same point.
+    ``n_params <= DENSE_NEWTON_MAX_PARAMS``) damped Newton steps on the dense total Hessian (:func:`total_hessian`)
+    then reach the tolerance in a few iterations (:func:`newton_refine`, reusing ``hessian`` if given). The
+    minimiser is defined by the gradient tolerance alone, not by the path, so both stages target the same point.
     """
     use_newton = lam0.numel() <= DENSE_NEWTON_MAX_PARAMS if newton is None else newton
     lam = lam0.detach().clone().requires_grad_(True)
@@ -75,7 +91,7 @@ def escape_saddles(obj: MetaObjective, res: ConvergedResult, tol: float, max_esc
     for _ in range(max_escapes + 1):
         if not res.converged or res.min_eigenvalue is not None and res.min_eigenvalue > 0:
             return res
-        evals, evecs = torch.linalg.eigh(obj.dense_hessian(res.lam))
+        evals, evecs = torch.linalg.eigh(total_hessian(obj, res.lam))
         res.min_eigenvalue = float(evals[0])
         if evals[0] > 0:
             return res
@@ -93,8 +109,8 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
 
     ``hessian`` (for instance the total Hessian at lam* when retraining a leave-one-out neighbour) is reused as a
     fixed curvature (chord method) while the gradient norm falls at least 2x per step; otherwise the dense total
-    Hessian at the current point is recomputed. A backtracking (Armijo) line search on F keeps each step a descent
-    step. An indefinite Hessian is used with the absolute values of its eigenvalues (saddle-free Newton).
+    Hessian at the current point is recomputed (:func:`total_hessian`). A backtracking (Armijo) line search on F
+    keeps each step a descent step. An indefinite Hessian is used with the absolute values of its eigenvalues (saddle-free Newton).
     """
     lam = lam0.detach().clone()
     value, g = obj.value_and_grad(lam)
@@ -105,7 +121,7 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
         if gn <= tol:
             return ConvergedResult(lam, gn, step, True, last_min_eig)
         if h is None or gn > 0.5 * gn_prev:  # no curvature yet, or the reused one no longer contracts fast
-            h, factor = obj.dense_hessian(lam), None
+            h, factor = total_hessian(obj, lam), None
         if factor is None:
             evals, evecs = torch.linalg.eigh(h)
             last_min_eig = float(evals[0])
