@@ -9,6 +9,8 @@ Every combination of
   (task mini-batches of ``lissa.batch_size``, ``lissa.depth`` terms);
 - curvature: H' ``exact`` / ``drop`` / ``gamma`` (``metainf.bilevel.parse_hprime``) or the TLXML Gauss-Newton
   ``gn`` (``metainf.accel.gauss_newton``);
+- the empirical-Fisher curvature ``fisher``, (1/M) sum_k tau_k g_k g_k^T + delta I from the task gradients the scores
+  need anyway, solved exactly by Woodbury (total solver ``woodbury``, no HVP);
 
 is scored against the exact path (proximal: dense / dense / exact; unrolled: dense / exact) by Pearson, Spearman and
 the relative error ||s - s_exact|| / ||s_exact|| of the task scores s_k = v . g_k / M, and against converged
@@ -44,6 +46,7 @@ from torch import Tensor
 
 from experiments.base import Experiment, RunContext
 from metainf.accel.batches import sub_objective
+from metainf.accel.fisher import fisher_solve
 from metainf.accel.gamma import check_gamma
 from metainf.accel.gauss_newton import gn_dense, gn_hvp
 from metainf.accel.neumann import power_iteration
@@ -66,14 +69,16 @@ from metainf.train import train_converged
 _BASE = {
     "n_way": 3, "k_shot": 2, "q_query": 4, "hidden": 4, "image_size": 4, "delta": 5e-2, "tol": 1e-6, "max_iter": 300,
     "damping": 0.0, "inners": ["proximal", "unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 1.0},
-    "inner_solvers": ["dense", "cg", "ekfac"], "cg_iters": 10, "curvatures": ["exact", "drop", "gamma", "gn"],
+    "inner_solvers": ["dense", "cg", "ekfac"], "cg_iters": 10,
+    "curvatures": ["exact", "drop", "gamma", "gn", "fisher"],
     "neumann_depths": [5, 10, 20, 50, 100], "power_iters": 10, "solve_tol": 1e-8, "cg_max_iter": 200,
     "lissa": {"depth": 50, "batch_size": 2, "repeats": 1}, "loo_margin": 0.02,
 }
 CONFIGS = {
     # smoke: the paper's grid without the Gauss-Newton curvature, LiSSA 20 terms, 5 inner CG iterations (< 3 min)
-    "smoke": {**_BASE, "n_train_tasks": 8, "n_eval_tasks": 8, "curvatures": ["exact", "drop", "gamma"], "cg_iters": 5,
-              "solve_tol": 1e-6, "cg_max_iter": 100, "lissa": {"depth": 20, "batch_size": 2, "repeats": 1}},
+    "smoke": {**_BASE, "n_train_tasks": 8, "n_eval_tasks": 8, "curvatures": ["exact", "drop", "gamma", "fisher"],
+              "cg_iters": 5, "solve_tol": 1e-6, "cg_max_iter": 100,
+              "lissa": {"depth": 20, "batch_size": 2, "repeats": 1}},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "lissa": {"depth": 50, "batch_size": 10, "repeats": 1}},
     "paper": {**_BASE, "n_train_tasks": 100, "n_eval_tasks": 50, "image_size": 6, "hidden": 6, "cg_iters": 30,
               "power_iters": 20, "lissa": {"depth": 100, "batch_size": 20, "repeats": 2}},
@@ -81,8 +86,8 @@ CONFIGS = {
 
 T = TypeVar("T")
 _NONE = {k: float("nan") for k in ("spearman", "rel_err", "seconds", "speedup_vs_loo")}
-_KEEP = ("inner_solver", "total_solver", "curvature", "status", "pearson", "spearman", "rel_err", "spearman_loo",
-         "seconds", "peak_mb", "rss_growth_mb", "speedup_vs_loo")
+_KEEP = ("inner_solver", "total_solver", "curvature", "status", "iterations", "pearson", "spearman", "rel_err",
+         "pearson_loo", "spearman_loo", "seconds", "peak_mb", "rss_growth_mb", "speedup_vs_loo")
 _NO_MEM = (float("nan"), float("nan"))
 Solve = Callable[[], tuple[Tensor, SolveInfo]]
 
@@ -191,9 +196,13 @@ def _shared_vectors(obj: MetaObjective, ev: MetaObjective, lam: Tensor) -> tuple
 
 def _curvature_rows(rec: _Recorder, obj: MetaObjective, lam: Tensor, b: Tensor, curvature: str, cfg: dict,
                     seed: int) -> list[dict]:
-    """Every total solver for one (inner solver, curvature)."""
-    hvp, batch_hvp, dense = _operators(obj, lam, curvature)
+    """Every total solver for one (inner solver, curvature); the Fisher curvature only by its exact Woodbury solve
+    (any other solver would reach the same scores, at more cost)."""
     damping, lis, m = cfg["damping"], cfg["lissa"], obj.n_tasks
+    if curvature == "fisher":
+        rec.attempt("woodbury", lambda: fisher_solve(rec.grads, b, obj.delta + damping, obj.tau))
+        return rec.rows
+    hvp, batch_hvp, dense = _operators(obj, lam, curvature)
 
     def dense_solve() -> tuple[Tensor, SolveInfo]:
         h = dense()

@@ -5,4 +5,6 @@
 - ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``).
 - ``gamma``: the Gamma surrogate for H' (``hprime="gamma"`` / ``"gamma_scaled:c"``) and its dominance check.
 - ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian.
+- ``fisher``: the empirical-Fisher total curvature (1/M) G^T G + delta I from the per-task total gradients, solved
+  by Woodbury (``TaskIF(solver="fisher")``, method ``task_if_fisher``).
 """

@@ -1,6 +1,8 @@
-"""The paper's estimators as registry methods: task-IF / instance-IF (``task_if``) and direct-IF (``direct_if``).
+"""The paper's estimators as registry methods: task-IF / instance-IF (``task_if``), its empirical-Fisher variant
+(``task_if_fisher``) and direct-IF (``direct_if``).
 
-Sign convention: score[u] ~ L_eval(without u) - L_eval(with u). See :mod:`metainf.influence` for the formulas.
+Sign convention: score[u] ~ L_eval(without u) - L_eval(with u). See :mod:`metainf.influence` for the formulas and
+:mod:`metainf.accel.fisher` for the Fisher curvature.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from metainf.accel.fisher import fisher_solve
 from metainf.influence import InfluenceConfig, direct_task_scores, eval_vector, instance_scores, task_scores
 from metainf.methods.base import AttributionProblem
 
@@ -16,7 +19,11 @@ from metainf.methods.base import AttributionProblem
 @dataclass
 class TaskIF:
     """Task-IF for tasks (v . g_k / M) and instance-IF for support (two-stage proxy, ``variant``) and query points,
-    with v = (damping I + H_F)^-1 grad L_eval from one solve per evaluation functional."""
+    with v = (damping I + H_F)^-1 grad L_eval from one solve per evaluation functional.
+
+    ``solver``: any ``metainf.solvers.solve`` method (``cg``, ``dense``, ``neumann``) or ``fisher``: H_F replaced by
+    the empirical-Fisher curvature (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, solved by Woodbury (no HVP;
+    the task gradients it is built from also give the task scores)."""
 
     solver: str = "cg"
     damping: float = 0.0
@@ -29,20 +36,37 @@ class TaskIF:
     needs_trajectory: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def _v(self, problem: AttributionProblem) -> Tensor:
+    def _solve(self, problem: AttributionProblem) -> tuple[Tensor, Tensor | None]:
+        """(v, the per-task total gradients G [M, P] if the solver formed them, else None)."""
+        obj, lam = problem.objective, problem.lam
+        if self.solver != "fisher":
+            cfg = InfluenceConfig(self.solver, self.damping, self.hprime, self.tol, self.max_iter)
+            return eval_vector(obj, lam, problem.eval_objective, cfg)[0], None
+        grads, b = obj.task_grads(lam), problem.eval_objective.mean_loss_grad(lam)
+        return fisher_solve(grads, b, obj.delta + self.damping, obj.tau)[0], grads
+
+    def _v(self, problem: AttributionProblem) -> tuple[Tensor, Tensor | None]:
         key = id(problem)
         if key not in self._cache:
-            cfg = InfluenceConfig(self.solver, self.damping, self.hprime, self.tol, self.max_iter)
             self._cache.clear()
-            self._cache[key] = eval_vector(problem.objective, problem.lam, problem.eval_objective, cfg)[0]
+            self._cache[key] = self._solve(problem)
         return self._cache[key]
 
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
-        v = self._v(problem)
+        v, grads = self._v(problem)
         if kind == "task":
-            return task_scores(problem.objective, problem.lam, v)
+            return grads @ v / problem.objective.n_tasks if grads is not None else task_scores(
+                problem.objective, problem.lam, v)
         support, query = instance_scores(problem.objective, problem.lam, v, self.variant)
         return support if kind == "support" else query
+
+
+@dataclass
+class TaskIFFisher(TaskIF):
+    """Task-IF with the empirical-Fisher total curvature (Woodbury solve, O(M^2 P + M^3) after the task gradients)."""
+
+    solver: str = "fisher"
+    name: str = "task_if_fisher"
 
 
 @dataclass

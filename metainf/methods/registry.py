@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "metainf.methods"
 #: name -> "module:attribute" of the built-in methods. Modules that are not (yet) present are skipped.
 BUILTIN: dict[str, str] = {
     "task_if": "metainf.methods.influence_methods:TaskIF",
+    "task_if_fisher": "metainf.methods.influence_methods:TaskIFFisher",
     "direct_if": "metainf.methods.influence_methods:DirectIF",
     "tracin": "metainf.methods.trajectory:TracIn",
     "tracin_cp": "metainf.methods.trajectory:TracInCP",
