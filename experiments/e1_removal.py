@@ -41,7 +41,7 @@ _BASE = {
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
     "noise": {"kind": "tasks", "fraction": 0.4, "flip_rate": 0.6, "where": "both"},
     "remove_fraction": 0.4, "kinds": ["task", "support", "query"], "task_ground_truth": True,
-    "by_dataset": {"omniglot": {"image_size": 8}},
+    "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam* = 0
 }
 CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 50, "outer_steps": 50,

@@ -34,7 +34,7 @@ _BASE = {
                            "kinds": ["support", "query"]},
     },
     "removal_fraction": 0.25, "removal_methods": ["task_if", "dvemb_exact", "tracin", "loss", "random"],
-    "by_dataset": {"omniglot": {"image_size": 8}},
+    "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam* = 0
 }
 CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 50, "outer_steps": 50,
@@ -121,5 +121,5 @@ EXPERIMENT = Experiment(
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
-    reproduce_datasets=("mnist",),
+    reproduce_datasets=("mnist", "omniglot"),
 )
