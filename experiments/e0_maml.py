@@ -160,6 +160,6 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="E0", title="MAML sanity run: 5-way 1-shot meta-test accuracy", datasets=("omniglot", "mnist"),
     configs=CONFIGS, run=run, figures=figures, default_methods=("maml",),
-    seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)}, validate=validate,
+    seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)}, validate=validate,
     reproduce_datasets=("omniglot",),
 )

@@ -138,6 +138,6 @@ EXPERIMENT = Experiment(
     id="E1", title="Removing the 40% most harmful tasks / support points / query points: retrain vs edit",
     datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=tuple(m for m in METHODS if m in available_methods()),
-    seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+    seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist",),
 )

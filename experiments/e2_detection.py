@@ -120,6 +120,6 @@ EXPERIMENT = Experiment(
     id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=tuple(m for m in METHODS if m in available_methods()),
-    seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+    seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist", "omniglot"),
 )

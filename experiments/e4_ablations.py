@@ -347,6 +347,6 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
     datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0,), "paper": (0, 1, 2)},
+    default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist",),
 )

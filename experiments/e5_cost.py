@@ -174,6 +174,6 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="E5", title="Cost: runtime and memory vs number of tasks and parameters, speed-up over retraining",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=METHODS, seeds={"smoke": (0,), "quick": (0,), "paper": (0,)},
+    default_methods=METHODS, seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1)},
     reproduce_datasets=("mnist",),
 )

@@ -4,8 +4,8 @@
 
     metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
                          [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
-                         [--scheduler ADDR] [--wandb offline|online|disabled]
-    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [...]
+                         [--scheduler ADDR] [--wandb offline|online|disabled] [--jobs N]
+    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--jobs N] [...]
     metainf-repro figures [--results DIR]
     metainf-repro report [--results DIR] [--out REPRODUCE.md]
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR]
@@ -42,12 +42,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
     parser.add_argument("--scale", choices=SCALES, default=default_scale)
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: metainf's search order)")
     parser.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
     parser.add_argument("--scheduler", default=None, help="dask scheduler address (with --executor dask)")
+    parser.add_argument("--jobs", type=_positive_int, default=1,
+                        help="seeds run at once, each in its own single-threaded process (default: 1, in process)")
     env_mode = os.environ.get("WANDB_MODE", "")
     parser.add_argument("--wandb", choices=MODES, default=env_mode if env_mode in MODES else "offline")
 
@@ -123,7 +135,13 @@ def _print_result(run: runner.PreparedRun, result: dict) -> None:
 
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     experiment = runner.get_experiment(args.experiment)
-    prepared = runner.prepare(_request(args, experiment.id, args.dataset or experiment.datasets[0], argv))
+    request = _request(args, experiment.id, args.dataset or experiment.datasets[0], argv)
+    availability = capabilities.dataset_status(args.data_root)
+    prepared = runner.prepare(request, availability)
+    if args.jobs > 1:
+        failures = runner.run_seeds_in_pool([prepared], args.jobs, availability)
+        for error in failures.values():
+            raise error
     _print_result(prepared, runner.execute(prepared))
     return 0
 
@@ -139,6 +157,7 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
     availability = capabilities.dataset_status(args.data_root)
     skipped: list[str] = []
     failed: list[str] = []
+    todo: list[runner.PreparedRun] = []
     for exp_id in sorted(registry.EXPERIMENTS):
         experiment = registry.EXPERIMENTS[exp_id]
         for dataset in experiment.reproduce_datasets or experiment.datasets:
@@ -154,11 +173,20 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if args.skip_done and _up_to_date(prepared):
                 print(f"{exp_id} {dataset} {args.scale}: up to date, skipped")
                 continue
-            try:
-                _print_result(prepared, runner.execute(prepared))
-            except Exception:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
-                traceback.print_exc()
-                failed.append(f"{exp_id} {dataset}")
+            todo.append(prepared)
+    pool_failures = runner.run_seeds_in_pool(todo, args.jobs, availability) if args.jobs > 1 else {}
+    for prepared in todo:
+        name = f"{prepared.experiment.id} {prepared.request.dataset}"
+        if name in pool_failures:
+            error = pool_failures[name]
+            traceback.print_exception(type(error), error, error.__traceback__)
+            failed.append(name)
+            continue
+        try:
+            _print_result(prepared, runner.execute(prepared))
+        except Exception:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
+            traceback.print_exc()
+            failed.append(name)
     figures.regenerate_all(args.out)
     print(f"report: {report.write_report(args.out, args.report)}")
     if not registry.EXPERIMENTS:

@@ -71,14 +71,17 @@ def _result_section(result: Mapping[str, Any], path: Path, results_dir: Path, re
     provenance = result["provenance"]
     versions = provenance["versions"]
     seeds = ", ".join(map(str, result["seeds"]))
+    pooled_seeds = provenance.get("pooled_seeds", [])
+    how = (f"sum over seeds, each in its own single-threaded process, {provenance.get('jobs', 2)} at a time"
+           if pooled_seeds else "seeds one after the other")
     link = _link(results_dir, path.relative_to(results_dir).as_posix(), report_dir)
     lines = [
         f"### {result['dataset']}, {result['scale']} scale",
         "",
         f"```\n{result['command']}\n```",
         "",
-        f"Seeds {seeds}; runtime measured here {provenance['runtime_s']['total']:.1f} s "
-        f"({versions['cpu_count']} CPUs, {versions['platform']}, python {versions['python']}, "
+        f"Seeds {seeds}; runtime measured here {provenance['runtime_s']['total']:.1f} s ({how}; "
+        f"{versions['cpu_count']} CPUs, {versions['platform']}, python {versions['python']}, "
         f"torch {versions['torch']}, numpy {versions['numpy']}, metainf {versions['metainf']}); "
         f"result: [{link}]({link})",
         "",

@@ -173,7 +173,18 @@ def _make_cache_dir(run: PreparedRun) -> None:
     run.cache_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _run_seed(run: PreparedRun, seed: int, mirror: WandbMirror) -> tuple[dict[str, Any], float, dict[str, list]]:
+class _LogRecorder:
+    """Stands in for the W&B mirror in a pool worker: keeps the logged rows, replayed by :func:`execute`."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+
+
+def _run_seed(run: PreparedRun, seed: int,
+              mirror: WandbMirror | _LogRecorder) -> tuple[dict[str, Any], float, dict[str, list]]:
     """Run one seed; returns the normalized payload, its wall time and each table's column order."""
     request = run.request
 
@@ -205,8 +216,68 @@ def _run_seed(run: PreparedRun, seed: int, mirror: WandbMirror) -> tuple[dict[st
     return payload, runtime, results.table_columns(raw.get("tables", {}))
 
 
+def _seed_file(run: PreparedRun, seed: int) -> Path:
+    return run.cache_dir / f"seed-{seed}.json"
+
+
+def _pooled_seed(request: RunRequest, availability: Mapping[str, tuple[bool, str]], seed: int, jobs: int) -> float:
+    """Pool worker: prepare ``request`` again (a prepared run holds unpicklable parts), run one seed and save it
+    as the seed file :func:`execute` resumes from, with the rows it logged and the pool size ``jobs``; returns
+    the seed's wall time."""
+    run = prepare(request, availability)
+    _make_cache_dir(run)
+    recorder = _LogRecorder()
+    payload, runtime, columns = _run_seed(run, seed, recorder)
+    results.write_json(_seed_file(run, seed), {"payload": payload, "runtime_s": runtime, "columns": columns,
+                                                "logged": recorder.rows, "pooled": jobs})
+    return runtime
+
+
+def _expected_runtime(run: PreparedRun, seed: int) -> float:
+    """The seed's runtime in an existing result of the same experiment, dataset and scale (inf if unknown)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        seeds = results.read_json(run.path)["provenance"]["runtime_s"]["seeds"]
+        return float(seeds.get(str(seed), sum(seeds.values()) / len(seeds)))
+    return float("inf")
+
+
+def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
+                      availability: Mapping[str, tuple[bool, str]]) -> dict[str, BaseException]:
+    """Run every unfinished seed of ``runs`` on a pool of ``jobs`` single-threaded processes.
+
+    Seeds are independent, seeded runs (:func:`seed_everything`, one torch thread), so their numbers do not depend
+    on the process or the order; the longest seeds (by the runtime of an existing result) start first. Each
+    finished seed is saved as the seed file that :func:`execute` then loads, so an interrupted pool resumes like a
+    serial run. Returns ``{"<EXP> <dataset>": error}`` for runs with a seed that failed (after one retry).
+    """
+    from metainf.executor import UnitFailedError, run_units
+
+    todo: dict[str, tuple] = {}
+    owner: dict[str, PreparedRun] = {}
+    for run in runs:
+        _make_cache_dir(run)
+        for seed in run.seeds:
+            if not _seed_file(run, seed).exists():
+                uid = f"{run.experiment.id} {run.request.dataset} {run.request.scale} seed {seed}"
+                todo[uid], owner[uid] = (run.request, dict(availability), seed, jobs), run
+    order = sorted(todo, key=lambda uid: -_expected_runtime(owner[uid], todo[uid][2]))
+    if not order:
+        return {}
+    try:
+        run_units(_pooled_seed, {uid: todo[uid] for uid in order}, executor="local",
+                  n_workers=min(jobs, len(order)), retries=1, desc=f"seeds on {jobs} processes")
+    except UnitFailedError as error:
+        return {f"{owner[uid].experiment.id} {owner[uid].request.dataset}": exc
+                for uid, exc in error.failures.items()}
+    return {}
+
+
 def execute(run: PreparedRun) -> dict[str, Any]:
-    """Run (or resume) every seed, write the result JSON and figures, mirror to W&B; returns the result."""
+    """Run (or resume) every seed, write the result JSON and figures, mirror to W&B; returns the result.
+
+    Seeds already saved in the run's cache folder are loaded, not rerun: those of an interrupted run
+    (``provenance.resumed_seeds``) and those run by :func:`run_seeds_in_pool` (``provenance.pooled_seeds``).
+    """
     request = run.request
     name = f"{run.experiment.id}-{request.dataset}-{request.scale}"
     _make_cache_dir(run)
@@ -218,13 +289,18 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         per_seed: dict[str, Any] = {}
         runtimes: dict[str, float] = {}
         resumed: list[int] = []
+        pooled: list[int] = []
+        jobs = 1
         columns: dict[str, list[str]] = {}
         for seed in tqdm(run.seeds, desc=f"{name} seeds", leave=False, disable=None):
-            partial = run.cache_dir / f"seed-{seed}.json"
+            partial = _seed_file(run, seed)
             if partial.exists():
                 saved = results.read_json(partial)
                 payload, runtime, seed_columns = saved["payload"], saved["runtime_s"], saved["columns"]
-                resumed.append(seed)
+                (pooled if saved.get("pooled") else resumed).append(seed)
+                jobs = max(jobs, int(saved.get("pooled", 1)))
+                for row in saved.get("logged", []):
+                    mirror.log(row)
             else:
                 payload, runtime, seed_columns = _run_seed(run, seed, mirror)
                 results.write_json(partial, {"payload": payload, "runtime_s": runtime, "columns": seed_columns})
@@ -253,6 +329,8 @@ def execute(run: PreparedRun) -> dict[str, Any]:
                 "versions": results.library_versions(),
                 "runtime_s": {"seeds": runtimes, "total": sum(runtimes.values())},
                 "resumed_seeds": resumed,
+                "pooled_seeds": pooled,
+                "jobs": jobs,
                 "executor": request.executor,
                 "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
