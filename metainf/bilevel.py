@@ -121,7 +121,26 @@ def cg_fixed(matvec, b: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
 
 
 class UnrolledInner:
-    """theta(lam) = K differentiable SGD steps on L_S from lam (MAML; identical to learn2learn's MAML)."""
+    """theta(lam) = K differentiable SGD steps on L_S from lam (MAML; identical to learn2learn's MAML).
+
+    ``adapt`` is always the true adapted parameter theta_K(lam; ws), a differentiable function of lam and of the
+    support weights. ``first_order=True`` (FO-MAML) changes only the meta-gradient: the chain rule through
+    d theta_K / d lam is replaced by the identity,
+
+        g_k(lam; ws, wq) = grad_theta L_O(theta; wq) at theta = theta_K(lam; ws)              (``total_grad``)
+
+    (the value learn2learn's ``MAML(first_order=True)`` returns). g_k is not the gradient of any scalar, so its
+    derivatives are those of this map, never second derivatives of ``outer_loss``::
+
+        d g_k / d lam [u] = Hess L_O(theta_K) J_K u        (J_K = d theta_K / d lam; not symmetric)
+        d g_k / d ws  [e] = Hess L_O(theta_K) d theta_K / d ws [e]
+        d g_k / d wq  [e] = grad_theta L_O(theta_K; wq = e)
+
+    ``outer_loss`` keeps the value L_O(theta_K); for first order it unrolls with the inner gradient detached, so
+    that its autodiff lam-gradient is g_k (MAML's surrogate), but its higher derivatives are not those of g_k.
+    Removal scores built on these derivatives follow the suite's sign convention (``metainf.methods.base``):
+    score[u] ~ L_eval(trained without u) - L_eval(trained with u), positive = helpful.
+    """
 
     kind = "unrolled"
 
@@ -137,24 +156,48 @@ class UnrolledInner:
     def prepare(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor | None = None) -> Tensor:
         return self.adapt(model, lam, t)
 
-    def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+    def _unroll(self, model: FlatModel, lam: Tensor, t: TaskData, detach: bool) -> Tensor:
         theta = lam
         for _ in range(self.steps):
             g = grad(support_loss, argnums=1)(model, theta, t)
-            theta = theta - self.lr * (g.detach() if self.first_order else g)
+            theta = theta - self.lr * (g.detach() if detach else g)
         return theta
 
+    def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+        """theta_K(lam; ws): K SGD steps on L_S, differentiable in lam and ws (also for ``first_order``)."""
+        return self._unroll(model, lam, t, detach=False)
+
     def outer_loss(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
-        """L_O^k(lam) = L_O(theta_k(lam)), differentiable in lam."""
-        return query_loss(model, self.adapt(model, lam, t), t)
+        """L_O^k(lam) = L_O(theta_k(lam)), differentiable in lam (first order: the detached-unroll surrogate whose
+        lam-gradient, and only that, is the FO-MAML meta-gradient; see the class docstring)."""
+        return query_loss(model, self._unroll(model, lam, t, detach=self.first_order), t)
 
     def total_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """g_k = D_lam L_O^k (second order); first order: grad_theta L_O at theta = theta_K(lam; ws), a function of
+        (lam, ws, wq) whose jvp / vjp / weight derivatives are the exact derivatives of the FO-MAML update map."""
+        if self.first_order:
+            return grad(query_loss, argnums=1)(model, self.adapt(model, lam, t), t)
         return grad(self.outer_loss, argnums=1)(model, lam, t)
+
+    def total_grad_vjp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, w: Tensor) -> Tensor:
+        """(d g_k / d lam)^T w. Second order: equals ``total_hvp(..., "exact")`` (symmetric); first order:
+        J_K^T Hess L_O(theta_K) w, the transpose of the non-symmetric FO-MAML Jacobian."""
+        return vjp(lambda l: self.total_grad(model, l, t, state), lam)[1](w)[0]
+
+    def loss_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """D_lam L_O(theta_K(lam)), the exact gradient of the post-adaptation query loss through the unroll, also
+        for ``first_order`` (where it differs from the meta-gradient ``total_grad``): the gradient of an
+        evaluation functional such as ``MetaObjective.mean_loss``."""
+        return grad(lambda l: query_loss(model, self.adapt(model, l, t), t))(lam)
 
     def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
                   hprime: str = "exact") -> Tensor:
         """D^2 L_O^k u. ``exact``: autodiff through the unroll. ``drop``: J^T Hess L_O J u (no curvature of the map).
-        ``gamma`` / ``gamma_scaled:c``: the drop term + c ||grad_theta L_O(theta_k)||_1 u (see ``parse_hprime``)."""
+        ``gamma`` / ``gamma_scaled:c``: the drop term + c ||grad_theta L_O(theta_k)||_1 u (see ``parse_hprime``).
+
+        First order, ``exact`` is the Jacobian-vector product of the FO-MAML meta-gradient map, Hess L_O(theta_K)
+        J u, which is NOT symmetric (use ``total_grad_vjp`` for the transpose); ``drop`` / ``gamma`` stay the
+        symmetric J^T Hess L_O J u (+ gamma) with the true J."""
         mode, scale = parse_hprime(hprime)
         if mode == "exact":
             return jvp(lambda l: self.total_grad(model, l, t, state), (lam,), (u,))[1]
@@ -169,20 +212,25 @@ class UnrolledInner:
 
     def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
                       variant: str = "full") -> tuple[Tensor, Tensor]:
-        """(d/dws, d/dwq) of v^T D_lam L_O^k(lam; ws, wq): exact second-order autodiff."""
+        """(d/dws, d/dwq) of v^T g_k(lam; ws, wq): exact second-order autodiff (first order: of v^T total_grad,
+        i.e. d/dws = (Hess L_O(theta_K) v)^T d theta_K/d ws, d/dwq_j = v . grad l_j(theta_K) / |Q|)."""
         if variant != "full":
             raise ValueError("the unrolled problem has no inner Hessian to freeze: use variant='full'")
 
         def directional(ws: Tensor, wq: Tensor) -> Tensor:
             tw = _with_weights(t, ws, wq)
+            if self.first_order:
+                return self.total_grad(model, lam, tw, state) @ v
             return jvp(lambda l: self.outer_loss(model, l, tw), (lam,), (v,))[1]
 
         return grad(directional, argnums=(0, 1))(t.ws, t.wq)
 
     def dgrad_dweights(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, es: Tensor,
                        eq: Tensor) -> Tensor:
-        """d/ds D_lam L_O^k(lam; ws + s es, wq + s eq) at s = 0 (the direction of an instance removal edit)."""
+        """d/ds g_k(lam; ws + s es, wq + s eq) at s = 0 (the direction of an instance removal edit)."""
         def g(ws: Tensor, wq: Tensor) -> Tensor:
+            if self.first_order:
+                return self.total_grad(model, lam, _with_weights(t, ws, wq), state)
             return grad(self.outer_loss, argnums=1)(model, lam, _with_weights(t, ws, wq))
 
         return jvp(g, (t.ws, t.wq), (es, eq))[1]

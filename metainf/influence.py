@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from metainf.bilevel import TaskData, query_loss
+from metainf.accel.gamma import check_gamma
+from metainf.bilevel import TaskData, parse_hprime, query_loss
 from metainf.objective import MetaObjective, _chunks
 from metainf.solvers import SolveInfo, solve
 
@@ -44,10 +45,27 @@ class InfluenceConfig:
     max_iter: int = 500
 
 
+def hessian_operator(obj: MetaObjective, lam: Tensor, hprime: str):
+    """u -> H_F u for the solvers, which assume H_F symmetric. The exact Jacobian of the first-order MAML
+    meta-gradient, Hess L_O(theta_k) J_k, is not: that combination raises ``NotImplementedError``.
+
+    In the Gamma modes (``gamma``, ``gamma_scaled:c``) it first runs :func:`metainf.accel.gamma.check_gamma`,
+    which warns (``RuntimeWarning``) when Gamma_F exceeds lambda_max of the rest of H_F, i.e. when the solve
+    degenerates to v ~ grad L_eval / Gamma_F and task-IF to gradient similarity."""
+    if parse_hprime(hprime)[0] == "gamma":
+        check_gamma(obj, lam, hprime)
+    if hprime == "exact" and not obj.symmetric_jacobian:
+        raise NotImplementedError(
+            "influence functions solve with the total Hessian and assume it symmetric, but the Jacobian of the "
+            "first-order MAML meta-gradient, Hess L_O(theta_k) d theta_k/d lam, is not: use hprime='drop' or "
+            "'gamma' (the symmetric J^T Hess L_O J), second-order MAML, or a trajectory method (dvemb_exact)")
+    return lambda u: obj.hvp(lam, u, hprime)
+
+
 def eval_vector(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective, cfg: InfluenceConfig) -> tuple[Tensor, SolveInfo]:
     """v = (damping I + H_F)^-1 grad L_eval: the single solve shared by every score."""
     b = eval_obj.mean_loss_grad(lam)
-    return solve(lambda u: obj.hvp(lam, u, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)
+    return solve(hessian_operator(obj, lam, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)
 
 
 def task_scores(obj: MetaObjective, lam: Tensor, v: Tensor) -> Tensor:
@@ -72,7 +90,7 @@ def instance_scores(obj: MetaObjective, lam: Tensor, v: Tensor, variant: str = "
 def edit_tasks(obj: MetaObjective, lam: Tensor, removed: list[int], cfg: InfluenceConfig) -> Tensor:
     """lam* + Delta lam for removing a set of tasks at once: lam* + H_F^-1 sum_k g_k / M (first-order, additive)."""
     b = obj.task_grads(lam)[removed].sum(0) / obj.n_tasks
-    dlam, _ = solve(lambda u: obj.hvp(lam, u, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)
+    dlam, _ = solve(hessian_operator(obj, lam, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)
     return lam + dlam
 
 
@@ -84,7 +102,7 @@ def edit_instances(obj: MetaObjective, lam: Tensor, es: Tensor, eq: Tensor, cfg:
     for k in sorted(set(torch.nonzero(es.any(1) | eq.any(1)).flatten().tolist())):
         t = TaskData(*(x[k] for x in obj.tasks))
         b = b + obj.tau[k] * inner.dgrad_dweights(model, lam, t, state[k], es[k].to(lam.dtype), eq[k].to(lam.dtype))
-    dlam, _ = solve(lambda u: obj.hvp(lam, u, cfg.hprime), b / obj.n_tasks, cfg.solver, cfg.damping, cfg.tol,
+    dlam, _ = solve(hessian_operator(obj, lam, cfg.hprime), b / obj.n_tasks, cfg.solver, cfg.damping, cfg.tol,
                     cfg.max_iter)
     return lam + dlam
 

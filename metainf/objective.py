@@ -219,13 +219,31 @@ class MetaObjective:
 
     def hvp(self, lam: Tensor, u: Tensor, hprime: str = "exact") -> Tensor:
         """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u (from the matrix of :meth:`use_block_hessian`, if set
-        for this lam and hprime)."""
+        for this lam and hprime). For first-order MAML (``"exact"``) this is the Jacobian-vector product of the
+        meta-gradient map, D_lam grad F u, which is not symmetric: see :meth:`grad_vjp` for the transpose."""
         cached = self._dense_hvp
         if cached is not None and cached[1] == hprime and cached[0].shape == lam.shape and torch.equal(cached[0], lam):
             return cached[2] @ u
         self.state_at(lam)
         hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
         return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
+
+    @property
+    def symmetric_jacobian(self) -> bool:
+        """Whether D_lam grad F is symmetric (a Hessian). False for first-order MAML, whose meta-gradient
+        g_k = grad_theta L_O(theta_k(lam)) is not the gradient of any scalar (``UnrolledInner``)."""
+        return not (isinstance(self.inner, UnrolledInner) and self.inner.first_order)
+
+    def grad_vjp(self, lam: Tensor, w: Tensor) -> Tensor:
+        """(D_lam grad F)^T w = (1/M) sum_k tau_k (D_lam g_k)^T w + delta w.
+
+        For a symmetric Jacobian this is :meth:`hvp` (``"exact"``); for first-order MAML it is
+        (1/M) sum_k tau_k J_k^T Hess L_O(theta_k) w + delta w by ``UnrolledInner.total_grad_vjp``."""
+        if self.symmetric_jacobian:
+            return self.hvp(lam, w)
+        self.state_at(lam)
+        jk = self._map(lambda t, s: self.inner.total_grad_vjp(self.model, lam, t, s, w))
+        return check_finite(self.tau @ jk / self.n_tasks + self.delta * w, "a meta-gradient vector-Jacobian product")
 
     def _hessian_columns(self, lam: Tensor, hprime: str, block: int, combine) -> Tensor:
         """``combine(per-task HVPs [M, P], u)`` for every basis vector u, ``block`` of them batched with vmap."""
@@ -289,8 +307,13 @@ class MetaObjective:
         return self.task_losses(lam).mean()
 
     def mean_loss_grad(self, lam: Tensor) -> Tensor:
-        """D_lam of the unweighted mean query loss (the evaluation gradient)."""
-        return self.task_grads(lam).mean(0)
+        """D_lam of the unweighted mean query loss (the evaluation gradient): the exact gradient of
+        :meth:`mean_loss`, also for first-order MAML, whose meta-gradients (``task_grads``) only approximate it."""
+        if self.symmetric_jacobian:
+            return self.task_grads(lam).mean(0)
+        self.state_at(lam)
+        g = self._map(lambda t, s: self.inner.loss_grad(self.model, lam, t, s))
+        return check_finite(g, "a per-task query-loss gradient").mean(0)
 
     def accuracy(self, lam: Tensor) -> Tensor:
         """Post-adaptation query accuracy per task, [M]."""

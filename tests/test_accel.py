@@ -29,6 +29,7 @@ from metainf.bilevel import (
     support_loss,
     weighted_ce,
 )
+from metainf.methods import AttributionProblem, get_method
 from metainf.models import FlatModel, build_model
 from metainf.objective import MetaObjective
 from metainf.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
@@ -249,6 +250,20 @@ def test_gamma_dominance_warning_and_mode_parsing() -> None:
 
 
 # -- Gauss-Newton --------------------------------------------------------------------------------------------
+def test_task_if_in_a_gamma_mode_runs_the_dominance_check() -> None:
+    """Every task-IF solve goes through ``influence.hessian_operator``, which checks Gamma before solving."""
+    model = linear_model(2, 2)
+    lam = torch.zeros(model.n_params, dtype=DT)
+    obj = MetaObjective(model, ProximalInner(beta=1.5, inner_solver="dense"), gamma_tasks(), delta=0.1)
+    problem = AttributionProblem(objective=obj, lam=lam, eval_objective=obj)
+    with pytest.warns(RuntimeWarning, match="dominates the spectrum"):
+        get_method("task_if", solver="dense", hprime="gamma").score(problem, "task")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_method("task_if", solver="dense", hprime="gamma_scaled:1e-3").score(problem, "task")
+        get_method("task_if", solver="dense", hprime="drop").score(problem, "task")
+
+
 def dense_gn_task(inner, model: FlatModel, lam: torch.Tensor, t: TaskData, theta: torch.Tensor) -> torch.Tensor:
     """J_o^T H_out J_o for one task from torch.autograd.functional, with J_o = d logits(theta_k(lam)) / d lam."""
     if isinstance(inner, UnrolledInner):  # autodiff through the unrolled adaptation

@@ -277,10 +277,11 @@ def test_registry_runs_every_kind(prob: AttributionProblem, name: str) -> None:
         run_method(method, no_traj, "task")
 
 
-def test_first_order_maml_limitations_are_explicit() -> None:
+def test_first_order_maml_scores_every_kind() -> None:
+    """First-order MAML: DVEmbExact and support-point scores are defined (their exactness against finite
+    differences of training is checked in tests/test_first_order.py)."""
     p = make_problem(steps=2, first_order=True)
-    with pytest.raises(NotImplementedError, match="first-order MAML"):
-        DVEmbExact().score(p, "task")
-    with pytest.raises(NotImplementedError, match="first-order MAML"):
-        TracIn().score(p, "support")
+    assert DVEmbExact().score(p, "task").shape == (N_TASKS,)
+    support = TracIn().score(p, "support")
+    assert support.shape == (N_TASKS, N_S) and float(support.abs().max()) > 0
     assert TracIn().score(p, "task").shape == (N_TASKS,)

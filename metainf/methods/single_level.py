@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
 from metainf.bilevel import ProximalInner, TaskData
-from metainf.influence import task_scores
+from metainf.influence import hessian_operator, task_scores
 from metainf.methods.base import AttributionProblem
 from metainf.objective import MetaObjective, _chunks, check_finite
 from metainf.solvers import solve
@@ -98,6 +98,6 @@ class SingleLevelIF:
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
         obj, lam = problem.objective, problem.lam
         b = problem.eval_objective.mean_loss_grad(lam)
-        hvp = (lambda u: obj.hvp(lam, u, "exact")) if self.hessian == "exact" else gauss_newton_hvp(obj, lam)
+        hvp = hessian_operator(obj, lam, "exact") if self.hessian == "exact" else gauss_newton_hvp(obj, lam)
         v, _ = solve(hvp, b, self.solver, self.damping, self.tol, self.max_iter)
         return task_scores(obj, lam, v)

@@ -26,9 +26,13 @@ L_eval = ``problem.eval_objective.mean_loss``. Every method returns per-step con
 DVEmbExact is the first-order unrolled change d L_eval(lam_T)/d omega_u * (-omega_u), all occurrences summed, and
 matches ``metainf.trajloo`` to first order. TracIn, TracInCP and DVEmbFisher treat an Adam run as SGD with the
 raw meta-gradients (the "SGD proxy" of the DVEmb paper); DVEmbExact differentiates through the Adam update and
-its moments. First-order MAML: the library's support-point derivatives and Hessian-vector products differentiate
-the detached inner gradient, not the actual update map, so support scores and DVEmbExact raise
-``NotImplementedError`` there.
+its moments.
+
+First-order MAML (``UnrolledInner(first_order=True)``): the meta-gradient g_k = grad_theta L_O(theta_K(lam; ws))
+is differentiated as a map of (lam, ws, wq), with theta_K the true adapted parameter, so
+r_u for a support point is omega_u v^T Hess L_O(theta_K) d theta_K/d ws_j (not zero), and the adjoint step of
+DVEmbExact uses the transpose of the non-symmetric Jacobian, a <- a - J_{B_t}(lam_t)^T e_t with
+J_{B_t} = D_lam g_t = (1/|B_t|) sum_s tau Hess L_O(theta_K) d theta_K/d lam + delta I (``MetaObjective.grad_vjp``).
 """
 
 from __future__ import annotations
@@ -41,16 +45,11 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
-from metainf.bilevel import UnrolledInner
 from metainf.influence import instance_scores
 from metainf.methods.base import UNIT_KINDS, AttributionMethod, AttributionProblem, check_kind
 from metainf.methods.registry import get_method
 from metainf.objective import MetaObjective
 from metainf.trajloo import batch_objective, optimizer_step, require_trajectory, trajectory_states
-
-
-def _first_order(obj: MetaObjective) -> bool:
-    return isinstance(obj.inner, UnrolledInner) and obj.inner.first_order
 
 
 def unit_derivatives(obj: MetaObjective, lam: Tensor, v: Tensor, kinds: tuple[str, ...],
@@ -63,9 +62,6 @@ def unit_derivatives(obj: MetaObjective, lam: Tensor, v: Tensor, kinds: tuple[st
     if "task" in kinds:
         out["task"] = obj.tau * ((obj.task_grads(lam) if grads is None else grads) @ v)
     if "support" in kinds or "query" in kinds:
-        if _first_order(obj):
-            raise NotImplementedError("support-point derivatives of the first-order MAML meta-gradient are not "
-                                      "available: its inner gradient is detached, which also drops d theta/d ws")
         s, q = instance_scores(obj, lam, v, "full")  # tau v^T dg/dw / n
         out["support"], out["query"] = s * obj.n_tasks * obj.tasks.ws, q * obj.n_tasks * obj.tasks.wq
     return out
@@ -166,18 +162,16 @@ class DVEmbExact(_StepMethod):
 
     Adjoint state (a, a_m1, a_m2) of (lam_{t+1}, m1_{t+1}, m2_{t+1}), starting from (grad L_eval(lam_T), 0, 0).
     At step t the vjp of U_t with respect to (m1_t, m2_t, g_t) gives the new moment adjoints and -e_t; the step's
-    contribution is (1/|B_t|) sum_s r_u(lam_t; e_t) and a <- a - Hess F_{B_t}(lam_t) e_t (the batch total
-    Hessian by ``MetaObjective.hvp``: exact, symmetric). For SGD e_t = lr_t a_{t+1}. The result is exactly
-    -omega_u d L_eval(lam_T)/d omega_u over all occurrences of u.
+    contribution is (1/|B_t|) sum_s r_u(lam_t; e_t) and a <- a - J_t^T e_t with J_t = D_lam g_t(lam_t) the
+    Jacobian of the batch meta-gradient map: the batch total Hessian by ``MetaObjective.hvp`` (exact, symmetric),
+    or for first-order MAML, whose J_t is not symmetric, its transpose by ``MetaObjective.grad_vjp``. For SGD
+    e_t = lr_t a_{t+1}. The result is exactly -omega_u d L_eval(lam_T)/d omega_u over all occurrences of u.
     """
 
     name: str = "dvemb_exact"
 
     def _sweep(self, problem: AttributionProblem, kinds: tuple[str, ...]) -> dict[str, Tensor]:
         obj, traj = problem.objective, problem.trajectory
-        if _first_order(obj):
-            raise NotImplementedError("DVEmbExact needs the Jacobian of the first-order MAML update map; the "
-                                      "library's Hessian-vector products differentiate the detached inner gradient")
         optimizer = problem.train_config.get("optimizer", "sgd")
         states = trajectory_states(problem)
         out = _zeros(problem, kinds, len(traj.schedule))
@@ -194,7 +188,7 @@ class DVEmbExact(_StepMethod):
             a_m1, a_m2, a_g = step_vjp((a, a_m1, a_m2))
             e = -a_g
             _add(out, t, idx, unit_derivatives(sub, lam, e, kinds), 1.0 / len(idx))
-            a = a - sub.hvp(lam, e)
+            a = a - (sub.hvp(lam, e) if sub.symmetric_jacobian else sub.grad_vjp(lam, e))
         return out
 
 
