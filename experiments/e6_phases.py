@@ -26,12 +26,13 @@ _BASE = {
     "max_iter": 300, "outer_steps": 150, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},
     "kinds": ["task", "support", "query"],
-    "by_dataset": {"omniglot": {"image_size": 8}},
+    "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam -> 0
 }
 CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 20, "n_eval_tasks": 10, "outer_steps": 30, "kinds": ["task"]},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20},
-    "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "outer_steps": 2000},
+    "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "outer_steps": 2000,
+              "by_dataset": {"omniglot": {"delta": 0.03}}},
 }
 
 
@@ -93,5 +94,5 @@ EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
     datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
     default_methods=("dvemb_exact", "tracin"), seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
-    reproduce_datasets=("mnist",),
+    reproduce_datasets=("mnist", "omniglot"),
 )
