@@ -27,7 +27,7 @@ from metainf.bilevel import make_inner
 from metainf.data.registry import load_split
 from metainf.data.tasks import TaskPool, sample_task_pool
 from metainf.executor import run_units
-from metainf.loo import retrain
+from metainf.loo import retrain, retrain_many
 from metainf.methods import AttributionProblem, Scores, get_method, run_method
 from metainf.models import FlatModel, build_model
 from metainf.objective import MetaObjective, pool_tensors
@@ -158,6 +158,17 @@ def start_curvature(obj: MetaObjective, lam: Tensor, kind: str,
     return h, hk
 
 
+def block_curvature(obj: MetaObjective, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """(H, H_k) for the proximal inner problem from ONE pass of dense per-task blocks::
+
+        H_k = D^2 L_O^k (``task_total_hessians``),    H = delta I + (1/M) sum_k tau_k H_k   (symmetrised)
+
+    the matrices of :func:`start_curvature` (``total_hessian`` forms the same blocks again for H)."""
+    hk = task_total_hessians(obj, lam)
+    h = obj.delta * torch.eye(lam.numel(), dtype=lam.dtype) + torch.einsum("k,kij->ij", obj.tau, hk) / obj.n_tasks
+    return 0.5 * (h + h.T), hk
+
+
 def unit_start_hessian(obj: MetaObjective, curvature: tuple[Tensor | None, Tensor | None], task: int) -> Tensor | None:
     """The exact total Hessian at lam* of F without task ``task`` (H - tau_k H_k / M) when H_k is known, else H."""
     h, hk = curvature
@@ -166,16 +177,42 @@ def unit_start_hessian(obj: MetaObjective, curvature: tuple[Tensor | None, Tenso
     return h - obj.tau[task] * hk[task] / obj.n_tasks
 
 
+def _converged_batch(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: str, units: list[Unit], tol: float,
+                     max_iter: int, curvature: tuple[Tensor | None, Tensor | None], batch: int,
+                     eval_star: float) -> list[float]:
+    hessians = [unit_start_hessian(obj, curvature, k) for k, _ in units]
+    results = retrain_many(obj, lam, ev, [(kind, k, j) for k, j in units], hessians, tol=tol, max_iter=max_iter,
+                           batch=batch, eval_star=eval_star)
+    for (k, j), res in zip(units, results):
+        if not res.converged:
+            raise RuntimeError(f"leave-one-out retraining of {kind} unit ({k}, {j}) stopped at gradient norm "
+                               f"{res.grad_norm:.2e} > tol {tol:.1e}: raise max_iter or the outer L2 delta")
+    return [res.effect for res in results]
+
+
 def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, units: list[Unit], tag: str,
                   curvature: tuple[Tensor | None, Tensor | None] | None = None) -> np.ndarray:
     """Converged leave-one-out effects of ``units`` (warm start from lam*, same optimiser, gradient tolerance).
 
     For small models the Newton stage starts from the exact total Hessian of the objective without the unit
     at lam* (tasks: H - tau_k H_k / M) or from H (points), ``curvature`` = :func:`start_curvature` (computed if
-    None); the result is fixed by the tolerance, not by this choice.
+    None); the result is fixed by the tolerance, not by this choice. With ``loo_batch: n`` in the config (and a
+    start curvature) the units are retrained n at a time by ``metainf.loo.retrain_many``: quasi-Newton runs from
+    those Hessians sharing batched evaluations of F, falling back to the plain path per unit; one cached job per
+    batch.
     """
     cfg, obj, lam = ctx.config, setup.objective, fitted.lam_star
     curvature = start_curvature(obj, lam, kind) if curvature is None else curvature
+    batch = cfg.get("loo_batch")
+    if batch and curvature[0] is not None:
+        eval_star = float(setup.eval_objective.mean_loss(lam))
+        args = {f"{kind}-{b}-{b + len(units[b:b + batch])}": (obj, lam, setup.eval_objective, kind, units[b:b + batch],
+                                                             cfg["tol"], cfg["max_iter"], curvature, batch, eval_star)
+                for b in range(0, len(units), batch)}
+        out = run_units(_converged_batch, args, executor="serial" if ctx.executor == "serial" else ctx.executor,
+                        scheduler=ctx.scheduler, cache_dir=ctx.unit_cache(f"loo-{tag}-{kind}-batched"),
+                        cache_key=f"{ctx.seed}", desc=f"converged LOO {tag} {kind}")
+        return np.array([e for u in args for e in out[u]])
     args = {}
     for k, j in units:
         args[f"{kind}-{k}-{j}"] = (obj, lam, setup.eval_objective, kind, k, j, cfg["tol"], cfg["max_iter"],

@@ -47,15 +47,22 @@ _BASE = {
     "by_inner": {}, "variants": {},
     "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam* = 0
 }
-#: settings of the proximal problem at quick scale, used when it is selected (``--set 'inners=["unrolled",
-#: "proximal"]'``). Every evaluation of F re-solves 40 inner problems by Newton-CG (warm started: 2 Newton steps;
-#: 30 CG iterations give the 200-iteration total gradient to 1e-15 here), so it runs the methods that need no
-#: replay through the inner solver, against converged LOO only. It is not in the default quick run: measured on a
-#: loaded 2-core machine, training plus the start Hessians took ~10 min and one leave-one-out retraining 0.5-2.5 min.
+#: settings of the proximal problem at quick scale (in the default quick ``inners``). Every evaluation of F re-solves 40 inner problems by Newton-CG, warm started. CG applies
+#: Hess L_S by one reverse-mode linearisation per solve (``cg_hvp``, ~3x cheaper than a jvp per product); 20
+#: iterations give the 200-iteration total gradient to 1e-16 here, 10 suffice for the Newton directions (the inner
+#: solutions are fixed by the stationarity tolerance). Converged LOO of 40 tasks / support / query points is batched
+#: (``loo_batch``, ``metainf.loo.retrain_many``): 16 BFGS runs from the exact start Hessians (H - tau_k H_k / M for a
+#: task, H for a point) share vmapped evaluations of F and stop at the same ||grad F_-u|| <= tol as the plain path,
+#: which takes over for a run that does not converge (seed 1: one task whose nearby stationary point is a saddle).
+#: Methods that need no replay through the inner solver, against converged LOO only. Measured single-threaded on
+#: the 2-core machine, per seed: 50-120 s (training 14-19 s, start Hessians 4.5 s, LOO 27-95 s, noise floors
+#: 3-5 s); 4.6 min for the 3 quick seeds.
 _PROXIMAL_QUICK = {
-    "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 30}, "outer_steps": 50, "trajectory_ground_truth": False,
+    "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 20, "newton_cg_iters": 10, "cg_hvp": "vjp"},
+    "outer_steps": 50,
+    "trajectory_ground_truth": False,
     "methods": ["task_if", "direct_if", "grad_dot", "grad_cos", "loss", "random"],
-    "n_units": {"task": 20, "support": 20, "query": 20},
+    "n_units": {"task": 40, "support": 40, "query": 40}, "loo_batch": 16,
 }
 #: the second problem: removing one of K > 1 examples of a class (at 1 shot a support point is its class)
 _FIVE_SHOT = {"inner": "unrolled", "k_shot": 5, "kinds": ["support"],
@@ -66,9 +73,12 @@ CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "outer_steps": 100,
               "n_units": {"task": 8, "support": 8, "query": 8}},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_units": {"task": 40, "support": 40, "query": 40},
+              "inners": ["unrolled", "proximal"],
               "by_inner": {"proximal": _PROXIMAL_QUICK},
               "variants": {"unrolled_5shot": _FIVE_SHOT}},
+    # paper: Omniglot keeps full-size images and width 32; only the outer L2 of the quick Omniglot set-up
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "inners": ["unrolled", "proximal"],
+              "by_dataset": {"omniglot": {"delta": 0.03}},
               "outer_steps": 2000, "n_units": {"task": 200, "support": 100, "query": 100},
               "variants": {"unrolled_5shot": _FIVE_SHOT}},
 }
@@ -112,7 +122,14 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     probs = common.problems(setup, fitted, ctx.seed)
     obj, lam = setup.objective, fitted.lam_star
     t0 = time.perf_counter()
-    h_star = total_hessian(obj, lam) if lam.numel() <= DENSE_NEWTON_MAX_PARAMS else None
+    batched = bool(cfg.get("loo_batch")) and isinstance(obj.inner, ProximalInner)
+    hk_star = None
+    if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
+        h_star = None
+    elif batched:  # H and the per-task blocks H_k from one pass (task removal needs both)
+        h_star, hk_star = common.block_curvature(obj, lam)
+    else:
+        h_star = total_hessian(obj, lam)
     if h_star is not None and isinstance(obj.inner, ProximalInner):
         obj.use_block_hessian(lam, "exact", h_star)  # task-IF's solve then costs matrix products, same operator
     truth: dict[str, dict] = {}
@@ -121,12 +138,18 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     for kind in kinds:
         units = common.choose_units(obj, kind, cfg["n_units"][kind], ctx.seed)
         t0 = time.perf_counter()
-        curvature = common.start_curvature(obj, lam, kind, h_star)
+        if hk_star is not None:
+            curvature = (h_star, hk_star if kind == "task" else None)
+        else:
+            curvature = common.start_curvature(obj, lam, kind, h_star)
         conv = common.converged_loo(ctx, setup, fitted, kind, units, name, curvature)
         t_conv = time.perf_counter() - t0
         k0, j0 = units[0]
+        t0 = time.perf_counter()
         floor = noise_floor(obj, lam, setup.eval_objective, kind, k0, j0, tol=cfg["tol"],
-                            hessian=common.unit_start_hessian(obj, curvature, k0))
+                            hessian=common.unit_start_hessian(obj, curvature, k0), chord=batched)
+        if batched:
+            gt_metrics[f"{kind}_noise_floor_s"] = time.perf_counter() - t0
         truth[kind] = {"units": units, "converged": conv}
         gt_metrics.update({f"{kind}_loo_s": t_conv, f"{kind}_noise_floor": floor,
                            f"{kind}_effect_std": float(conv.std())})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -122,18 +123,25 @@ class MetaObjective:
 
     def with_weights(self, tau: Tensor | None = None, ws: Tensor | None = None,
                      wq: Tensor | None = None) -> "MetaObjective":
-        """A copy with other task / point weights (used for leave-one-out); the state cache is shared as warm start."""
+        """A copy with other task / point weights (used for leave-one-out), sharing the inner-state cache.
+
+        The cached theta_k stay valid at their lam when the support weights are unchanged (tau and wq do not enter
+        the inner problems); with other support weights they only warm-start the copy's next inner solve, since
+        they solve the old inner problems (a stale theta_k would give wrong values and gradients at that lam).
+        """
         t = self.tasks._replace(ws=self.tasks.ws if ws is None else ws, wq=self.tasks.wq if wq is None else wq)
         obj = MetaObjective(self.model, self.inner, t, self.delta, self.tau.clone() if tau is None else tau,
                             self.chunk)
-        obj._state_lam, obj._state = self._state_lam, self._state
+        obj._state = self._state
+        if torch.equal(t.ws, self.tasks.ws):
+            obj._state_lam = self._state_lam
         return obj
 
     # -- per-task batched primitives -----------------------------------------------------------------------
     def _map(self, fn, *args, in_dims=None) -> Tensor:
         """vmap ``fn(task, state, *args)`` over tasks in chunks and concatenate along dim 0."""
         outs = []
-        state = self.state_at(self._state_lam) if self._state is not None else None
+        state = self.state_at(self._state_lam) if self._state_lam is not None else None
         for sl in _chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1)
@@ -322,6 +330,77 @@ class MetaObjective:
             return (self.model(th, t.xq).argmax(-1) == t.yq).to(lam.dtype).mean()
         return torch.cat([vmap(acc)(TaskData(*(x[sl] for x in self.tasks)), thetas[sl])
                           for sl in _chunks(self.n_tasks, self.chunk)])
+
+
+class Stacked(NamedTuple):
+    """The result of :func:`stacked_value_and_grad` (U copies)."""
+
+    values: Tensor  # [U]
+    grads: Tensor | None  # [U, P]
+    states: Tensor | None  # [U, M, P]: the proximal inner solutions theta_k (None for the unrolled problem)
+    losses: Tensor  # [U, M]: the task losses L_O^k, as in MetaObjective.task_losses
+    inner_ok: Tensor  # [U] bool: every inner problem of the copy met the stationarity tolerance
+
+
+def stacked_value_and_grad(obj: MetaObjective, lams: Tensor, tau: Tensor, ws: Tensor, wq: Tensor,
+                           state: Tensor | None = None, with_grad: bool = True, polish_rounds: int = 40,
+                           warn: bool = True) -> Stacked:
+    """F and grad F of U re-weightings of ``obj``'s pool at U points at once, in one vmap over U x M task copies.
+
+    Copy u is ``obj.with_weights(tau[u], ws[u], wq[u])`` evaluated at ``lams[u]`` (shapes: lams [U, P], tau [U, M],
+    ws [U, M, S], wq [U, M, Q])::
+
+        values[u] = (1/M) sum_k tau[u, k] L_O^k(lams[u]; ws[u, k], wq[u, k]) + (delta/2) ||lams[u]||^2
+        grads[u]  = (1/M) sum_k tau[u, k] g_k(lams[u]; ws[u, k], wq[u, k]) + delta lams[u]
+
+    the formulas of :meth:`MetaObjective.value` / :meth:`MetaObjective.grad`, term for term. Proximal inner
+    problems start from ``state`` ([U, M, P] or [M, P]; None: solved from lam as in ``prepare``) and take single
+    safeguarded Newton steps until every task meets the stationarity tolerance of :meth:`MetaObjective.state_at`
+    (1e-10 in float64), at most ``polish_rounds``; ``inner_ok`` flags the copies that met it (a warning if ``warn``
+    and one did not). Non-finite values stay in their copy (no ``NonFiniteError``), for the caller to reject.
+    Small models only: per-task work is tiny and vmap's per-call overhead dominates, so U copies cost a few
+    evaluations of one objective.
+    """
+    u_n, m = lams.shape[0], obj.n_tasks
+    model, inner = obj.model, obj.inner
+    t = obj.tasks
+    rep = lambda x: x.repeat(u_n, *([1] * (x.ndim - 1)))  # [M, ...] -> [U*M, ...], copy-major
+    tasks = TaskData(rep(t.xs), rep(t.ys), ws.reshape(u_n * m, -1), rep(t.xq), rep(t.yq), wq.reshape(u_n * m, -1))
+    lam_k = lams.repeat_interleave(m, 0)
+    theta, inner_ok = None, torch.ones(u_n, dtype=torch.bool)
+    if isinstance(inner, ProximalInner):
+        if state is None:
+            theta = vmap(lambda tk, l: inner.prepare(model, l, tk))(tasks, lam_k)
+        else:
+            theta = state.reshape(u_n * m, -1) if state.ndim == 3 else rep(state)
+        tol = 1e-10 if lams.dtype == torch.float64 else 1e-5
+
+        def residual(th: Tensor) -> Tensor:
+            return vmap(lambda tk, l, s: inner.stationarity(model, l, tk, s).norm())(tasks, lam_k, th)
+
+        res = residual(theta)
+        for _ in range(polish_rounds):
+            if not bool(((res > tol) & torch.isfinite(res)).any()):  # non-finite copies cannot be polished
+                break
+            theta = vmap(lambda tk, l, s: inner.newton(model, l, tk, s, 1))(tasks, lam_k, theta)
+            res = residual(theta)
+        inner_ok = (res <= tol).reshape(u_n, m).all(1)
+        if warn and not bool(inner_ok.all()):
+            worst = float(torch.nan_to_num(res, nan=float("inf")).max())
+            warnings.warn(f"proximal inner problem reached stationarity {worst:.2e} > tol {tol:.1e}: raise beta "
+                          "(better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
+        theta = theta.detach()
+        adapted = theta
+    else:
+        adapted = vmap(lambda tk, l: inner.adapt(model, l, tk))(tasks, lam_k)
+    losses = vmap(lambda tk, th: query_loss(model, th, tk))(tasks, adapted).reshape(u_n, m)
+    values = (tau * losses).sum(1) / m + 0.5 * obj.delta * (lams * lams).sum(1)
+    grads = None
+    if with_grad:
+        st = theta if theta is not None else torch.zeros(u_n * m, 1, dtype=lams.dtype)
+        gk = vmap(lambda tk, s, l: inner.total_grad(model, l, tk, s))(tasks, st, lam_k).reshape(u_n, m, -1)
+        grads = torch.einsum("um,ump->up", tau, gk) / m + obj.delta * lams
+    return Stacked(values, grads, None if theta is None else theta.reshape(u_n, m, -1), losses, inner_ok)
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:

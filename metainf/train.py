@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from metainf.bilevel import ProximalInner
-from metainf.objective import MetaObjective, check_finite
+from metainf.objective import MetaObjective, NonFiniteError, check_finite
 
 
 @dataclass
@@ -143,6 +143,105 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
         gn_prev, lam, value, g = gn, trial, trial_value, trial_g
     gn = float(g.norm())
     return ConvergedResult(lam, gn, max_steps, gn <= tol, last_min_eig)
+
+
+class QuasiNewtonRun:
+    """One run of :func:`chord_newton` as a stepper, so that several runs can share batched evaluations of F.
+
+    ``point()`` is where F must be evaluated next (None once finished); ``tell(value, grad, ok)`` reports F and
+    grad F there (``ok=False``: the evaluation is unusable, e.g. inner problems unsolved, and counts as non-finite);
+    ``result()`` gives the outcome. :func:`chord_newton` documents the iteration and the stopping rule.
+    """
+
+    def __init__(self, lam0: Tensor, hessian: Tensor, tol: float = 1e-8, max_evals: int = 40, bfgs: bool = True):
+        self.lam, self.tol, self.max_evals, self.bfgs = lam0.detach().clone(), tol, max_evals, bfgs
+        factor, info = torch.linalg.cholesky_ex(hessian)
+        self.failed = int(info) != 0  # H0 not positive definite: no quasi-Newton run
+        self.inv = None if self.failed else torch.cholesky_inverse(factor)
+        if self.inv is not None:
+            self.inv = 0.5 * (self.inv + self.inv.T)
+        self.value: Tensor | None = None
+        self.g: Tensor | None = None
+        self.gn, self.t, self.evals = float("inf"), 1.0, 0
+        self._trial: Tensor | None = None
+        self._direction: Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.failed or self.g is not None and self.gn <= self.tol
+
+    def point(self) -> Tensor | None:
+        if self.done or self.evals >= self.max_evals:
+            return None
+        if self.g is None:
+            return self.lam
+        if self._trial is None:
+            self._direction = -(self.inv @ self.g)
+            self._trial = self.lam + self.t * self._direction
+        return self._trial
+
+    def tell(self, value: Tensor, g: Tensor, ok: bool = True) -> None:
+        self.evals += 1
+        finite = ok and bool(torch.isfinite(value)) and bool(torch.isfinite(g).all())
+        if self.g is None:  # the start point
+            self.value, self.g, self.gn, self.failed = value, g, float(g.norm()), not finite
+            return
+        trial, direction, self._trial = self._trial, self._direction, None
+        gn = float(g.norm()) if finite else float("inf")
+        # Armijo on F, or (full step) a smaller gradient: near the optimum F changes below rounding
+        if not finite or not (self.t == 1.0 and gn < self.gn
+                              or float(value) <= float(self.value) + 1e-4 * self.t * float(self.g @ direction)):
+            self.t *= 0.5
+            self.failed = self.t < 1.0 / 64
+            return
+        if self.bfgs:
+            s, y = trial - self.lam, g - self.g
+            sy = float(s @ y)
+            if sy > 1e-12 * float(s.norm() * y.norm()):  # curvature condition, else keep B
+                rho, by = 1.0 / sy, self.inv @ y
+                # (I - rho s y^T) B (I - rho y s^T) + rho s s^T, expanded (B symmetric)
+                self.inv = (self.inv - rho * (torch.outer(s, by) + torch.outer(by, s))
+                            + (rho * rho * float(y @ by) + rho) * torch.outer(s, s))
+        self.lam, self.value, self.g, self.gn, self.t = trial, value, g, gn, 1.0
+
+    def result(self) -> ConvergedResult:
+        return ConvergedResult(self.lam, self.gn, self.evals, self.g is not None and self.gn <= self.tol)
+
+
+def chord_newton(obj: MetaObjective, lam0: Tensor, hessian: Tensor, tol: float = 1e-8, max_evals: int = 40,
+                 bfgs: bool = True) -> ConvergedResult:
+    """Quasi-Newton iterations from a given curvature H0 = ``hessian`` until ||grad F(lam)|| <= ``tol``::
+
+        lam_{j+1} = lam_j - t_j B_j grad F(lam_j),      B_0 = H0^-1 (dense, from the Cholesky factor of H0)
+
+    With ``bfgs=False`` this is the chord (simplified Newton) method, B_j = H0^-1; with ``bfgs=True`` (default)
+    B_j gets the BFGS inverse update with s = lam_{j+1} - lam_j, y = grad F(lam_{j+1}) - grad F(lam_j),
+    rho = 1 / (y^T s)::
+
+        B_{j+1} = (I - rho s y^T) B_j (I - rho y s^T) + rho s s^T      (skipped unless y^T s > 0)
+
+    The step length t_j is 1 unless the trial point fails both tests of :func:`newton_refine` (Armijo on F, or a
+    smaller gradient norm at t = 1) or has a non-finite value or gradient; then it halves. Each trial costs one
+    value and gradient of F: no Hessian, no L-BFGS stage. The chord error contracts by ||I - H0^-1 Hess F|| along
+    the path, so the method suits a start next to the minimiser with H0 the total Hessian there: leave-one-out
+    retraining from lam* with H0 the exact total Hessian at lam* of F without the unit (task removal:
+    H - tau_k H_k / M, :func:`experiments.common.unit_start_hessian`). BFGS corrects H0 along the steps, where
+    soft directions of Hess F (a near-singular minimum) make the pure chord contraction slow.
+
+    Stopping rule: ``converged`` only when ||grad F(lam)|| <= ``tol``, the criterion of :func:`train_converged`, so
+    the minimiser is the same. It gives up (``converged=False``, last accepted iterate) when H0 is not positive
+    definite, F is not finite at the start, the step halves below 1/64, or after ``max_evals`` evaluations of F;
+    callers then fall back to :func:`train_converged`. ``iterations`` counts evaluations of F. ``min_eigenvalue``
+    is not computed: as for :func:`newton_refine` started from a ``hessian``, the minimum is certified only by H0
+    (positive definite, checked by the factorisation), not by the Hessian at the returned point.
+    """
+    run = QuasiNewtonRun(lam0, hessian, tol, max_evals, bfgs)
+    while (lam := run.point()) is not None:
+        try:
+            run.tell(*obj.value_and_grad(lam))
+        except NonFiniteError:
+            run.tell(torch.tensor(float("nan")), torch.full_like(lam, float("nan")))
+    return run.result()
 
 
 @dataclass
