@@ -146,7 +146,8 @@ def render_report(results_dir: Path, report_path: Path) -> str:
         "Paper values come from a secondary source (the paper's text was not available); provenance in",
         "`replication/paper_targets.py`. Our columns hold measured values only; runtimes are wall time here.",
         "",
-        "Everything at once: `metainf-repro all --scale quick`. Figures and this file again from JSON: "
+        "Everything at once: `metainf-repro all --scale quick --jobs 2` (what `make reproduce` runs; `--jobs` "
+        "changes only the wall time). Figures and this file again from JSON: "
         "`metainf-repro figures` and `metainf-repro report`.",
         "",
         "## Overview",
