@@ -68,9 +68,10 @@ def eval_vector(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective, cfg: I
     return solve(hessian_operator(obj, lam, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)
 
 
-def task_scores(obj: MetaObjective, lam: Tensor, v: Tensor) -> Tensor:
-    """score[k] = v . g_k / M for every training task."""
-    return obj.task_grads(lam) @ v / obj.n_tasks
+def task_scores(obj: MetaObjective, lam: Tensor, v: Tensor, grads: Tensor | None = None) -> Tensor:
+    """score[k] = v . g_k / M for every training task (``grads``: the per-task total gradients g_k at lam, [M, P],
+    if already computed)."""
+    return (obj.task_grads(lam) if grads is None else grads) @ v / obj.n_tasks
 
 
 def instance_scores(obj: MetaObjective, lam: Tensor, v: Tensor, variant: str = "full") -> tuple[Tensor, Tensor]:

@@ -21,26 +21,28 @@ from metainf.bilevel import TaskData, UnrolledInner, query_loss, support_loss
 from metainf.influence import InfluenceConfig, eval_vector
 from metainf.methods import AttributionProblem
 from metainf.methods.trajectory import DVEmbExact, TracIn
-from metainf.models import build_model
 from metainf.objective import MetaObjective
-from metainf.train import train_stochastic
 from metainf.trajloo import trajectory_loo_many
 from tests.test_methods_trajectory import (
-    DT, EPS, INPUT, KINDS, N_TASKS, N_WAY, at, first_order_removal, hand_unit_derivative, make_tasks, rel, units,
+    DT,
+    EPS,
+    KINDS,
+    N_TASKS,
+    at,
+    first_order_removal,
+    hand_unit_derivative,
+    rel,
+    units,
 )
+from tests.test_methods_trajectory import make_problem as trajectory_problem
 
-INNER_STEPS, INNER_LR = 2, 0.4
+INNER_STEPS = 2  # inner lr 0.4, as in tests/test_methods_trajectory.py
 FD_EPS = 1e-5  # central differences of the meta-gradient map (error O(eps^2) ~ 1e-10 relative)
 
 
 def make_problem(optimizer: str = "sgd", lr: float = 0.1, steps: int = 5, batch: int = 2) -> AttributionProblem:
-    model = build_model("mlp", INPUT, N_WAY, hidden=(4,))
-    inner = UnrolledInner(steps=INNER_STEPS, lr=INNER_LR, first_order=True)
-    obj = MetaObjective(model, inner, make_tasks(0, N_TASKS), delta=0.01)
-    eval_obj = MetaObjective(model, inner, make_tasks(1, 4))
-    cfg = {"steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer, "seed": 0, "record_every": 1}
-    lam, traj = train_stochastic(obj, model.init(0, dtype=DT), **cfg)
-    return AttributionProblem(obj, lam, eval_obj, traj, cfg)
+    return trajectory_problem(steps=steps, batch=batch, lr=lr, optimizer=optimizer, first_order=True,
+                              inner_steps=INNER_STEPS)
 
 
 @pytest.fixture(autouse=True, scope="module")

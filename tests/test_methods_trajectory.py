@@ -40,9 +40,9 @@ def make_tasks(seed: int, n_tasks: int) -> TaskData:
 
 
 def make_problem(steps: int = 5, batch: int = 2, lr: float = 0.1, optimizer: str = "sgd", record_every: int = 1,
-                 first_order: bool = False) -> AttributionProblem:
+                 first_order: bool = False, inner_steps: int = 1) -> AttributionProblem:
     model = build_model("mlp", INPUT, N_WAY, hidden=(4,))
-    inner = UnrolledInner(steps=1, lr=0.4, first_order=first_order)
+    inner = UnrolledInner(steps=inner_steps, lr=0.4, first_order=first_order)
     obj = MetaObjective(model, inner, make_tasks(0, N_TASKS), delta=0.01)
     eval_obj = MetaObjective(model, inner, make_tasks(1, 4))
     cfg = {"steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer, "seed": 0, "record_every": record_every}

@@ -55,8 +55,7 @@ class TaskIF:
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
         v, grads = self._v(problem)
         if kind == "task":
-            return grads @ v / problem.objective.n_tasks if grads is not None else task_scores(
-                problem.objective, problem.lam, v)
+            return task_scores(problem.objective, problem.lam, v, grads)
         support, query = instance_scores(problem.objective, problem.lam, v, self.variant)
         return support if kind == "support" else query
 
