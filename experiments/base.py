@@ -31,6 +31,9 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
     Methods run when the user names none with ``--method``.
 ``seeds``
     ``scale -> seeds``; each seed is one call of ``run``; several seeds are aggregated as mean and std.
+``dataset_seeds``
+    Optional; ``dataset -> {scale -> seeds}``, overriding ``seeds`` for that dataset (e.g. fewer seeds where one
+    seed is costly). :meth:`Experiment.seeds_for` resolves the default seeds of a run.
 ``reproduce_datasets``
     Optional; the datasets ``metainf-repro all`` runs this experiment on (when available offline). Default: all of
     ``datasets``. ``metainf-repro run --dataset`` accepts any of ``datasets``.
@@ -79,17 +82,24 @@ class Experiment:
     seeds: Mapping[str, tuple[int, ...]] = field(default_factory=_default_seeds)
     validate: Callable[[str, Mapping[str, Any]], None] | None = None
     reproduce_datasets: tuple[str, ...] | None = None
+    dataset_seeds: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [d for d in (*self.datasets, *(self.reproduce_datasets or ())) if d not in DATASETS]
+        unknown = [d for d in (*self.datasets, *(self.reproduce_datasets or ()), *self.dataset_seeds)
+                   if d not in DATASETS]
         if unknown:
             raise ValueError(f"{self.id}: unknown datasets {unknown}; known: {list(DATASETS)}")
-        for scale in (*self.configs, *self.seeds):
+        for scale in (*self.configs, *self.seeds, *(s for by in self.dataset_seeds.values() for s in by)):
             if scale not in SCALES:
                 raise ValueError(f"{self.id}: unknown scale {scale!r}; known: {list(SCALES)}")
         missing = [s for s in self.configs if not self.seeds.get(s)]
-        if missing:
-            raise ValueError(f"{self.id}: no seeds for scales {missing}")
+        empty = [f"{d}/{s}" for d, by in self.dataset_seeds.items() for s, seeds in by.items() if not seeds]
+        if missing or empty:
+            raise ValueError(f"{self.id}: no seeds for scales {missing + empty}")
+
+    def seeds_for(self, scale: str, dataset: str) -> tuple[int, ...]:
+        """The seeds a run of this experiment uses when the user names none: ``dataset_seeds`` first, then ``seeds``."""
+        return tuple(self.dataset_seeds.get(dataset, {}).get(scale, self.seeds[scale]))
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def _command(request: RunRequest, experiment: Experiment, methods: tuple[str, ..
     parts = ["metainf-repro", "run", experiment.id, "--dataset", request.dataset, "--scale", request.scale]
     if methods != experiment.default_methods:
         parts += ["--method", *methods]
-    if seeds != tuple(experiment.seeds[request.scale]):
+    if seeds != experiment.seeds_for(request.scale, request.dataset):
         parts += ["--seed", *map(str, seeds)]
     for item in request.set_items:
         parts += ["--set", item]
@@ -136,7 +136,7 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
     if not available:
         raise UsageError(f"dataset {request.dataset} is not available: {note}")
-    seeds = request.seeds or tuple(experiment.seeds[request.scale])
+    seeds = request.seeds or experiment.seeds_for(request.scale, request.dataset)
     key = run_key(experiment.id, request.dataset, request.scale, config, methods)
     results_dir = Path(request.results_dir)
     path = results.result_path(results_dir, experiment.id, request.dataset, request.scale)

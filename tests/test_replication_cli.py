@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -260,6 +261,22 @@ def test_all_runs_available_datasets_and_reports_skips(tmp_path: Path, monkeypat
     out = capsys.readouterr().out
     assert "skipped E0 miniimagenet: not available offline" in out
     assert "### mnist, smoke scale" in (tmp_path / "REPRODUCE.md").read_text()
+
+
+def test_dataset_seeds_override_the_scale_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dummy = Dummy()
+    experiment = dataclasses.replace(dummy.experiment(), dataset_seeds={"omniglot": {"quick": (3,)}})
+    monkeypatch.setattr(registry, "EXPERIMENTS", {"E0": experiment})
+    assert main(["all", "--scale", "quick", "--out", "res", "--report", "REPRODUCE.md"]) == 0
+    omniglot = results.read_json(tmp_path / "res" / "E0" / "omniglot-quick.json")
+    mnist = results.read_json(tmp_path / "res" / "E0" / "mnist-quick.json")
+    assert omniglot["seeds"] == [3] and mnist["seeds"] == [0, 1]
+    assert "--seed" not in omniglot["command"] and "--seed" not in mnist["command"]
+    assert experiment.seeds_for("smoke", "omniglot") == (0,)
+    with pytest.raises(ValueError, match="no seeds"):
+        dataclasses.replace(experiment, dataset_seeds={"mnist": {"quick": ()}})
+    with pytest.raises(ValueError, match="unknown scale"):
+        dataclasses.replace(experiment, dataset_seeds={"mnist": {"huge": (0,)}})
 
 
 def test_known_methods_reads_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
