@@ -7,4 +7,7 @@
 - ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian.
 - ``fisher``: the empirical-Fisher total curvature (1/M) G^T G + delta I from the per-task total gradients, solved
   by Woodbury (``TaskIF(solver="fisher")``, method ``task_if_fisher``).
+- ``nystrom``: a low-rank model of the exact total Hessian from one batched pass of total HVPs on probe directions
+  (Rayleigh-Ritz or Nystrom), solved by Woodbury, optionally refined by preconditioned CG (method
+  ``task_if_nystrom``).
 """
