@@ -22,7 +22,9 @@ during the configuration (``_PeakSampler``): its peak and its growth over the RS
 so a configuration run after a larger one shows little growth). Reported per inner problem: the fastest
 configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
 over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
-reuses).
+reuses). Removals after which lam* is no longer near a minimum (the exact start Hessian H - tau_k H_k / M of F
+without the task is not positive definite) are counted (``loo_unstable``): retraining jumps for them, and the exact
+path's Spearman with LOO over the other tasks is reported beside the full one (``spearman_loo_stable``).
 
 Problem: 3-way 2-shot 4-query tasks on 4x4 images (digits or Omniglot resized), a tanh MLP with 4 hidden units
 (83 parameters), outer L2 delta = 0.05, proximal beta = 1. Label-permuted tasks carry little meta-learnable signal
@@ -259,30 +261,42 @@ def _name(r: dict) -> str:
     return f"{r['inner_solver']}-{r['total_solver']}-{r['curvature'].replace(':', '').replace('.', 'p')}"
 
 
-def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Tensor, kind: str) -> np.ndarray:
-    """Converged leave-one-task-out effects L_eval(lam*_-k) - L_eval(lam*) for every task, retrained to ``tol``.
+def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Tensor,
+                 kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Converged leave-one-task-out effects L_eval(lam*_-k) - L_eval(lam*) for every task, retrained to ``tol``, and
+    which removals are *unstable*: the exact total Hessian of F without task k at lam*, H - tau_k H_k / M, is not
+    positive definite, so lam* is not near a minimum of F_-k and retraining moves away along negative curvature (a
+    jump that no first-order estimate sees). None without ``loo_batch``.
 
-    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.loo.retrain_many`` (quasi-Newton from the
-    exact start Hessian H - tau_k H_k / M, batched evaluations of F, the plain path as fallback); otherwise one at a
-    time by ``metainf.loo.retrain`` from H. Both stop at ||grad F_-k|| <= tol. The time includes the start
-    curvature."""
+    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.loo.retrain_many`` (quasi-Newton from
+    those start Hessians, batched evaluations of F, the plain path for unstable removals and as fallback); otherwise
+    one at a time by ``metainf.loo.retrain`` from H. Both stop at ||grad F_-k|| <= tol. The time includes the
+    start curvature."""
     cfg = ctx.config
     batch = cfg.get("loo_batch")
     if not batch:
         h_star = obj.dense_hessian(lam)
         return np.array([retrain(obj, lam, ev, "task", k, tol=cfg["tol"], max_iter=cfg["max_iter"],
                                  hessian=h_star).effect
-                         for k in ctx.progress(range(obj.n_tasks), desc=f"LOO {kind}")])
+                         for k in ctx.progress(range(obj.n_tasks), desc=f"LOO {kind}")]), None
     curvature = block_curvature(obj, lam)
-    results = retrain_many(obj, lam, ev, [("task", k, None) for k in range(obj.n_tasks)],
-                           [unit_start_hessian(obj, curvature, k) for k in range(obj.n_tasks)],
+    starts = [unit_start_hessian(obj, curvature, k) for k in range(obj.n_tasks)]
+    unstable = np.array([int(torch.linalg.cholesky_ex(h)[1]) != 0 for h in starts])
+    results = retrain_many(obj, lam, ev, [("task", k, None) for k in range(obj.n_tasks)], starts,
                            tol=cfg["tol"], max_iter=cfg["max_iter"], batch=batch,
                            eval_star=float(ev.mean_loss(lam)))
     failed = [k for k, res in enumerate(results) if not res.converged]
     if failed:
         raise RuntimeError(f"E4 {kind}: leave-one-out retraining of tasks {failed} did not reach tol "
                            f"{cfg['tol']:.1e}: raise 'max_iter' or 'delta'")
-    return np.array([res.effect for res in results])
+    return np.array([res.effect for res in results]), unstable
+
+
+def _stable_spearman(scores: list[float], actual: np.ndarray, unstable: np.ndarray | None) -> float:
+    """Spearman of ``scores`` with the LOO effects over the stable removals only (NaN if fewer than 3 or unknown)."""
+    if unstable is None or int((~unstable).sum()) < 3 or float(actual[~unstable].std()) == 0.0:
+        return float("nan")
+    return correlations(np.asarray(scores)[~unstable], actual[~unstable])["spearman"]
 
 
 def run(ctx: RunContext) -> dict:
@@ -303,7 +317,7 @@ def run(ctx: RunContext) -> dict:
         lam = fit.lam
         ev.state_at(lam)
         t0 = time.perf_counter()
-        actual = _loo_effects(ctx, obj, ev, lam, kind)
+        actual, unstable = _loo_effects(ctx, obj, ev, lam, kind)
         t_loo = time.perf_counter() - t0
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always", RuntimeWarning)
@@ -320,7 +334,9 @@ def run(ctx: RunContext) -> dict:
         best = min(good, key=lambda r: r["seconds"]) if good else {"spearman_loo": float("nan"), **_NONE}
         summary = ("spearman_loo", "spearman", "rel_err", "seconds", "speedup_vs_loo")
         metrics[kind] = {
-            "exact_path": {k: ref[k] for k in ("spearman_loo", "pearson_loo", "seconds", "speedup_vs_loo")},
+            "exact_path": {**{k: ref[k] for k in ("spearman_loo", "pearson_loo", "seconds", "speedup_vs_loo")},
+                           "spearman_loo_stable": _stable_spearman(ref["scores"], actual, unstable)},
+            "loo_unstable": float("nan") if unstable is None else int(unstable.sum()),
             "best": {"config": _name(best) if good else "none", **{k: best[k] for k in summary}},
             "loo_s": t_loo, "loo_effect_std": float(actual.std()), "lam_norm": float(lam.norm()),
             "train_grad_norm": fit.grad_norm, "n_params": model.n_params,
@@ -328,11 +344,14 @@ def run(ctx: RunContext) -> dict:
                       "ratio": gamma.gamma / gamma.lambda_max_rest},
             "configs": {_name(r): {k: r[k] for k in _KEEP} for r in rows},
         }
-        series[kind] = {"loo": actual.tolist(), "scores": {_name(r): r["scores"] for r in rows}}
+        series[kind] = {"loo": actual.tolist(), "scores": {_name(r): r["scores"] for r in rows},
+                        "unstable": None if unstable is None else unstable.tolist()}
         grid_rows += [{"inner": kind, **{k: v for k, v in r.items() if k != "scores"}} for r in rows]
         best_rows.append({"inner": kind, "best_config": metrics[kind]["best"]["config"],
                           "best_spearman_loo": best["spearman_loo"], "exact_spearman_loo": ref["spearman_loo"],
                           "best_s": best["seconds"], "exact_s": ref["seconds"], "loo_s": t_loo,
+                          "unstable_removals": metrics[kind]["loo_unstable"],
+                          "exact_spearman_loo_stable": metrics[kind]["exact_path"]["spearman_loo_stable"],
                           "speedup_vs_loo": best["speedup_vs_loo"]})
     return {"metrics": metrics, "series": series,
             "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows}}
