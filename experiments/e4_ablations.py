@@ -23,9 +23,9 @@ so a configuration run after a larger one shows little growth). Reported per inn
 configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
 over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
 reuses). Non-local removals (``_loo_effects``: lam* is no longer near a minimum of F without the task, or
-retraining moved more than ``JUMP_RATIO`` times the first-order shift) are counted (``loo_nonlocal``); no
-first-order estimate sees them, and the exact path's Spearman with LOO over the other tasks is reported beside the
-full one (``spearman_loo_local``).
+retraining moved more than ``JUMP_RATIO`` times the first-order shift or more than ``FAR_SHIFT`` ||lam*||) are
+counted (``loo_nonlocal``); no first-order estimate sees them, and the exact path's Spearman with LOO over the
+other tasks is reported beside the full one (``spearman_loo_local``).
 
 Problem: 3-way 2-shot 4-query tasks on 4x4 images (digits or Omniglot resized), a tanh MLP with 4 hidden units
 (83 parameters), outer L2 delta = 0.05, proximal beta = 1. Label-permuted tasks carry little meta-learnable signal
@@ -97,6 +97,8 @@ CONFIGS = {
 T = TypeVar("T")
 #: a leave-one-out retraining that moved lam* more than this many times its first-order shift counts as non-local
 JUMP_RATIO = 3.0
+#: ... and so does one that moved lam* by more than this fraction of ||lam*||
+FAR_SHIFT = 0.5
 _NONE = {k: float("nan") for k in ("spearman", "rel_err", "seconds", "speedup_vs_loo")}
 _KEEP = ("inner_solver", "total_solver", "curvature", "status", "iterations", "pearson", "spearman", "rel_err",
          "pearson_loo", "spearman_loo", "seconds", "peak_mb", "rss_growth_mb", "speedup_vs_loo")
@@ -273,7 +275,9 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
     - the exact total Hessian of F without task k at lam*, H - tau_k H_k / M, is not positive definite (lam* is not
       near a minimum of F_-k: retraining moves away along negative curvature), or
     - the retrained point moved more than ``JUMP_RATIO`` times the first-order shift,
-      ||lam*_-k - lam*|| > JUMP_RATIO ||H^-1 tau_k g_k / M|| (it fell into another minimum).
+      ||lam*_-k - lam*|| > JUMP_RATIO ||H^-1 tau_k g_k / M|| (it fell into another minimum), or
+    - it moved more than ``FAR_SHIFT`` ||lam*|| (e.g. a collapse to lam = 0 that the first-order shift, itself of
+      the size of lam*, also points to: the problem sits at a bifurcation).
 
     With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.loo.retrain_many`` (quasi-Newton from
     those start Hessians, batched evaluations of F, the plain path where a start Hessian is not positive definite
@@ -298,7 +302,7 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
     unstable = np.array([int(torch.linalg.cholesky_ex(h)[1]) != 0 for h in starts])
     first_order = torch.linalg.solve(curvature[0], (obj.task_grads(lam) * obj.tau[:, None]).T / obj.n_tasks)
     shift = np.array([float((res.lam - lam).norm()) for res in results])
-    jumped = shift > JUMP_RATIO * first_order.norm(dim=0).numpy()
+    jumped = (shift > JUMP_RATIO * first_order.norm(dim=0).numpy()) | (shift > FAR_SHIFT * float(lam.norm()))
     return np.array([res.effect for res in results]), unstable | jumped
 
 
