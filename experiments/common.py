@@ -27,7 +27,7 @@ from metainf.bilevel import make_inner
 from metainf.data.registry import load_split
 from metainf.data.tasks import TaskPool, sample_task_pool
 from metainf.executor import run_units
-from metainf.loo import retrain, retrain_many
+from metainf.loo import LooResult, retrain, retrain_many
 from metainf.methods import AttributionProblem, Scores, get_method, run_method
 from metainf.models import FlatModel, build_model
 from metainf.objective import MetaObjective, pool_tensors
@@ -177,9 +177,11 @@ def unit_start_hessian(obj: MetaObjective, curvature: tuple[Tensor | None, Tenso
     return h - obj.tau[task] * hk[task] / obj.n_tasks
 
 
-def _converged_batch(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: str, units: list[Unit], tol: float,
-                     max_iter: int, curvature: tuple[Tensor | None, Tensor | None], batch: int,
-                     eval_star: float) -> list[float]:
+def converged_many(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: str, units: list[Unit], tol: float,
+                   max_iter: int, curvature: tuple[Tensor | None, Tensor | None], batch: int,
+                   eval_star: float) -> list[LooResult]:
+    """``metainf.loo.retrain_many`` of ``units`` from their exact start Hessians (:func:`unit_start_hessian`);
+    raises if one of them did not reach ``tol``."""
     hessians = [unit_start_hessian(obj, curvature, k) for k, _ in units]
     results = retrain_many(obj, lam, ev, [(kind, k, j) for k, j in units], hessians, tol=tol, max_iter=max_iter,
                            batch=batch, eval_star=eval_star)
@@ -187,7 +189,12 @@ def _converged_batch(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: s
         if not res.converged:
             raise RuntimeError(f"leave-one-out retraining of {kind} unit ({k}, {j}) stopped at gradient norm "
                                f"{res.grad_norm:.2e} > tol {tol:.1e}: raise max_iter or the outer L2 delta")
-    return [res.effect for res in results]
+    return results
+
+
+def _converged_batch(*args: Any) -> list[float]:
+    """The effects of :func:`converged_many` (one cached job of :func:`converged_loo`)."""
+    return [res.effect for res in converged_many(*args)]
 
 
 def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, units: list[Unit], tag: str,

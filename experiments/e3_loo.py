@@ -122,15 +122,16 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     probs = common.problems(setup, fitted, ctx.seed)
     obj, lam = setup.objective, fitted.lam_star
     t0 = time.perf_counter()
-    batched = bool(cfg.get("loo_batch")) and isinstance(obj.inner, ProximalInner)
+    batched = bool(cfg.get("loo_batch"))  # converged LOO and its noise floor by metainf.loo.retrain_many
+    proximal = isinstance(obj.inner, ProximalInner)
     hk_star = None
     if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
         h_star = None
-    elif batched:  # H and the per-task blocks H_k from one pass (task removal needs both)
+    elif batched and proximal:  # H and the per-task blocks H_k from one pass (task removal needs both)
         h_star, hk_star = common.block_curvature(obj, lam)
     else:
         h_star = total_hessian(obj, lam)
-    if h_star is not None and isinstance(obj.inner, ProximalInner):
+    if h_star is not None and proximal:
         obj.use_block_hessian(lam, "exact", h_star)  # task-IF's solve then costs matrix products, same operator
     truth: dict[str, dict] = {}
     gt_metrics: dict = {"train_grad_norm": fitted.grad_norm, "train_s": fitted.seconds, "k_shot": cfg["k_shot"],

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from experiments.base import Experiment, RunContext
-from experiments.common import block_curvature, unit_start_hessian
+from experiments.common import block_curvature, converged_many, unit_start_hessian
 from metainf.accel.batches import sub_objective
 from metainf.accel.fisher import fisher_solve
 from metainf.accel.gamma import check_gamma
@@ -60,7 +60,7 @@ from metainf.accel.neumann import power_iteration
 from metainf.bilevel import ProximalInner, UnrolledInner, make_inner
 from metainf.data.registry import load_split
 from metainf.data.tasks import sample_task_pool
-from metainf.loo import retrain, retrain_many
+from metainf.loo import retrain
 from metainf.methods.registry import _PeakSampler
 from metainf.metrics import correlations
 from metainf.models import build_model
@@ -291,15 +291,11 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
                                  hessian=h_star).effect
                          for k in ctx.progress(range(obj.n_tasks), desc=f"LOO {kind}")]), None
     curvature = block_curvature(obj, lam)
-    starts = [unit_start_hessian(obj, curvature, k) for k in range(obj.n_tasks)]
-    results = retrain_many(obj, lam, ev, [("task", k, None) for k in range(obj.n_tasks)], starts,
-                           tol=cfg["tol"], max_iter=cfg["max_iter"], batch=batch,
-                           eval_star=float(ev.mean_loss(lam)))
-    failed = [k for k, res in enumerate(results) if not res.converged]
-    if failed:
-        raise RuntimeError(f"E4 {kind}: leave-one-out retraining of tasks {failed} did not reach tol "
-                           f"{cfg['tol']:.1e}: raise 'max_iter' or 'delta'")
-    unstable = np.array([int(torch.linalg.cholesky_ex(h)[1]) != 0 for h in starts])
+    units = [(k, None) for k in range(obj.n_tasks)]
+    results = converged_many(obj, lam, ev, "task", units, cfg["tol"], cfg["max_iter"], curvature, batch,
+                             float(ev.mean_loss(lam)))
+    unstable = np.array([int(torch.linalg.cholesky_ex(unit_start_hessian(obj, curvature, k))[1]) != 0
+                         for k, _ in units])
     first_order = torch.linalg.solve(curvature[0], (obj.task_grads(lam) * obj.tau[:, None]).T / obj.n_tasks)
     shift = np.array([float((res.lam - lam).norm()) for res in results])
     jumped = (shift > JUMP_RATIO * first_order.norm(dim=0).numpy()) | (shift > FAR_SHIFT * float(lam.norm()))
