@@ -253,15 +253,21 @@ class MetaObjective:
         jk = self._map(lambda t, s: self.inner.total_grad_vjp(self.model, lam, t, s, w))
         return check_finite(self.tau @ jk / self.n_tasks + self.delta * w, "a meta-gradient vector-Jacobian product")
 
-    def _hessian_columns(self, lam: Tensor, hprime: str, block: int, combine) -> Tensor:
-        """``combine(per-task HVPs [M, P], u)`` for every basis vector u, ``block`` of them batched with vmap."""
+    def _hessian_columns(self, lam: Tensor, hprime: str, block: int, combine, vectors: Tensor | None = None) -> Tensor:
+        """``combine(per-task HVPs [M, P], u)`` for every row u of ``vectors`` (default: the basis vectors),
+        ``block`` of them batched with vmap."""
         self.state_at(lam)
-        eye = torch.eye(lam.numel(), dtype=lam.dtype)
+        rows = torch.eye(lam.numel(), dtype=lam.dtype) if vectors is None else vectors
 
         def column(u: Tensor) -> Tensor:
             return combine(self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u), u)
 
-        return torch.cat([vmap(column)(eye[i:i + block]) for i in range(0, lam.numel(), block)])
+        return torch.cat([vmap(column)(rows[i:i + block]) for i in range(0, rows.shape[0], block)])
+
+    def data_hvps(self, lam: Tensor, vectors: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
+        """(1/M) sum_k tau_k D^2 L_O^k u for every row u of ``vectors`` [n, P] (delta NOT applied), ``block`` rows
+        batched with vmap: the data part of :meth:`hvp`, many vectors at once."""
+        return self._hessian_columns(lam, hprime, block, lambda hk, u: self.tau @ hk / self.n_tasks, vectors)
 
     def dense_hessian(self, lam: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
         """The full total Hessian of F (small models only), symmetrised."""

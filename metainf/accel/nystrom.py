@@ -49,7 +49,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from metainf.objective import MetaObjective, check_finite
 from metainf.solvers import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
@@ -107,16 +106,8 @@ def sketch(obj: MetaObjective, lam: Tensor, omega: Tensor, hprime: str = "exact"
     if hprime == "exact" and not obj.symmetric_jacobian:
         raise NotImplementedError("the sketch assumes a symmetric total Hessian; first-order MAML's exact Jacobian "
                                   "is not: use hprime='drop' or 'gamma', or second-order MAML")
-    obj.state_at(lam)
-    inner, model, m = obj.inner, obj.model, obj.n_tasks
-
-    def column(u: Tensor) -> Tensor:
-        hk = obj._map(lambda t, s, w: inner.total_hvp(model, lam, t, s, w, hprime), u)
-        return obj.tau @ hk / m
-
     cols = omega.T.contiguous()
-    size = cols.shape[0] if not chunk else chunk
-    y = torch.cat([vmap(column)(cols[i:i + size]) for i in range(0, cols.shape[0], size)])
+    y = obj.data_hvps(lam, cols, hprime, block=chunk or cols.shape[0])
     return check_finite(y, "a sketched total Hessian-vector product").T
 
 
