@@ -29,3 +29,13 @@ def _test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
             yield
         finally:
             torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny kernels of
+    these tests run fastest on one thread, and the machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

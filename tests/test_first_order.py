@@ -11,8 +11,6 @@ score ~ L_eval(without u) - L_eval(with u) = -dL_eval(lam_T)/d omega to first or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch.func import grad
@@ -45,12 +43,7 @@ def make_problem(optimizer: str = "sgd", lr: float = 0.1, steps: int = 5, batch:
                               inner_steps=INNER_STEPS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

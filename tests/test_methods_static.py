@@ -33,7 +33,14 @@ from metainf.data.tasks import ClassImages, sample_task_pool
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.influence_methods import TaskIF
 from metainf.methods.single_level import SingleLevelIF, gauss_newton_hvp
-from metainf.methods.static import GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, unit_gradients
+from metainf.methods.static import (
+    GradCos,
+    GradDot,
+    GradientAscentUnlearning,
+    LossValue,
+    Random,
+    unit_gradients,
+)
 from metainf.methods.trak import TRAK, gaussian_projection
 from metainf.models import build_model
 from metainf.objective import MetaObjective, pool_tensors
@@ -50,13 +57,7 @@ def rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: the machine's 2 cores are shared, and oversubscribed threads slow these tiny ops 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_images() -> ClassImages:

@@ -8,15 +8,19 @@ the training map (``train_stochastic`` on the objective with the weight at 1 +- 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch.func import jacrev
 
 from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
 from metainf.methods import AttributionProblem, get_method, run_method
-from metainf.methods.trajectory import DVEmbExact, DVEmbFisher, TracIn, TracInCP, phase_contributions
+from metainf.methods.trajectory import (
+    DVEmbExact,
+    DVEmbFisher,
+    TracIn,
+    TracInCP,
+    phase_contributions,
+)
 from metainf.models import build_model
 from metainf.objective import MetaObjective
 from metainf.train import train_stochastic
@@ -50,13 +54,7 @@ def make_problem(steps: int = 5, batch: int = 2, lr: float = 0.1, optimizer: str
     return AttributionProblem(obj, lam, eval_obj, traj, cfg)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny kernels run fastest on one thread (two cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,25 @@ The problem's H_data = H_F - delta I is indefinite at this lam (checked), so the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
-from metainf.accel.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, pcg,
-                                   probe_matrix, sketch)
-from metainf.bilevel import TaskData, UnrolledInner
-from metainf.methods import AttributionProblem, available_methods, get_method, run_method
+from metainf.accel.nystrom import (
+    build_curvature,
+    lowrank_matvec,
+    lowrank_solve,
+    nystrom_solve,
+    pcg,
+    probe_matrix,
+    sketch,
+)
+from metainf.bilevel import UnrolledInner
+from metainf.methods import (
+    AttributionProblem,
+    available_methods,
+    get_method,
+    run_method,
+)
 from metainf.models import build_model
 from metainf.objective import MetaObjective
 from metainf.solvers import IndefiniteHessianError
@@ -28,12 +38,7 @@ DT = torch.float64
 DAMPING = 0.02
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_problem(delta: float = 0.5, m: int = 7) -> AttributionProblem:

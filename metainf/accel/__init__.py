@@ -10,4 +10,6 @@
 - ``nystrom``: a low-rank model of the exact total Hessian from one batched pass of total HVPs on probe directions
   (Rayleigh-Ritz or Nystrom), solved by Woodbury, optionally refined by preconditioned CG (method
   ``task_if_nystrom``).
+- ``finite_difference``: total HVPs as difference quotients of the meta-gradient (unrolled MAML; one gradient pass
+  each) and the task and evaluation gradients in one pass (method ``task_if_truncated``: truncated CG).
 """

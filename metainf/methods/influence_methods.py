@@ -1,5 +1,6 @@
 """The paper's estimators as registry methods: task-IF / instance-IF (``task_if``), its empirical-Fisher variant
-(``task_if_fisher``), its sketched-Hessian variant (``task_if_nystrom``) and direct-IF (``direct_if``).
+(``task_if_fisher``), its sketched-Hessian variant (``task_if_nystrom``), its truncated-CG variant with
+finite-difference total HVPs (``task_if_truncated``) and direct-IF (``direct_if``).
 
 Sign convention: score[u] ~ L_eval(without u) - L_eval(with u). See :mod:`metainf.influence` for the formulas,
 :mod:`metainf.accel.fisher` for the Fisher curvature and :mod:`metainf.accel.nystrom` for the sketch.
@@ -11,9 +12,22 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from metainf.accel.finite_difference import (
+    HVP_MODES,
+    fd_hessian_operator,
+    supports_fd,
+    task_and_eval_grads,
+)
 from metainf.accel.fisher import fisher_solve
-from metainf.accel.nystrom import nystrom_solve
-from metainf.influence import InfluenceConfig, direct_task_scores, eval_vector, instance_scores, task_scores
+from metainf.accel.nystrom import nystrom_solve, pcg
+from metainf.influence import (
+    InfluenceConfig,
+    direct_task_scores,
+    eval_vector,
+    hessian_operator,
+    instance_scores,
+    task_scores,
+)
 from metainf.methods.base import AttributionProblem
 from metainf.solvers import SolveInfo
 
@@ -103,6 +117,47 @@ class TaskIFNystrom(TaskIF):
         v, self.last_info, _ = nystrom_solve(obj, lam, b, self.k, self.damping, grads, self.probes, self.approx,
                                              self.power, self.pcg_iters, self.pcg_tol, self.hprime, self.chunk,
                                              self.seed)
+        return v, grads
+
+
+@dataclass
+class TaskIFTruncated(TaskIF):
+    """Task-IF with v from ``cg_iters`` conjugate-gradient iterations on H_F + damping I from 0 (truncated CG, as
+    iMAML truncates its meta-gradient solve), stopping earlier at relative residual ``tol``.
+
+    ``hvp``: ``fd`` takes each total HVP as a difference quotient of the meta-gradient (one batched gradient pass,
+    ``metainf.accel.finite_difference``; unrolled second-order MAML only), ``autodiff`` the exact forward-over-reverse
+    HVP, ``auto`` (default) ``fd`` where it applies and ``autodiff`` elsewhere. The task gradients and grad L_eval
+    come from one batched pass (``task_and_eval_grads``). Cost: one gradient pass plus ``cg_iters`` HVPs, i.e. about
+    four meta-gradients with the defaults. ``last_info`` holds the ``SolveInfo`` of the latest solve.
+
+    The default of 3 iterations: Spearman with exact task-IF >= 0.98 on the six E5 problems at 100 tasks (digits
+    seeds 0-1 and Omniglot seed 0, hidden 8 and 16) and on six held-out ones (digits seeds 2-3, Omniglot seed 1),
+    measured with exact HVPs (lowest 0.984); 2 iterations fell to 0.971."""
+
+    name: str = "task_if_truncated"
+    cg_iters: int = 3
+    hvp: str = "auto"
+    rel_step: float | None = None
+    last_info: SolveInfo | None = field(default=None, repr=False)
+
+    def _solve(self, problem: AttributionProblem) -> tuple[Tensor, Tensor | None]:
+        if self.hvp not in HVP_MODES:
+            raise ValueError(f"unknown hvp {self.hvp!r}: choose one of {list(HVP_MODES)}")
+        if self.cg_iters < 1:
+            raise ValueError(f"cg_iters must be >= 1, got {self.cg_iters}")
+        obj, lam = problem.objective, problem.lam
+        use_fd = self.hvp == "fd" or (self.hvp == "auto" and self.hprime == "exact" and supports_fd(obj))
+        if use_fd and self.hprime != "exact":
+            raise ValueError(f"hvp='fd' differentiates the exact meta-gradient: it has no hprime={self.hprime!r} "
+                             "variant; use hvp='autodiff' for the H' approximations")
+        grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
+        if use_fd:
+            op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
+        else:
+            op = hessian_operator(obj, lam, self.hprime)
+        v, self.last_info = pcg(lambda u: op(u) + self.damping * u if self.damping else op(u), b, tol=self.tol,
+                                max_iter=self.cg_iters)
         return v, grads
 
 

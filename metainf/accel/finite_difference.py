@@ -1,0 +1,95 @@
+"""Total HVPs as difference quotients of the meta-gradient, and the task and evaluation gradients in one pass.
+
+For unrolled (second-order) MAML the total Hessian H_F is the Jacobian of the meta-gradient, so::
+
+    H_F u = (d(lam + eps u) - d(lam)) / eps + delta u + O(eps),      d(lam) = (1/M) sum_k tau_k g_k(lam)
+
+costs one batched pass of per-task total gradients at lam + eps u (d(lam) is known from the task gradients that
+task-IF needs anyway): about the cost of one meta-gradient, against about three for the forward-over-reverse HVP
+(``MetaObjective.hvp``, measured in E5). The finite-difference Hessian-vector product is the one DARTS (Liu et al.
+2019) uses for its second-order bilevel term. The step is eps = sqrt(machine eps) (1 + ||lam||) / ||u||, which
+balances the O(eps) truncation against the O(machine eps / eps) rounding: in float64 the product is accurate to
+about 1e-7 relative (``tests/test_finite_difference.py``).
+
+Only the unrolled inner problem qualifies: a proximal inner solution is accurate to its stationarity tolerance,
+which a difference quotient would divide by eps, and the first-order MAML Jacobian is not symmetric (CG needs a
+symmetric operator).
+
+``task_and_eval_grads`` computes the per-task total gradients G of the training tasks and the evaluation gradient
+b = grad L_eval (the mean total gradient of the evaluation tasks) in one ``vmap`` over both task sets, instead of two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metainf.bilevel import TaskData, UnrolledInner
+from metainf.objective import MetaObjective, _chunks, check_finite
+
+HVP_MODES: tuple[str, ...] = ("auto", "fd", "autodiff")
+
+
+def supports_fd(obj: MetaObjective) -> bool:
+    """Whether finite-difference total HVPs apply: unrolled second-order MAML (see the module docstring)."""
+    return isinstance(obj.inner, UnrolledInner) and not obj.inner.first_order
+
+
+def _check_fd(obj: MetaObjective) -> None:
+    if not isinstance(obj.inner, UnrolledInner):
+        raise NotImplementedError(
+            "finite-difference total HVPs need the unrolled inner problem: a proximal inner solution is only "
+            "accurate to its stationarity tolerance, which the difference quotient would amplify; use hvp='autodiff'")
+    if obj.inner.first_order:
+        raise NotImplementedError(
+            "the first-order MAML meta-gradient map has a non-symmetric Jacobian, so CG cannot solve with it: use "
+            "second-order MAML or a trajectory method (dvemb_exact)")
+
+
+def _per_task_grads(obj: MetaObjective, lam: Tensor, tasks: TaskData) -> Tensor:
+    """g_k = D_lam L_O^k at lam for every task of ``tasks`` (stateless unrolled inner), ``obj.chunk`` at a time."""
+    inner, model = obj.inner, obj.model
+    n = tasks.xs.shape[0]
+    out = [vmap(lambda t: inner.total_grad(model, lam, t, None))(TaskData(*(x[sl] for x in tasks)))
+           for sl in _chunks(n, obj.chunk)]
+    return check_finite(torch.cat(out), "a per-task total gradient")
+
+
+def task_and_eval_grads(obj: MetaObjective, eval_obj: MetaObjective, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """(G [M, P], b [P]): ``obj.task_grads(lam)`` and ``eval_obj.mean_loss_grad(lam)``, in one batched pass when
+    both are unrolled second-order MAML with the same model and inner problem and tasks of the same shapes (else in
+    two). b is the unweighted mean of the evaluation tasks' total gradients (their point weights apply)."""
+    t, e = obj.tasks, eval_obj.tasks
+    fusable = (supports_fd(obj) and eval_obj.inner is obj.inner and eval_obj.model is obj.model
+               and all(a.shape[1:] == c.shape[1:] and a.dtype == c.dtype for a, c in zip(t, e)))
+    if not fusable:
+        return obj.task_grads(lam), eval_obj.mean_loss_grad(lam)
+    both = _per_task_grads(obj, lam, TaskData(*(torch.cat([a, c]) for a, c in zip(t, e))))
+    return both[:obj.n_tasks], both[obj.n_tasks:].mean(0)
+
+
+def fd_hessian_operator(obj: MetaObjective, lam: Tensor, data_grad: Tensor | None = None,
+                        rel_step: float | None = None) -> Callable[[Tensor], Tensor]:
+    """u -> H_F u ~ (d(lam + eps u) - d(lam)) / eps + delta u (see the module docstring).
+
+    ``data_grad`` is d(lam) = (1/M) sum_k tau_k g_k(lam) if known (e.g. ``obj.tau @ G / M``), else computed once.
+    ``rel_step`` defaults to sqrt(machine eps) of lam's dtype; eps = rel_step (1 + ||lam||) / ||u||.
+    Raises ``NotImplementedError`` for a proximal or first-order inner problem."""
+    _check_fd(obj)
+    tau, m = obj.tau.to(lam.dtype), obj.n_tasks
+    base = tau @ _per_task_grads(obj, lam, obj.tasks) / m if data_grad is None else data_grad
+    step = torch.finfo(lam.dtype).eps ** 0.5 if rel_step is None else rel_step
+    scale = step * (1.0 + float(lam.norm()))
+
+    def hvp(u: Tensor) -> Tensor:
+        norm = float(u.norm())
+        if norm == 0.0:
+            return torch.zeros_like(u)
+        eps = scale / norm
+        moved = tau @ _per_task_grads(obj, lam + eps * u, obj.tasks) / m
+        return check_finite((moved - base) / eps + obj.delta * u, "a finite-difference total Hessian-vector product")
+
+    return hvp

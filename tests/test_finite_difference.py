@@ -1,0 +1,141 @@
+"""Finite-difference total HVPs, the one-pass task and evaluation gradients, and ``task_if_truncated``, float64.
+
+References are independent of the code under test: the forward-over-reverse HVP (``MetaObjective.hvp``), the dense
+total Hessian, the separate ``task_grads`` / ``mean_loss_grad`` passes, and the dense solve of task-IF.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metainf.accel.finite_difference import (
+    fd_hessian_operator,
+    supports_fd,
+    task_and_eval_grads,
+)
+from metainf.bilevel import ProximalInner, UnrolledInner
+from metainf.methods import (
+    AttributionProblem,
+    available_methods,
+    get_method,
+    run_method,
+)
+from metainf.models import build_model
+from metainf.objective import MetaObjective
+from tests.test_fisher import random_tasks, rel
+from tests.test_nystrom import make_problem
+
+DT = torch.float64
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def prob() -> AttributionProblem:
+    return make_problem()  # unrolled MAML, 7 tasks with weights (one 0, one 2), chunked by 3, indefinite H_data
+
+
+def other_problem(inner) -> AttributionProblem:
+    g = torch.Generator().manual_seed(1)
+    model = build_model("mlp", (1, 2, 2), 3, hidden=(3,))
+    obj = MetaObjective(model, inner, random_tasks(5, g), delta=0.5, chunk=2)
+    return AttributionProblem(obj, model.init(1), MetaObjective(model, inner, random_tasks(3, g)))
+
+
+def dense_scores(problem: AttributionProblem) -> torch.Tensor:
+    obj, lam = problem.objective, problem.lam
+    v = torch.linalg.solve(obj.dense_hessian(lam), problem.eval_objective.mean_loss_grad(lam))
+    return obj.task_grads(lam) @ v / obj.n_tasks
+
+
+def test_fd_hvp_matches_the_autodiff_hvp(prob: AttributionProblem) -> None:
+    obj, lam = prob.objective, prob.lam
+    op = fd_hessian_operator(obj, lam)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        u = torch.randn(lam.numel(), generator=g, dtype=DT)
+        assert rel(op(u), obj.hvp(lam, u)) < 1e-6
+    assert float(op(torch.zeros_like(lam)).abs().max()) == 0.0
+
+
+def test_fd_hvp_reuses_a_given_data_gradient(prob: AttributionProblem) -> None:
+    obj, lam = prob.objective, prob.lam
+    base = obj.tau @ obj.task_grads(lam) / obj.n_tasks
+    u = torch.randn(lam.numel(), generator=torch.Generator().manual_seed(6), dtype=DT)
+    assert rel(fd_hessian_operator(obj, lam, base)(u), fd_hessian_operator(obj, lam)(u)) < 1e-7
+
+
+def test_one_pass_gradients_equal_the_separate_passes(prob: AttributionProblem) -> None:
+    obj, ev, lam = prob.objective, prob.eval_objective, prob.lam
+    grads, b = task_and_eval_grads(obj, ev, lam)
+    assert rel(grads, obj.task_grads(lam)) < 1e-12 and rel(b, ev.mean_loss_grad(lam)) < 1e-12
+
+
+def test_one_pass_gradients_fall_back_for_a_proximal_inner_problem() -> None:
+    p = other_problem(ProximalInner(beta=2.0, inner_solver="dense"))
+    grads, b = task_and_eval_grads(p.objective, p.eval_objective, p.lam)
+    assert rel(grads, p.objective.task_grads(p.lam)) < 1e-12
+    assert rel(b, p.eval_objective.mean_loss_grad(p.lam)) < 1e-12
+
+
+@pytest.mark.parametrize("hvp", ["fd", "autodiff"])
+def test_truncated_cg_run_to_convergence_equals_the_dense_solve(prob: AttributionProblem, hvp: str) -> None:
+    ref = dense_scores(prob)
+    method = get_method("task_if_truncated", cg_iters=200, tol=1e-12, hvp=hvp)
+    scores = run_method(method, prob, "task").values
+    assert method.last_info.converged
+    assert rel(scores, ref) < (1e-5 if hvp == "fd" else 1e-8)
+
+
+def test_truncated_cg_stops_after_cg_iters_and_matches_plain_cg(prob: AttributionProblem) -> None:
+    obj, lam = prob.objective, prob.lam
+    b = prob.eval_objective.mean_loss_grad(lam)
+    x, r = torch.zeros_like(b), b.clone()  # two textbook CG iterations with the autodiff HVP
+    p, rs = r.clone(), r @ r
+    for _ in range(2):
+        ap = obj.hvp(lam, p)
+        alpha = rs / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        p, rs = r + (r @ r / rs) * p, r @ r
+    method = get_method("task_if_truncated", cg_iters=2)
+    scores = run_method(method, prob, "task").values
+    assert method.last_info.iterations == 2 and not method.last_info.converged
+    assert rel(scores, obj.task_grads(lam) @ x / obj.n_tasks) < 1e-6
+
+
+def test_truncated_instance_scores_equal_task_if_when_converged(prob: AttributionProblem) -> None:
+    exact = get_method("task_if", solver="dense")
+    method = get_method("task_if_truncated", cg_iters=200, tol=1e-12, hvp="autodiff")
+    for kind in ("support", "query"):
+        assert rel(run_method(method, prob, kind).values, run_method(exact, prob, kind).values) < 1e-8
+
+
+def test_auto_takes_autodiff_hvps_for_a_proximal_inner_problem() -> None:
+    p = other_problem(ProximalInner(beta=2.0, inner_solver="dense"))
+    assert not supports_fd(p.objective)
+    method = get_method("task_if_truncated", cg_iters=100, tol=1e-10)
+    scores = run_method(method, p, "task").values
+    assert method.last_info.converged
+    assert rel(scores, dense_scores(p)) < 1e-7
+
+
+@pytest.mark.parametrize("inner, match", [(ProximalInner(beta=2.0, inner_solver="dense"), "proximal"),
+                                          (UnrolledInner(steps=1, lr=0.4, first_order=True), "first-order")])
+def test_fd_refuses_inner_problems_it_cannot_difference(inner, match: str) -> None:
+    p = other_problem(inner)
+    with pytest.raises(NotImplementedError, match=match):
+        fd_hessian_operator(p.objective, p.lam)
+    with pytest.raises(NotImplementedError, match=match):
+        run_method(get_method("task_if_truncated", hvp="fd"), p, "task")
+
+
+def test_bad_options_are_named(prob: AttributionProblem) -> None:
+    with pytest.raises(ValueError, match="unknown hvp 'jvp'"):
+        run_method(get_method("task_if_truncated", hvp="jvp"), prob, "task")
+    with pytest.raises(ValueError, match="cg_iters must be >= 1"):
+        run_method(get_method("task_if_truncated", cg_iters=0), prob, "task")
+    with pytest.raises(ValueError, match="no hprime='drop' variant"):
+        run_method(get_method("task_if_truncated", hvp="fd", hprime="drop"), prob, "task")
+    assert "task_if_truncated" in available_methods()
