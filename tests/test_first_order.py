@@ -21,17 +21,8 @@ from metainf.methods import AttributionProblem
 from metainf.methods.trajectory import DVEmbExact, TracIn
 from metainf.objective import MetaObjective
 from metainf.trajloo import trajectory_loo_many
-from tests.test_methods_trajectory import (
-    DT,
-    EPS,
-    KINDS,
-    N_TASKS,
-    at,
-    first_order_removal,
-    hand_unit_derivative,
-    rel,
-    units,
-)
+from tests.test_methods_trajectory import (DT, EPS, KINDS, N_TASKS, at, first_order_removal, hand_unit_derivative,
+                                           rel, units)
 from tests.test_methods_trajectory import make_problem as trajectory_problem
 
 INNER_STEPS = 2  # inner lr 0.4, as in tests/test_methods_trajectory.py

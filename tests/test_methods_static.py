@@ -33,14 +33,7 @@ from metainf.data.tasks import ClassImages, sample_task_pool
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.influence_methods import TaskIF
 from metainf.methods.single_level import SingleLevelIF, gauss_newton_hvp
-from metainf.methods.static import (
-    GradCos,
-    GradDot,
-    GradientAscentUnlearning,
-    LossValue,
-    Random,
-    unit_gradients,
-)
+from metainf.methods.static import GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, unit_gradients
 from metainf.methods.trak import TRAK, gaussian_projection
 from metainf.models import build_model
 from metainf.objective import MetaObjective, pool_tensors

@@ -14,13 +14,7 @@ from torch.func import jacrev
 
 from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
 from metainf.methods import AttributionProblem, get_method, run_method
-from metainf.methods.trajectory import (
-    DVEmbExact,
-    DVEmbFisher,
-    TracIn,
-    TracInCP,
-    phase_contributions,
-)
+from metainf.methods.trajectory import DVEmbExact, DVEmbFisher, TracIn, TracInCP, phase_contributions
 from metainf.models import build_model
 from metainf.objective import MetaObjective
 from metainf.train import train_stochastic

@@ -13,22 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.accel.nystrom import (
-    build_curvature,
-    lowrank_matvec,
-    lowrank_solve,
-    nystrom_solve,
-    pcg,
-    probe_matrix,
-    sketch,
-)
+from metainf.accel.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, pcg, probe_matrix,
+                                   sketch)
 from metainf.bilevel import UnrolledInner
-from metainf.methods import (
-    AttributionProblem,
-    available_methods,
-    get_method,
-    run_method,
-)
+from metainf.methods import AttributionProblem, available_methods, get_method, run_method
 from metainf.models import build_model
 from metainf.objective import MetaObjective
 from metainf.solvers import IndefiniteHessianError

@@ -12,22 +12,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from metainf.accel.finite_difference import (
-    HVP_MODES,
-    fd_hessian_operator,
-    supports_fd,
-    task_and_eval_grads,
-)
+from metainf.accel.finite_difference import HVP_MODES, fd_hessian_operator, supports_fd, task_and_eval_grads
 from metainf.accel.fisher import fisher_solve
 from metainf.accel.nystrom import nystrom_solve, pcg
-from metainf.influence import (
-    InfluenceConfig,
-    direct_task_scores,
-    eval_vector,
-    hessian_operator,
-    instance_scores,
-    task_scores,
-)
+from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
+                               task_scores)
 from metainf.methods.base import AttributionProblem
 from metainf.solvers import SolveInfo
 
