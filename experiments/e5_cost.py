@@ -149,29 +149,38 @@ def run(ctx: RunContext) -> dict:
     return {"metrics": metrics, "series": {"points": points}, "tables": {"Cost of scoring all tasks": rows}}
 
 
+_REFERENCES = {"epoch": ":", "train": "-.", "loo_all": "--"}  # drawn in black, one line style each
+_MARKERS = "osD^v<>phX*P"
+
+
 def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Log-log time vs number of tasks per method (one panel per width)."""
+    """Log-log time vs number of tasks per method (one panel per width), with one meta-epoch, the meta-training and
+    leave-one-out retraining of all tasks as black reference lines; the legend has its own panel."""
     from replication.figures import method_color, new_figure, save_figure
 
     dataset = result.get("dataset", "")
     seed, payload = next(iter(result["per_seed"].items()))
     points = payload["series"]["points"]
     widths = sorted({p["hidden"] for p in points})
-    fig, axes = new_figure(ncols=len(widths), width=4.5)
-    for ax, h in zip(np.ravel(axes), widths):
+    methods = [m for m in result.get("methods") or METHODS if any(f"{m}_s" in p for p in points)]
+    fig, axes = new_figure(ncols=len(widths) + 1, width=4.0)
+    axes = np.ravel(axes)
+    for ax, h in zip(axes, widths):
         sel = sorted((p for p in points if p["hidden"] == h), key=lambda p: p["n_tasks"])
         ms = [p["n_tasks"] for p in sel]
-        names = sorted({k[:-2] for p in sel for k in p if k.endswith("_s") and not k.endswith("grads_s")})
-        for name in names:
+        for i, name in enumerate([*methods, *_REFERENCES]):
             ys = [p.get(f"{name}_s") for p in sel]
-            if all(y is not None for y in ys):
-                style = {"ls": "--", "color": "0.2"} if name in ("loo_all", "train", "epoch") else {
-                    "color": method_color(name)}
-                ax.loglog(ms, ys, marker="o", ms=3, label=name, **style)
+            if not all(y is not None for y in ys):
+                continue
+            style = ({"ls": _REFERENCES[name], "color": "black"} if name in _REFERENCES else
+                     {"color": method_color(name), "marker": _MARKERS[i % len(_MARKERS)], "ms": 4})
+            ax.loglog(ms, ys, label=name, **style)
         ax.set_xlabel("training tasks M")
         ax.set_ylabel("seconds")
         ax.set_title(f"MLP hidden {h} ({sel[0]['n_params']} params)")
-        ax.legend(fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=7, frameon=False)
     fig.suptitle(f"E5 {dataset}: cost vs number of tasks, seed {seed}")
     return [save_figure(fig, out_dir / f"e5-{dataset}.png")]
 
