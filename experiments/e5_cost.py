@@ -10,6 +10,8 @@ For each (number of training tasks M, hidden width) on the grid, measured in one
   same point: the accuracy side of the cheap curvatures (``task_if_fisher``: empirical-Fisher total curvature;
   ``task_if_nystrom``: a rank-3 sketch of the exact total Hessian with one block-Krylov step;
   ``task_if_truncated``: 3 CG iterations with finite-difference total HVPs, one gradient pass each);
+- instance-IF for every support point of every task (``task_if`` and ``task_if_truncated`` with unit kind
+  ``support``, a fresh method each, so the time includes the solve for v): ``{method}_support_s``;
 - ``loo_all_s``: converged leave-one-out retraining of all M tasks, *extrapolated* as ``loo_setup_s`` (the start
   curvature at lam* that every retraining shares, ``common.start_curvature``, timed once) plus M times the mean time
   ``loo_per_task_s`` of ``loo_sample`` measured retrainings (the number measured is stored beside it);
@@ -36,7 +38,10 @@ from metainf.methods import get_method, run_method
 from metainf.metrics import correlations
 from metainf.objective import MetaObjective
 
-METHODS = ("task_if", "task_if_nystrom", "task_if_truncated", "task_if_fisher", "direct_if", "tracin", "dvemb_exact", "trak", "grad_dot")
+#: methods also timed on instance-IF (all M x S support points, solve included)
+INSTANCE_METHODS = ("task_if", "task_if_truncated")
+METHODS = ("task_if", "task_if_nystrom", "task_if_truncated", "task_if_fisher", "direct_if", "tracin", "dvemb_exact",
+           "trak", "grad_dot")
 _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
     "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],
@@ -91,6 +96,14 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
         out[f"{name}_s"] = sc.seconds
         out[f"{name}_peak_mb"] = sc.peak_rss_mb
         scores[name] = sc.values.numpy()
+    for name in (m for m in INSTANCE_METHODS if m in ctx.methods):
+        try:
+            sc = run_method(get_method(name), problem, "support")
+        except common.METHOD_ERRORS as error:
+            out[f"{name}_support_error"] = f"{type(error).__name__}: {error}"
+            continue
+        out[f"{name}_support_s"] = sc.seconds
+        out[f"{name}_support_peak_mb"] = sc.peak_rss_mb
     for name, values in scores.items():
         if "task_if" in scores and name != "task_if":
             out[f"{name}_spearman_vs_task_if"] = correlations(values, scores["task_if"])["spearman"]
@@ -134,6 +147,13 @@ def run(ctx: RunContext) -> dict:
                              "meta_epochs": entry[f"{mk}_epochs"], "grad_passes": entry[f"{mk}_grad_passes"],
                              "peak_mb": p[f"{name}_peak_mb"],
                              "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"], "spearman_vs_task_if": rho})
+        for name in (m for m in INSTANCE_METHODS if f"{m}_support_s" in p):
+            mk = common.metric_key(name)
+            entry[f"{mk}_support_epochs"] = p[f"{name}_support_s"] / p["epoch_s"]
+            rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": f"{name} (all support points)",
+                         "time_s": p[f"{name}_support_s"], "meta_epochs": entry[f"{mk}_support_epochs"],
+                         "grad_passes": p[f"{name}_support_s"] / p["batched_grads_s"],
+                         "peak_mb": p[f"{name}_support_peak_mb"]})
         rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": "loo (all tasks, extrapolated)",
                      "time_s": p["loo_all_s"], "meta_epochs": p["loo_all_s"] / p["epoch_s"]})
         metrics[key] = entry
@@ -141,7 +161,7 @@ def run(ctx: RunContext) -> dict:
     for h in cfg["hidden_grid"]:
         sel = [p for p in points if p["hidden"] == h]
         ms = [p["n_tasks"] for p in sel]
-        for name in (*ctx.methods, "loo_all", "train", "epoch"):
+        for name in (*ctx.methods, *(f"{m}_support" for m in INSTANCE_METHODS), "loo_all", "train", "epoch"):
             ys = [p.get(f"{name}_s") for p in sel]
             if all(y is not None for y in ys):
                 growth[f"{common.metric_key(name)}_h{h}"] = _slope(ms, ys)

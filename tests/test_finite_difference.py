@@ -131,3 +131,20 @@ def test_bad_options_are_named(prob: AttributionProblem) -> None:
     with pytest.raises(ValueError, match="no hprime='drop' variant"):
         run_method(get_method("task_if_truncated", hvp="fd", hprime="drop"), prob, "task")
     assert "task_if_truncated" in available_methods()
+
+
+def test_float32_runs_in_float32_and_agrees_with_float64(prob: AttributionProblem) -> None:
+    """Single precision end to end (tasks, lam, the finite-difference step sqrt(eps_32)), against float64."""
+
+    def single(o: MetaObjective) -> MetaObjective:
+        tasks = type(o.tasks)(*(x.float() if x.is_floating_point() else x for x in o.tasks))
+        return MetaObjective(o.model, o.inner, tasks, delta=o.delta, tau=o.tau.float(), chunk=o.chunk)
+
+    p32 = AttributionProblem(single(prob.objective), prob.lam.float(), single(prob.eval_objective))
+    grads, b = task_and_eval_grads(p32.objective, p32.eval_objective, p32.lam)
+    assert grads.dtype == b.dtype == torch.float32
+    assert rel(grads.double(), prob.objective.task_grads(prob.lam)) < 1e-5
+    scores32 = run_method(get_method("task_if_truncated"), p32, "task").values
+    assert scores32.dtype == torch.float32
+    # the float32 difference quotient is accurate to about sqrt(eps_32) = 3.5e-4 (measured here: 3.4e-4)
+    assert rel(scores32.double(), run_method(get_method("task_if_truncated"), prob, "task").values) < 2e-3
