@@ -86,24 +86,23 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     fitted = common.fit(setup, cfg, ctx.seed)
     out["train_s"] = fitted.seconds
     problem = common.problems(setup, fitted, ctx.seed)["converged"]
-    scores = {}
+
+    def timed(name: str, kind: str, prefix: str) -> None:
+        """Score ``kind`` units with a fresh ``name``: ``{prefix}_s``, ``{prefix}_peak_mb`` (or ``{prefix}_error``)."""
+        try:
+            sc = run_method(get_method(name), problem, kind)
+        except common.METHOD_ERRORS as error:
+            out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
+            return
+        out[f"{prefix}_s"], out[f"{prefix}_peak_mb"] = sc.seconds, sc.peak_rss_mb
+        if kind == "task":
+            scores[name] = sc.values.numpy()
+
+    scores: dict = {}
     for name in ctx.methods:
-        try:
-            sc = run_method(get_method(name), problem, "task")
-        except common.METHOD_ERRORS as error:
-            out[f"{name}_error"] = f"{type(error).__name__}: {error}"
-            continue
-        out[f"{name}_s"] = sc.seconds
-        out[f"{name}_peak_mb"] = sc.peak_rss_mb
-        scores[name] = sc.values.numpy()
+        timed(name, "task", name)
     for name in (m for m in INSTANCE_METHODS if m in ctx.methods):
-        try:
-            sc = run_method(get_method(name), problem, "support")
-        except common.METHOD_ERRORS as error:
-            out[f"{name}_support_error"] = f"{type(error).__name__}: {error}"
-            continue
-        out[f"{name}_support_s"] = sc.seconds
-        out[f"{name}_support_peak_mb"] = sc.peak_rss_mb
+        timed(name, "support", f"{name}_support")
     for name, values in scores.items():
         if "task_if" in scores and name != "task_if":
             out[f"{name}_spearman_vs_task_if"] = correlations(values, scores["task_if"])["spearman"]

@@ -27,10 +27,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from metainf.bilevel import TaskData, UnrolledInner
-from metainf.objective import MetaObjective, _chunks, check_finite
+from metainf.objective import MetaObjective, check_finite
 
 HVP_MODES: tuple[str, ...] = ("auto", "fd", "autodiff")
 
@@ -51,22 +50,12 @@ def _check_fd(obj: MetaObjective) -> None:
             "second-order MAML or a trajectory method (dvemb_exact)")
 
 
-def _per_task_grads(obj: MetaObjective, lam: Tensor, tasks: TaskData) -> Tensor:
-    """g_k = D_lam L_O^k at lam for every task of ``tasks`` (stateless unrolled inner), ``obj.chunk`` at a time."""
-    inner, model = obj.inner, obj.model
-    n = tasks.xs.shape[0]
-    out = [vmap(lambda t: inner.total_grad(model, lam, t, None))(TaskData(*(x[sl] for x in tasks)))
-           for sl in _chunks(n, obj.chunk)]
-    return check_finite(torch.cat(out), "a per-task total gradient")
-
-
 def data_gradient(obj: MetaObjective, lam: Tensor) -> Tensor:
     """d(lam) = (1/M) sum_k tau_k g_k(lam) = D_lam (1/M) sum_k tau_k L_O^k(lam) (unrolled second-order MAML): one
     ``torch.autograd`` reverse pass through the task losses, vmapped ``obj.chunk`` tasks at a time."""
-    inner, model, tasks = obj.inner, obj.model, obj.tasks
+    inner, model = obj.inner, obj.model
     point = lam.detach().requires_grad_(True)
-    losses = torch.cat([vmap(lambda t: inner.outer_loss(model, point, t))(TaskData(*(x[sl] for x in tasks)))
-                        for sl in _chunks(obj.n_tasks, obj.chunk)])
+    losses = obj._map(lambda t, s: inner.outer_loss(model, point, t))
     total = obj.tau.to(lam.dtype) @ check_finite(losses, "a task loss") / obj.n_tasks
     return torch.autograd.grad(total, point)[0]
 
@@ -80,7 +69,11 @@ def task_and_eval_grads(obj: MetaObjective, eval_obj: MetaObjective, lam: Tensor
                and all(a.shape[1:] == c.shape[1:] and a.dtype == c.dtype for a, c in zip(t, e)))
     if not fusable:
         return obj.task_grads(lam), eval_obj.mean_loss_grad(lam)
-    both = _per_task_grads(obj, lam, TaskData(*(torch.cat([a, c]) for a, c in zip(t, e))))
+    joint = MetaObjective(obj.model, obj.inner, TaskData(*(torch.cat([a, c]) for a, c in zip(t, e))),
+                          chunk=obj.chunk)
+    # the unrolled inner problem keeps no state: map total_grad directly (task_grads would first adapt every task)
+    both = check_finite(joint._map(lambda tk, s: obj.inner.total_grad(obj.model, lam, tk, s)),
+                        "a per-task total gradient")
     return both[:obj.n_tasks], both[obj.n_tasks:].mean(0)
 
 
@@ -101,7 +94,6 @@ def fd_hessian_operator(obj: MetaObjective, lam: Tensor, data_grad: Tensor | Non
         if norm == 0.0:
             return torch.zeros_like(u)
         eps = scale / norm
-        moved = check_finite(data_gradient(obj, lam + eps * u), "a meta-gradient")
-        return check_finite((moved - base) / eps + obj.delta * u, "a finite-difference total Hessian-vector product")
+        return check_finite((data_gradient(obj, lam + eps * u) - base) / eps + obj.delta * u, "a finite-difference total Hessian-vector product")
 
     return hvp
