@@ -12,13 +12,13 @@ venv:
 	@PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/setup_env.sh
 
 test: venv
-	WANDB_MODE=disabled WANDB_SILENT=true $(VENV)/bin/python -m pytest -q
+	WANDB_MODE=disabled WANDB_SILENT=true "$(VENV)/bin/python" -m pytest -q
 	@if [ -f replication/cli.py ]; then \
-	  echo "$(VENV)/bin/metainf-repro check"; WANDB_MODE=disabled $(VENV)/bin/metainf-repro check; \
+	  echo "$(VENV)/bin/metainf-repro check"; WANDB_MODE=disabled "$(VENV)/bin/metainf-repro" check; \
 	else echo "replication/cli.py not present yet: skipping 'metainf-repro check'"; fi
 
 reproduce: venv
-	$(VENV)/bin/metainf-repro all --scale quick --jobs $(JOBS)
+	"$(VENV)/bin/metainf-repro" all --scale quick --jobs $(JOBS)
 
 l2l:
 	@if [ ! -x "$(VENV)/bin/python" ]; then echo "no $(VENV): run 'make venv' first" >&2; exit 1; fi

@@ -25,10 +25,13 @@ for arg in "$@"; do
   esac
 done
 
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/metainf/wheels"
+# the build runs inside the unpacked sdist: a relative interpreter path would not resolve there (symlinks kept)
+[[ "$PYTHON" == */* ]] && PYTHON="$(abspath "$PYTHON")"
+CACHE_DIR="$(abspath "${XDG_CACHE_HOME:-$HOME/.cache}")/metainf/wheels"
 
 say() { echo "[l2l] $*"; }
 STEP="start"

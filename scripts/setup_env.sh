@@ -3,6 +3,9 @@
 #
 #   PYTHON=python3 VENV=.venv scripts/setup_env.sh
 #
+# PYTHON, VENV and XDG_CACHE_HOME may be relative (to the working directory this is called from), absolute, or
+# hold spaces: every path handed on is absolute.
+#
 # 1. `$PYTHON -m venv $VENV` if $VENV/bin/python is missing;
 # 2. torch==2.14.1 torchvision==0.29.1 (plain pip: taken from the machine's local wheel cache when present);
 # 3. `pip install -e '.[dev,wandb]'` (the metainf package, tests, dattri cross-checks, W&B);
@@ -12,9 +15,15 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
+# abspath P: P made absolute against the caller's working directory, symlinks kept (a venv's bin/python is a
+# symlink to the base interpreter: resolving it would install into the wrong environment).
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 PYTHON="${PYTHON:-python3}"
-VENV="${VENV:-.venv}"
+# an interpreter given as a path (it holds a slash) is made absolute; a bare name is looked up on PATH
+[[ "$PYTHON" == */* ]] && PYTHON="$(abspath "$PYTHON")"
+VENV="$(abspath "${VENV:-.venv}")"
+[[ -n "${XDG_CACHE_HOME:-}" ]] && export XDG_CACHE_HOME="$(abspath "$XDG_CACHE_HOME")"
+cd "$REPO_ROOT"
 TORCH_SPEC=(torch==2.14.1 torchvision==0.29.1)
 
 say() { echo "[venv] $*"; }
@@ -57,7 +66,7 @@ if [[ "${METAINF_SKIP_L2L:-0}" == 1 ]]; then
   say "METAINF_SKIP_L2L=1: not installing learn2learn (its cross-check tests will skip)"
 else
   step "installing learn2learn 0.2.0 (scripts/install_learn2learn.sh)"
-  PYTHON="$VENV/bin/python" bash scripts/install_learn2learn.sh || fail "learn2learn install failed (METAINF_SKIP_L2L=1 skips it)"
+  PYTHON="$VENV/bin/python" bash "$REPO_ROOT/scripts/install_learn2learn.sh" || fail "learn2learn install failed (METAINF_SKIP_L2L=1 skips it)"
 fi
 
 rm -f "$VENV"/.metainf-setup-*
