@@ -23,10 +23,6 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
       carry ``"paper_ref": <id in replication.paper_targets.PAPER_TARGETS>``; the report then puts the paper's
       value beside every column whose name matches one of the target's metrics (``"acc"``, ``"runtime_s"``).
     - ``"series"``: anything a figure needs (curves, score vectors); stored, never compared.
-``figures(result, out_dir) -> paths``
-    Given a *loaded result JSON* (see :mod:`replication.results`: ``result["per_seed"][str(seed)]`` holds each
-    payload, ``result["aggregate"]`` the mean/std of every numeric metric), writes PNGs into ``out_dir`` (use
-    :func:`replication.figures.save_figure`) and returns their paths. It must only read ``result``.
 ``default_methods``
     Methods run when the user names none with ``--method``.
 ``seeds``
@@ -77,7 +73,6 @@ class Experiment:
     datasets: tuple[str, ...]
     configs: Mapping[str, Mapping[str, Any]]
     run: Callable[[RunContext], dict]
-    figures: Callable[[dict, Path], list[Path]]
     default_methods: tuple[str, ...] = ()
     seeds: Mapping[str, tuple[int, ...]] = field(default_factory=_default_seeds)
     validate: Callable[[str, Mapping[str, Any]], None] | None = None

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metainf.bilevel import ProximalInner
-from metainf.objective import MetaObjective, NonFiniteError, check_finite
+from metainf.core.bilevel import ProximalInner
+from metainf.core.objective import MetaObjective, NonFiniteError, check_finite
 
 
 @dataclass
@@ -225,7 +225,7 @@ def chord_newton(obj: MetaObjective, lam0: Tensor, hessian: Tensor, tol: float =
     value and gradient of F: no Hessian, no L-BFGS stage. The chord error contracts by ||I - H0^-1 Hess F|| along
     the path, so the method suits a start next to the minimiser with H0 the total Hessian there: leave-one-out
     retraining from lam* with H0 the exact total Hessian at lam* of F without the unit (task removal:
-    H - tau_k H_k / M, :func:`experiments.common.unit_start_hessian`). BFGS corrects H0 along the steps, where
+    H - tau_k H_k / M, :func:`experiments.ground_truth.unit_start_hessian`). BFGS corrects H0 along the steps, where
     soft directions of Hess F (a near-singular minimum) make the pure chord contraction slow.
 
     Stopping rule: ``converged`` only when ||grad F(lam)|| <= ``tol``, the criterion of :func:`train_converged`, so

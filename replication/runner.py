@@ -250,7 +250,7 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     finished seed is saved as the seed file that :func:`execute` then loads, so an interrupted pool resumes like a
     serial run. Returns ``{"<EXP> <dataset>": error}`` for runs with a seed that failed (after one retry).
     """
-    from metainf.executor import UnitFailedError, run_units
+    from metainf.runtime.executor import UnitFailedError, run_units
 
     todo: dict[str, tuple] = {}
     owner: dict[str, PreparedRun] = {}

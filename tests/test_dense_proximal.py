@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import metainf.train as train_mod
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
-from metainf.models import build_model
-from metainf.objective import MetaObjective
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
 from metainf.train import train_converged
 
 DT = torch.float64

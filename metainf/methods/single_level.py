@@ -39,11 +39,12 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from metainf.bilevel import ProximalInner, TaskData
+from metainf.core.bilevel import ProximalInner, TaskData
+from metainf.core.objective import MetaObjective, check_finite
 from metainf.influence import hessian_operator, task_scores
+from metainf.linalg.chunked import chunks
+from metainf.linalg.solvers import solve
 from metainf.methods.base import AttributionProblem
-from metainf.objective import MetaObjective, _chunks, check_finite
-from metainf.solvers import solve
 
 
 def gauss_newton_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
@@ -72,7 +73,7 @@ def gauss_newton_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tens
     def hvp(u: Tensor) -> Tensor:
         hk = torch.cat([vmap(per_task, in_dims=(0, 0, 0, None))(TaskData(*(x[sl] for x in obj.tasks)), states[sl],
                                                                  thetas[sl], u)
-                        for sl in _chunks(obj.n_tasks, obj.chunk)])
+                        for sl in chunks(obj.n_tasks, obj.chunk)])
         return check_finite(obj.tau @ hk / obj.n_tasks + obj.delta * u, "a Gauss-Newton-vector product")
 
     return hvp

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, jacrev, vjp, vmap
 
-from metainf.bilevel import TaskData
-from metainf.models import FlatModel
+from metainf.core.models import FlatModel
+from metainf.core.taskdata import TaskData
 
 FISHERS = ("ggn", "empirical")
 

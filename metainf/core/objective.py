@@ -9,7 +9,6 @@ coefficient (the paper's delta I). Per-task state (the proximal inner solutions)
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -18,9 +17,10 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner, query_loss
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner, query_loss
+from metainf.core.models import FlatModel
 from metainf.data.tasks import TaskPool
-from metainf.models import FlatModel
+from metainf.linalg.chunked import chunks
 
 
 class NonFiniteError(FloatingPointError):
@@ -41,12 +41,6 @@ def check_finite(x: Tensor, what: str) -> Tensor:
         raise NonFiniteError(f"{what} is not finite. Lower the learning rates (inner lr / outer lr), raise the "
                              "outer L2 delta or the proximal beta, or use float64.")
     return x
-
-
-def _chunks(n: int, size: int | None):
-    size = n if not size else size
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
 
 
 @dataclass
@@ -102,7 +96,7 @@ class MetaObjective:
                 except (RuntimeError, ValueError) as exc:
                     raise ValueError(
                         f"the model does not accept the task inputs of per-point shape {tuple(t.xs.shape[2:])} "
-                        f"({exc}). Build the model for that input shape (metainf.models.build_model(kind, "
+                        f"({exc}). Build the model for that input shape (metainf.core.models.build_model(kind, "
                         "input_shape=pool.input_shape, n_way)) or load the images at the size the model expects "
                         "(image_size=...).") from exc
                 n_out = out.shape[-1]
@@ -113,7 +107,7 @@ class MetaObjective:
                                         f"{n_out} outputs: expected labels 0..{n_out - 1} (build it with n_way)")
         if problems:
             raise ValueError("MetaObjective tasks are malformed: " + "; ".join(problems) + ". Build them with "
-                             "metainf.objective.pool_tensors(pool) from a TaskPool, or fix the named fields.")
+                             "metainf.core.objective.pool_tensors(pool) from a TaskPool, or fix the named fields.")
         if self.tau is None:
             self.tau = torch.ones(self.n_tasks, dtype=self.tasks.xs.dtype)
 
@@ -142,7 +136,7 @@ class MetaObjective:
         """vmap ``fn(task, state, *args)`` over tasks in chunks and concatenate along dim 0."""
         outs = []
         state = self.state_at(self._state_lam) if self._state_lam is not None else None
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1)
             outs.append(vmap(fn, in_dims=(0, 0, *(in_dims or (None,) * len(args))))(t, st, *args))
@@ -154,7 +148,7 @@ class MetaObjective:
             return self._state
         warm = self._state if self._state is not None else None
         outs = []
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             if warm is None:
                 outs.append(vmap(lambda tk: self.inner.prepare(self.model, lam, tk))(t))
@@ -178,7 +172,7 @@ class MetaObjective:
             state = torch.cat([
                 vmap(lambda tk, s: inner.newton(self.model, lam, tk, s, 2))(TaskData(*(x[sl] for x in self.tasks)),
                                                                              state[sl])
-                for sl in _chunks(self.n_tasks, self.chunk)
+                for sl in chunks(self.n_tasks, self.chunk)
             ])
         warnings.warn(f"proximal inner problem reached stationarity {float(res.max()):.2e} > tol {tol:.1e}: raise "
                       "beta (better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
@@ -188,7 +182,7 @@ class MetaObjective:
         """||stationarity||_2 per task (proximal only)."""
         inner = self.inner
         out = []
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             out.append(vmap(lambda tk, s: inner.stationarity(self.model, lam, tk, s).norm())(t, state[sl]))
         return torch.cat(out)
@@ -281,13 +275,13 @@ class MetaObjective:
         check_finite(h, "a per-task total Hessian")
         return 0.5 * (h + h.transpose(1, 2))
 
-    def _block_chunks(self, lam: Tensor, hprime: str, chunk: int):
+    def _blockchunks(self, lam: Tensor, hprime: str, chunk: int):
         """Yield (slice, [n, P, P] per-task total Hessians) from ``inner.dense_total_hessian`` (proximal only)."""
         if not isinstance(self.inner, ProximalInner):
             raise ValueError("dense per-task blocks need the proximal inner problem; use dense_hessian / "
                              "task_hessians (HVP columns) for the unrolled one")
         state = self.state_at(lam)
-        for sl in _chunks(self.n_tasks, chunk):
+        for sl in chunks(self.n_tasks, chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             h = vmap(lambda tk, s: self.inner.dense_total_hessian(self.model, lam, tk, s, hprime))(t, state[sl])
             yield sl, check_finite(h, "a per-task total Hessian")
@@ -298,13 +292,13 @@ class MetaObjective:
         The same matrices as :meth:`task_hessians` with exact inner solves instead of P implicit HVPs (each running
         CG solves): see ``ProximalInner.dense_total_hessian``. ``chunk`` tasks are vmapped at a time.
         """
-        return torch.cat([h for _, h in self._block_chunks(lam, hprime, chunk)])
+        return torch.cat([h for _, h in self._blockchunks(lam, hprime, chunk)])
 
     def block_hessian(self, lam: Tensor, hprime: str = "exact", chunk: int = 8) -> Tensor:
         """Hess F = (1/M) sum_k tau_k D^2 L_O^k + delta I from dense per-task blocks (proximal), accumulated chunk-wise
         so that only ``chunk`` P x P blocks are held at a time. The matrix of :meth:`dense_hessian`."""
         h = self.delta * torch.eye(lam.numel(), dtype=lam.dtype)
-        for sl, hk in self._block_chunks(lam, hprime, chunk):
+        for sl, hk in self._blockchunks(lam, hprime, chunk):
             h = h + torch.einsum("k,kij->ij", self.tau[sl], hk) / self.n_tasks
         return 0.5 * (h + h.T)
 
@@ -335,7 +329,7 @@ class MetaObjective:
         def acc(t: TaskData, th: Tensor) -> Tensor:
             return (self.model(th, t.xq).argmax(-1) == t.yq).to(lam.dtype).mean()
         return torch.cat([vmap(acc)(TaskData(*(x[sl] for x in self.tasks)), thetas[sl])
-                          for sl in _chunks(self.n_tasks, self.chunk)])
+                          for sl in chunks(self.n_tasks, self.chunk)])
 
 
 class Stacked(NamedTuple):
@@ -407,11 +401,3 @@ def stacked_value_and_grad(obj: MetaObjective, lams: Tensor, tau: Tensor, ws: Te
         gk = vmap(lambda tk, s, l: inner.total_grad(model, l, tk, s))(tasks, st, lam_k).reshape(u_n, m, -1)
         grads = torch.einsum("um,ump->up", tau, gk) / m + obj.delta * lams
     return Stacked(values, grads, None if theta is None else theta.reshape(u_n, m, -1), losses, inner_ok)
-
-
-def mean_ci95(values: Tensor) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% interval over tasks."""
-    v = values.double()
-    n = v.numel()
-    half = 1.96 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return float(v.mean()), half

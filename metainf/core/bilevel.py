@@ -28,34 +28,23 @@ Theorem 5.1 surrogate, which replaces sum_k H'_k by Gamma = sum_k ||grad_theta L
     D^2 L_O^k u ~ [drop term] + c ||grad_theta L_O^k(theta_k)||_1 u     (``"gamma"``: c = 1; ``"gamma_scaled:c"``)
 
 ``MetaObjective`` averages tasks, so Hess F gets (c/M) sum_k tau_k ||grad_theta L_O^k||_1 I: the paper's Gamma in
-the mean normalisation. ``metainf.accel.gamma.check_gamma`` warns when it dominates the rest of the spectrum.
+the mean normalisation. ``metainf.linalg.gamma.check_gamma`` warns when it dominates the rest of the spectrum.
 
-Every method here acts on ONE task (unbatched tensors); ``metainf.objective`` vmaps them over the pool.
+Every method here acts on ONE task (unbatched tensors); ``metainf.core.objective`` vmaps them over the pool.
 The instance primitive ``weight_scores(v)`` returns v^T d(D_lam L_O^k)/d(ws, wq), the building block of
 instance-IF (see ``metainf.influence`` for the sign convention).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad, hessian, jacrev, jvp, vjp
 
-from metainf.models import FlatModel
-
-
-class TaskData(NamedTuple):
-    """One task (or, stacked along dim 0, a pool of tasks): support/query inputs, labels and point weights."""
-
-    xs: Tensor
-    ys: Tensor
-    ws: Tensor
-    xq: Tensor
-    yq: Tensor
-    wq: Tensor
+from metainf.core.models import FlatModel
+from metainf.core.taskdata import TaskData
+from metainf.linalg.ekfac import ekfac_solve
 
 
 def weighted_ce(logits: Tensor, y: Tensor, w: Tensor) -> Tensor:
@@ -241,7 +230,7 @@ class ProximalInner:
 
     ``state`` is the solved theta_k (warm start for the next solve). Inner linear systems A x = b use
     ``inner_solver``: ``"cg"`` (fixed ``cg_iters`` iterations, vmap-able), ``"dense"`` (A formed by ``jacrev``,
-    small models only) or ``"ekfac"`` (``metainf.accel.ekfac``: an EK-FAC approximation of Hess L_S with beta on
+    small models only) or ``"ekfac"`` (``metainf.linalg.ekfac``: an EK-FAC approximation of Hess L_S with beta on
     its diagonal; approximate, so Newton steps become quasi-Newton steps). ``newton_cg_iters`` (default
     ``cg_iters``) is the CG iteration count of the Newton steps alone: an inexact Newton direction only slows the
     inner solve, whose result is fixed by the stationarity tolerance (``MetaObjective.state_at``), while the
@@ -290,9 +279,6 @@ class ProximalInner:
             a = 0.5 * (h + h.T) + self.beta * torch.eye(theta.numel(), dtype=theta.dtype)
             return torch.linalg.solve(a, b)
         if self.inner_solver == "ekfac":
-            # deferred: metainf.accel imports this module
-            from metainf.accel.ekfac import ekfac_solve
-
             return ekfac_solve(model, t, theta, b, self.beta)
         iters = self.cg_iters if iters is None else iters
         if self.cg_hvp == "vjp":  # linearise grad L_S at theta once; each CG product is then one reverse pass

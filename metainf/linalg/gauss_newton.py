@@ -12,7 +12,7 @@ D^2 L_O^k = J_o^T H_out J_o + sum_j (dL_O/do_j) D^2 o_j. Gauss-Newton keeps the 
 It drops both H' (the curvature of lam -> theta_k) and the network's own second-order term, so it is PSD (positive
 definite with delta > 0) and needs no third derivatives. J_k u is ``inner.jvp_theta``; J_k^T w is J_k w for the
 proximal problem (J_k = beta A^-1 is symmetric) and a VJP through the unrolled adaptation otherwise.
-``gn_hvp(obj, lam)`` plugs in wherever ``lambda u: obj.hvp(lam, u)`` does (e.g. ``metainf.solvers.solve``);
+``gn_hvp(obj, lam)`` plugs in wherever ``lambda u: obj.hvp(lam, u)`` does (e.g. ``metainf.linalg.solvers.solve``);
 ``gn_dense`` is the matrix (as ``MetaObjective.dense_hessian``).
 """
 
@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner, weighted_ce
-from metainf.models import FlatModel
-from metainf.objective import MetaObjective, check_finite
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner, weighted_ce
+from metainf.core.models import FlatModel
+from metainf.core.objective import MetaObjective, check_finite
 
 
 def gn_task_hvp(inner: UnrolledInner | ProximalInner, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor,

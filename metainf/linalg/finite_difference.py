@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from metainf.bilevel import TaskData, UnrolledInner
-from metainf.objective import MetaObjective, check_finite
+from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.objective import MetaObjective, check_finite
 
 HVP_MODES: tuple[str, ...] = ("auto", "fd", "autodiff")
 

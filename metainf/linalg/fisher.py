@@ -2,7 +2,7 @@
 
 The curvature is built from the per-task total gradients g_k = D_lam L_O^k (rows of G, [M, P]) that task-IF needs
 anyway (one batched pass, ``MetaObjective.task_grads``), with the normalisation, task weights tau and outer L2
-delta of F (``metainf.objective``) and the solve's extra damping::
+delta of F (``metainf.core.objective``) and the solve's extra damping::
 
     C = (1/M) sum_k tau_k g_k g_k^T + r I = (1/M) G_w^T G_w + r I,     G_w = diag(sqrt(tau)) G,   r = delta + damping
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metainf.solvers import IndefiniteHessianError, SolveInfo
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from metainf.bilevel import TaskData
-from metainf.objective import MetaObjective
+from metainf.core.bilevel import TaskData
+from metainf.core.objective import MetaObjective
 
 
 def sub_objective(obj: MetaObjective, lam: Tensor, idx: Sequence[int]) -> MetaObjective:

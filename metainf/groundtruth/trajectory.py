@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.bilevel import TaskData, UnrolledInner
-from metainf.methods.base import AttributionProblem, check_kind
-from metainf.objective import MetaObjective
+from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.problem import AttributionProblem, check_kind
+from metainf.core.objective import MetaObjective
 from metainf.train import Trajectory
 
 Unit = tuple[int, int | None]
