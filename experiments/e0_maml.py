@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> dict:
     cfg = ctx.config
     torch.set_num_threads(1)  # per-task kernels are small: extra threads cost more in synchronisation on 2 cores
     start = time.perf_counter()
-    dtype = torch.float32
+    dtype, device = ctx.torch_dtype(torch.float32), ctx.torch_device  # E0's own default: float32
     opts = _load_opts(ctx.dataset, cfg)
     train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
     test = load_split(ctx.dataset, "test", ctx.data_root, **opts)
@@ -90,11 +90,12 @@ def run(ctx: RunContext) -> dict:
     pte = sample_task_pool(test, cfg["n_test_tasks"], n_way, k, q, seed=ctx.seed + 1000)
     model = build_model(cfg["model"], ptr.input_shape, n_way, width=cfg["width"], hidden=tuple(cfg["hidden"]),
                         norm=cfg["norm"])
+    model.module.to(device)
     inner = UnrolledInner(steps=cfg["inner_steps"], lr=cfg["inner_lr"], first_order=cfg["first_order"])
-    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype), chunk=cfg["chunk"])
+    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype, device), chunk=cfg["chunk"])
     test_inner = UnrolledInner(steps=cfg["test_inner_steps"], lr=cfg["inner_lr"])
-    test_obj = MetaObjective(model, test_inner, pool_tensors(pte, dtype), chunk=cfg["chunk"])
-    lam0 = model.init(ctx.seed, dtype)
+    test_obj = MetaObjective(model, test_inner, pool_tensors(pte, dtype, device), chunk=cfg["chunk"])
+    lam0 = model.init(ctx.seed, dtype).to(device)
     acc_init, ci_init = mean_ci95(test_obj.accuracy(lam0))
     setup_s = time.perf_counter() - start
 
@@ -107,7 +108,7 @@ def run(ctx: RunContext) -> dict:
     acc_vec = test_obj.accuracy(lam)
     acc, ci = mean_ci95(acc_vec)
     n_fit = min(len(ptr), cfg["n_test_tasks"])
-    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype), chunk=cfg["chunk"])
+    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype, device), chunk=cfg["chunk"])
     acc_train, ci_train = mean_ci95(fit_obj.accuracy(lam))
     eval_s = time.perf_counter() - t0
     chance = 1.0 / n_way

@@ -29,7 +29,6 @@ import torch
 
 from experiments import ground_truth, scoring, setups
 from experiments.base import Experiment, RunContext
-from metainf.core.bilevel import ProximalInner
 from metainf.groundtruth.converged import noise_floor
 from metainf.methods import available_methods
 from metainf.metrics import correlations
@@ -123,7 +122,7 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     obj, lam = setup.objective, fitted.lam_star
     t0 = time.perf_counter()
     batched = bool(cfg.get("loo_batch"))  # converged LOO and its noise floor by metainf.groundtruth.converged.retrain_many
-    proximal = isinstance(obj.inner, ProximalInner)
+    proximal = obj.inner.dense_blocks  # exact dense per-task blocks (the proximal inner problem)
     hk_star = None
     if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
         h_star = None
@@ -131,8 +130,10 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
         h_star, hk_star = ground_truth.block_curvature(obj, lam)
     else:
         h_star = total_hessian(obj, lam)
-    if h_star is not None and proximal:
-        obj.use_block_hessian(lam, "exact", h_star)  # task-IF's solve then costs matrix products, same operator
+    if h_star is not None and proximal:  # task-IF's solve then costs matrix products, same operator
+        obj = obj.with_dense_hessian(lam, "exact", h_star)  # one objective (and inner-state cache) from here on
+        setup = dataclasses.replace(setup, objective=obj)
+        probs = {k: dataclasses.replace(p, objective=obj) for k, p in probs.items()}
     truth: dict[str, dict] = {}
     gt_metrics: dict = {"train_grad_norm": fitted.grad_norm, "train_s": fitted.seconds, "k_shot": cfg["k_shot"],
                         "hessian_s": time.perf_counter() - t0}

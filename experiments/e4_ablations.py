@@ -51,13 +51,12 @@ from torch import Tensor
 
 from experiments.base import Experiment, RunContext
 from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
-from metainf.core.bilevel import ProximalInner, UnrolledInner, make_inner
+from metainf.core.bilevel import InnerProblem, make_inner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.registry import load_split
 from metainf.data.tasks import sample_task_pool
 from metainf.groundtruth.converged import retrain
-from metainf.linalg.batches import sub_objective
 from metainf.linalg.fisher import fisher_solve
 from metainf.linalg.gamma import check_gamma
 from metainf.linalg.gauss_newton import gn_dense, gn_hvp
@@ -105,14 +104,7 @@ _NO_MEM = (float("nan"), float("nan"))
 Solve = Callable[[], tuple[Tensor, SolveInfo]]
 
 
-def _with_inner(obj: MetaObjective, inner: UnrolledInner | ProximalInner) -> MetaObjective:
-    """``obj`` with another inner solver, sharing the inner solutions theta_k(lam*) already computed."""
-    out = MetaObjective(obj.model, inner, obj.tasks, obj.delta, obj.tau, obj.chunk)
-    out._state_lam, out._state = obj._state_lam, obj._state
-    return out
-
-
-def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> dict[str, UnrolledInner | ProximalInner]:
+def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> dict[str, InnerProblem]:
     if kind == "unrolled":
         return {"autodiff": make_inner("unrolled", **cfg["unrolled"])}
     return {s: make_inner("proximal", **cfg["proximal"], inner_solver=s, cg_iters=cfg["cg_iters"])
@@ -122,9 +114,9 @@ def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> d
 def _operators(obj: MetaObjective, lam: Tensor, curvature: str):
     """(hvp, mini-batch hvp over task subsets, dense matrix) for one curvature."""
     if curvature == "gn":
-        return (gn_hvp(obj, lam), lambda u, idx: gn_hvp(sub_objective(obj, lam, idx), lam)(u),
+        return (gn_hvp(obj, lam), lambda u, idx: gn_hvp(obj.subset(lam, idx), lam)(u),
                 lambda: gn_dense(obj, lam))
-    return (lambda u: obj.hvp(lam, u, curvature), lambda u, idx: sub_objective(obj, lam, idx).hvp(lam, u, curvature),
+    return (lambda u: obj.hvp(lam, u, curvature), lambda u, idx: obj.subset(lam, idx).hvp(lam, u, curvature),
             lambda: obj.dense_hessian(lam, curvature))
 
 
@@ -239,8 +231,8 @@ def _grid(obj: MetaObjective, ev: MetaObjective, lam: Tensor, cfg: dict, kind: s
     """Scores, time and memory of every (inner solver, total solver, curvature) for one inner problem."""
     rows = []
     for solver_name, inner in _inner_variants(kind, cfg).items():
-        obj_v = _with_inner(obj, inner)
-        (b, grads), t_shared, mem_shared = _timed(partial(_shared_vectors, obj_v, _with_inner(ev, inner), lam))
+        obj_v = obj.with_inner(inner)
+        (b, grads), t_shared, mem_shared = _timed(partial(_shared_vectors, obj_v, ev.with_inner(inner), lam))
         for curvature in cfg["curvatures"]:
             rec = _Recorder(grads, t_shared, mem_shared, {"inner_solver": solver_name, "curvature": curvature})
             rows += _curvature_rows(rec, obj_v, lam, b, curvature, cfg, seed)
@@ -317,12 +309,14 @@ def run(ctx: RunContext) -> dict:
     pev = sample_task_pool(data["val"], cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                            seed=ctx.seed + 1000)
     model = build_model("mlp", ptr.input_shape, cfg["n_way"], hidden=(cfg["hidden"],))
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    model.module.to(device)
     metrics, series, grid_rows, best_rows = {}, {}, [], []
     for kind in cfg["inners"]:
         ref_inner = next(iter(_inner_variants(kind, cfg, ["dense"]).values()))
-        obj = MetaObjective(model, ref_inner, pool_tensors(ptr), delta=cfg["delta"], chunk=None)
-        ev = MetaObjective(model, ref_inner, pool_tensors(pev), chunk=None)
-        fit = train_converged(obj, model.init(ctx.seed), tol=cfg["tol"], max_iter=cfg["max_iter"])
+        obj = MetaObjective(model, ref_inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=None)
+        ev = MetaObjective(model, ref_inner, pool_tensors(pev, dtype, device), chunk=None)
+        fit = train_converged(obj, model.init(ctx.seed, dtype).to(device), tol=cfg["tol"], max_iter=cfg["max_iter"])
         lam = fit.lam
         ev.state_at(lam)
         t0 = time.perf_counter()

@@ -76,7 +76,8 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     sub = RunContext(**{**ctx.__dict__, "config": cfg})
     setup = setups.build_setup(sub, cfg["inners"][0])
     obj = setup.objective
-    lam0 = setup.model.init(ctx.seed)
+    x = setup.objective.tasks.xs  # the run's dtype and device
+    lam0 = setup.model.init(ctx.seed, x.dtype).to(x.device)
     out: dict = {"n_tasks": n_tasks, "hidden": hidden, "n_params": setup.model.n_params}
     out["epoch_s"] = _median_time(lambda: obj.value_and_grad(lam0))
     out["batched_grads_s"] = _median_time(lambda: obj.task_grads(lam0))

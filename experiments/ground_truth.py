@@ -54,7 +54,7 @@ def block_curvature(obj: MetaObjective, lam: Tensor) -> tuple[Tensor, Tensor]:
 
     the matrices of :func:`start_curvature` (``total_hessian`` forms the same blocks again for H)."""
     hk = task_total_hessians(obj, lam)
-    h = obj.delta * torch.eye(lam.numel(), dtype=lam.dtype) + torch.einsum("k,kij->ij", obj.tau, hk) / obj.n_tasks
+    h = obj.delta * torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device) + torch.einsum("k,kij->ij", obj.tau, hk) / obj.n_tasks
     return 0.5 * (h + h.T), hk
 
 

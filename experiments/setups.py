@@ -70,9 +70,11 @@ def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Se
     except ValueError as error:  # more ways than classes, K+Q above the images per class: the config cannot run
         raise ConfigError(str(error)) from None
     model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
+    model.module.to(ctx.torch_device)
     inner = make_inner(inner_kind, **cfg[inner_kind])
-    obj = MetaObjective(model, inner, pool_tensors(ptr), delta=cfg["delta"], chunk=cfg.get("chunk"))
-    ev = MetaObjective(model, inner, pool_tensors(pev), chunk=cfg.get("chunk"))
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=cfg.get("chunk"))
+    ev = MetaObjective(model, inner, pool_tensors(pev, dtype, device), chunk=cfg.get("chunk"))
     return Setup(ptr, pev, model, obj, ev, inner_kind)
 
 
@@ -81,7 +83,8 @@ def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
     t0 = time.perf_counter()
     tc = {"steps": cfg["outer_steps"], "batch": cfg["outer_batch"], "lr": cfg["outer_lr"],
           "optimizer": cfg.get("outer_optimizer", "sgd"), "seed": seed, "record_every": 1}
-    lam0 = setup.model.init(seed)
+    x = setup.objective.tasks.xs  # the run's dtype and device
+    lam0 = setup.model.init(seed, x.dtype).to(x.device)
     lam_t, traj = train_stochastic(setup.objective, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"],
                                    seed=seed, record_every=1)
     res = train_converged(setup.objective, lam_t, tol=cfg["tol"], max_iter=cfg["max_iter"])
@@ -114,10 +117,12 @@ def build_noisy_setup(ctx: RunContext, inner_kind: str) -> tuple[Setup, MetaObje
     setup = build_setup(ctx, inner_kind)
     cfg = ctx.config
     noisy = corrupt(setup.train_pool, cfg.get("noise"), ctx.seed)
-    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy), delta=cfg["delta"],
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy, dtype, device), delta=cfg["delta"],
                         chunk=cfg.get("chunk"))
     test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg))
     ptest = sample_task_pool(test, cfg["n_test_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                              seed=ctx.seed + 2000)
-    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest), chunk=cfg.get("chunk"))
+    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest, dtype, device),
+                             chunk=cfg.get("chunk"))
     return Setup(noisy, setup.eval_pool, setup.model, obj, setup.eval_objective, inner_kind), test_obj

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metainf.core.bilevel import ProximalInner
 from metainf.core.objective import MetaObjective, NonFiniteError, check_finite
 
 
@@ -33,12 +32,12 @@ def total_hessian(obj: MetaObjective, lam: Tensor) -> Tensor:
     inner solves); each of the P implicit HVP columns of :meth:`MetaObjective.dense_hessian` would run three CG
     solves per task. Unrolled: the P vmapped HVP columns. The same matrix either way.
     """
-    return obj.block_hessian(lam) if isinstance(obj.inner, ProximalInner) else obj.dense_hessian(lam)
+    return obj.block_hessian(lam) if obj.inner.dense_blocks else obj.dense_hessian(lam)
 
 
 def task_total_hessians(obj: MetaObjective, lam: Tensor) -> Tensor:
     """Per-task total Hessians D^2 L_O^k, [M, P, P], by the route of :func:`total_hessian`."""
-    return obj.block_task_hessians(lam) if isinstance(obj.inner, ProximalInner) else obj.task_hessians(lam)
+    return obj.block_task_hessians(lam) if obj.inner.dense_blocks else obj.task_hessians(lam)
 
 
 def train_converged(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_iter: int = 500,

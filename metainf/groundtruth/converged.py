@@ -123,7 +123,7 @@ def retrain_many(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, 
     good = [i for i in range(n) if finished[i].result().converged]
     base = float(eval_obj.mean_loss(lam_star)) if eval_star is None else eval_star
     ev_state = eval_obj.state_at(lam_star)
-    ones = torch.ones(eval_obj.n_tasks, dtype=lam_star.dtype)
+    ones = torch.ones(eval_obj.n_tasks, dtype=lam_star.dtype, device=lam_star.device)
     for b in range(0, len(good), batch):
         idx = good[b:b + batch]
         lams = torch.stack([finished[i].lam for i in idx])

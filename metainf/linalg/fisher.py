@@ -57,11 +57,11 @@ def fisher_curvature(grads: Tensor, reg: float, tau: Tensor | None = None) -> Fi
     if not torch.isfinite(grads).all():
         raise ValueError("the per-task total gradients hold NaN/inf: the Fisher curvature cannot be formed")
     m = grads.shape[0]
-    tau = torch.ones(m, dtype=grads.dtype) if tau is None else tau.to(grads.dtype)
+    tau = torch.ones(m, dtype=grads.dtype, device=grads.device) if tau is None else tau.to(grads.dtype)
     if (tau < 0).any():
         raise ValueError("task weights tau must be >= 0 for the empirical-Fisher curvature (it uses sqrt(tau))")
     rows = tau.sqrt().unsqueeze(1) * grads
-    kernel = rows @ rows.T + reg * m * torch.eye(m, dtype=grads.dtype)
+    kernel = rows @ rows.T + reg * m * torch.eye(m, dtype=grads.dtype, device=grads.device)
     return FisherCurvature(rows, float(reg), torch.linalg.cholesky(kernel))
 
 
@@ -79,7 +79,7 @@ def fisher_inverse(c: FisherCurvature, b: Tensor) -> Tensor:
 def fisher_dense(c: FisherCurvature) -> Tensor:
     """C as a dense P x P matrix (tests and small models only)."""
     p = c.rows.shape[1]
-    return c.rows.T @ c.rows / c.n_tasks + c.reg * torch.eye(p, dtype=c.rows.dtype)
+    return c.rows.T @ c.rows / c.n_tasks + c.reg * torch.eye(p, dtype=c.rows.dtype, device=c.rows.device)
 
 
 def fisher_solve(grads: Tensor, b: Tensor, reg: float, tau: Tensor | None = None) -> tuple[Tensor, SolveInfo]:

@@ -41,7 +41,7 @@ def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", dampin
     if options:
         raise TypeError(f"solver {method!r} takes no options, got {sorted(options)}")
     if method == "dense":
-        eye = torch.eye(b.numel(), dtype=b.dtype)
+        eye = torch.eye(b.numel(), dtype=b.dtype, device=b.device)
         h = torch.stack([op(eye[i]) for i in range(b.numel())], dim=1)
         h = 0.5 * (h + h.T)
         evals, evecs = torch.linalg.eigh(h)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.core.bilevel import ProximalInner, TaskData, query_loss
+from metainf.core.bilevel import TaskData, query_loss
 from metainf.core.objective import MetaObjective
 from metainf.influence import instance_scores, task_scores
 from metainf.linalg.chunked import chunks
@@ -187,21 +187,16 @@ class GradientAscentUnlearning:
         state, ev_state = obj.state_at(lam), ev.state_at(lam)
         baseline = ev.mean_loss(lam)
 
-        def resolve(lam_u: Tensor, t: TaskData, st: Tensor) -> Tensor:
-            if isinstance(inner, ProximalInner):
-                return inner.newton(model, lam_u, t, st, self.newton_steps)
-            return inner.prepare(model, lam_u, t, st)
-
         def eval_loss(lam_u: Tensor) -> Tensor:
             def one(t: TaskData, st: Tensor) -> Tensor:
-                return query_loss(model, resolve(lam_u, t, st), t)
+                return query_loss(model, inner.resolve(model, lam_u, t, st, self.newton_steps), t)
             return torch.cat([vmap(one)(TaskData(*(x[sl] for x in ev.tasks)), ev_state[sl])
                               for sl in chunks(ev.n_tasks, ev.chunk)]).mean()
 
         def unlearn(t: TaskData, st: Tensor, es: Tensor, eq: Tensor, scale: Tensor) -> Tensor:
             lam_u = lam
             for _ in range(self.steps):
-                st = resolve(lam_u, t, st)
+                st = inner.resolve(model, lam_u, t, st, self.newton_steps)
                 g = (inner.total_grad(model, lam_u, t, st) if kind == "task"
                      else inner.dgrad_dweights(model, lam_u, t, st, es, eq))
                 lam_u = lam_u + self.lr * scale * g

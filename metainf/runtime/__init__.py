@@ -1,2 +1,2 @@
-"""How a computation runs: the executor of independent units (``executor``) and peak-memory measurement
-(``memory``)."""
+"""How a computation runs: the device and dtype (``device``), seeding (``seeding``), peak memory (``memory``) and
+the executor of independent units (``executor``)."""
