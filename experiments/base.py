@@ -23,10 +23,6 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
       carry ``"paper_ref": <id in replication.paper_targets.PAPER_TARGETS>``; the report then puts the paper's
       value beside every column whose name matches one of the target's metrics (``"acc"``, ``"runtime_s"``).
     - ``"series"``: anything a figure needs (curves, score vectors); stored, never compared.
-``figures(result, out_dir) -> paths``
-    Given a *loaded result JSON* (see :mod:`replication.results`: ``result["per_seed"][str(seed)]`` holds each
-    payload, ``result["aggregate"]`` the mean/std of every numeric metric), writes PNGs into ``out_dir`` (use
-    :func:`replication.figures.save_figure`) and returns their paths. It must only read ``result``.
 ``default_methods``
     Methods run when the user names none with ``--method``.
 ``seeds``
@@ -52,7 +48,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import torch
 from tqdm.auto import tqdm
+
+from metainf.runtime.device import resolve_device, resolve_dtype
 
 SCALES: tuple[str, ...] = ("smoke", "quick", "paper")
 DATASETS: tuple[str, ...] = ("omniglot", "mnist", "miniimagenet", "fc100")
@@ -77,7 +76,6 @@ class Experiment:
     datasets: tuple[str, ...]
     configs: Mapping[str, Mapping[str, Any]]
     run: Callable[[RunContext], dict]
-    figures: Callable[[dict, Path], list[Path]]
     default_methods: tuple[str, ...] = ()
     seeds: Mapping[str, tuple[int, ...]] = field(default_factory=_default_seeds)
     validate: Callable[[str, Mapping[str, Any]], None] | None = None
@@ -110,6 +108,8 @@ class RunContext:
     ``executor`` is ``"serial"``, ``"local"`` or ``"dask"`` (``scheduler`` is the dask address, if any).
     ``cache_dir`` is this seed's private folder, stable across restarts of the same run (its name is a hash of
     experiment, dataset, scale, config and methods, plus the seed); it is deleted once the run's result is written.
+    ``device`` / ``dtype`` are the names ``--device`` / ``--dtype`` took (``dtype`` None: the experiment's own
+    default); :attr:`torch_device` and :meth:`torch_dtype` resolve them.
     """
 
     exp_id: str
@@ -124,6 +124,17 @@ class RunContext:
     scheduler: str | None
     cache_dir: Path
     logger: Callable[[Mapping[str, Any], int | None], None]
+    device: str = "cpu"
+    dtype: str | None = None
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The run's device (``--device``; ``auto`` resolved)."""
+        return resolve_device(self.device)
+
+    def torch_dtype(self, default: torch.dtype = torch.float64) -> torch.dtype:
+        """The run's dtype (``--dtype``), or the experiment's ``default`` when none was asked for."""
+        return resolve_dtype(self.dtype, default)
 
     def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
         """A tqdm progress bar over ``iterable`` (silent when stderr is not a terminal)."""

@@ -1,13 +1,13 @@
 """E0: MAML sanity run. Meta-train MAML, then report 5-way 1-shot meta-test accuracy with a 95% interval.
 
-This checks that the MAML the rest of the suite attributes (``metainf.bilevel.UnrolledInner`` driven by
+This checks that the MAML the rest of the suite attributes (``metainf.core.bilevel.UnrolledInner`` driven by
 ``metainf.train.train_stochastic``) actually learns before its data are scored. The inner problem is
 ``theta_k(lam) = lam - a grad L_S^k(lam)`` repeated ``inner_steps`` times (second order unless ``first_order``), the
 outer step Adam on ``(1/B) sum_{k in batch} D_lam L_O^k(lam)``. Meta-test accuracy is the post-adaptation query
 accuracy (``MetaObjective.accuracy``) on ``n_test_tasks`` tasks from the *test* split (classes never seen in
 training), with ``test_inner_steps`` adaptation steps (default: as in training; at inner lr 0.4 a Conv-4
 meta-trained for one step diverges with three, measured: 80% -> 25% on Omniglot), summarised by
-``metainf.objective.mean_ci95`` (normal 95% interval over tasks). No influence scores are computed here, so no
+``metainf.metrics.mean_ci95`` (normal 95% interval over tasks). No influence scores are computed here, so no
 sign convention is involved.
 
 Deviation from Finn et al. (2017): tasks are drawn once into a fixed, seeded pool of ``n_train_tasks`` (the pool
@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from experiments.base import ConfigError, Experiment, RunContext
-from metainf.bilevel import UnrolledInner
+from metainf.core.bilevel import UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.registry import data_source, load_split
 from metainf.data.tasks import sample_task_pool
-from metainf.models import build_model
-from metainf.objective import MetaObjective, mean_ci95, pool_tensors
+from metainf.metrics import mean_ci95
 from metainf.train import train_stochastic
 
 #: Finn et al. (2017), Table 1: MAML, Omniglot 5-way 1-shot, 98.7 +- 0.4 % (full Omniglot, Conv-4 width 64)
@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> dict:
     cfg = ctx.config
     torch.set_num_threads(1)  # per-task kernels are small: extra threads cost more in synchronisation on 2 cores
     start = time.perf_counter()
-    dtype = torch.float32
+    dtype, device = ctx.torch_dtype(torch.float32), ctx.torch_device  # E0's own default: float32
     opts = _load_opts(ctx.dataset, cfg)
     train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
     test = load_split(ctx.dataset, "test", ctx.data_root, **opts)
@@ -90,11 +90,12 @@ def run(ctx: RunContext) -> dict:
     pte = sample_task_pool(test, cfg["n_test_tasks"], n_way, k, q, seed=ctx.seed + 1000)
     model = build_model(cfg["model"], ptr.input_shape, n_way, width=cfg["width"], hidden=tuple(cfg["hidden"]),
                         norm=cfg["norm"])
+    model.module.to(device)
     inner = UnrolledInner(steps=cfg["inner_steps"], lr=cfg["inner_lr"], first_order=cfg["first_order"])
-    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype), chunk=cfg["chunk"])
+    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype, device), chunk=cfg["chunk"])
     test_inner = UnrolledInner(steps=cfg["test_inner_steps"], lr=cfg["inner_lr"])
-    test_obj = MetaObjective(model, test_inner, pool_tensors(pte, dtype), chunk=cfg["chunk"])
-    lam0 = model.init(ctx.seed, dtype)
+    test_obj = MetaObjective(model, test_inner, pool_tensors(pte, dtype, device), chunk=cfg["chunk"])
+    lam0 = model.init(ctx.seed, dtype).to(device)
     acc_init, ci_init = mean_ci95(test_obj.accuracy(lam0))
     setup_s = time.perf_counter() - start
 
@@ -107,7 +108,7 @@ def run(ctx: RunContext) -> dict:
     acc_vec = test_obj.accuracy(lam)
     acc, ci = mean_ci95(acc_vec)
     n_fit = min(len(ptr), cfg["n_test_tasks"])
-    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype), chunk=cfg["chunk"])
+    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype, device), chunk=cfg["chunk"])
     acc_train, ci_train = mean_ci95(fit_obj.accuracy(lam))
     eval_s = time.perf_counter() - t0
     chance = 1.0 / n_way
@@ -137,29 +138,9 @@ def run(ctx: RunContext) -> dict:
             "series": {"test_task_acc": acc_vec.tolist()}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """One bar chart: meta-test accuracy (mean and 95% interval per seed) against chance."""
-    from replication.figures import new_figure, save_figure
-
-    seeds = sorted(result["per_seed"])
-    if not seeds:
-        return []
-    fig, ax = new_figure()
-    accs = [result["per_seed"][s]["metrics"]["maml"]["acc"] for s in seeds]
-    cis = [result["per_seed"][s]["metrics"]["maml"]["acc_ci95"] for s in seeds]
-    chance = result["per_seed"][seeds[0]]["metrics"]["maml"]["chance"]
-    ax.bar([f"seed {s}" for s in seeds], accs, yerr=cis, capsize=4)
-    ax.axhline(chance, color="k", linestyle="--", label="chance")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("meta-test query accuracy")
-    ax.set_title("E0 MAML sanity run")
-    ax.legend()
-    return [save_figure(fig, out_dir / "e0-maml-accuracy.png")]
-
-
 EXPERIMENT = Experiment(
     id="E0", title="MAML sanity run: 5-way 1-shot meta-test accuracy", datasets=("omniglot", "mnist"),
-    configs=CONFIGS, run=run, figures=figures, default_methods=("maml",),
+    configs=CONFIGS, run=run, default_methods=("maml",),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)}, validate=validate,
     reproduce_datasets=("omniglot",),
 )

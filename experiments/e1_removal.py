@@ -16,12 +16,10 @@ final model (scoring plus retraining or editing).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from experiments import common
+from experiments import ground_truth, removal, scoring, setups
 from experiments.base import Experiment, RunContext
 from metainf.methods import available_methods
 
@@ -70,31 +68,31 @@ def run(ctx: RunContext) -> dict:
     metrics: dict = {}
     rows: list[dict] = []
     for inner_kind in cfg["inners"]:
-        setup, test_obj = common.build_noisy_setup(ctx, inner_kind)
-        fitted = common.fit(setup, cfg, ctx.seed)
-        problem = common.problems(setup, fitted, ctx.seed)["converged"]
-        full = common.accuracy(test_obj, fitted.lam_star)
+        setup, test_obj = setups.build_noisy_setup(ctx, inner_kind)
+        fitted = setups.fit(setup, cfg, ctx.seed)
+        problem = setups.problems(setup, fitted, ctx.seed)["converged"]
+        full = removal.accuracy(test_obj, fitted.lam_star)
         m = metrics.setdefault(inner_kind, {"full": {"acc": full[0], "acc_ci95": full[1]}})
         rows.append(_row(inner_kind, "-", "none (all data)", "-", full, 0.0, 0))
         kinds = tuple(cfg["kinds"])
-        scores, skipped = common.score_all(ctx.methods, problem, kinds)
+        scores, skipped = scoring.score_all(ctx.methods, problem, kinds)
         if cfg["task_ground_truth"] and "task" in kinds:
-            units = common.choose_units(setup.objective, "task", setup.objective.n_tasks, ctx.seed)
+            units = scoring.choose_units(setup.objective, "task", setup.objective.n_tasks, ctx.seed)
             start = time.perf_counter()
-            effects = common.converged_loo(ctx, setup, fitted, "task", units, f"e1-{inner_kind}")
+            effects = ground_truth.converged_loo(ctx, setup, fitted, "task", units, f"e1-{inner_kind}")
             t_gt = time.perf_counter() - start
             gt = torch.as_tensor(effects)
-            mask = common.most_harmful(gt, cfg["remove_fraction"])
-            lam, t_rt = common.retrain_without(setup.objective, fitted.lam_star, "task", mask, cfg)
-            acc = common.accuracy(test_obj, lam)
+            mask = removal.most_harmful(gt, cfg["remove_fraction"])
+            lam, t_rt = removal.retrain_without(setup.objective, fitted.lam_star, "task", mask, cfg)
+            acc = removal.accuracy(test_obj, lam)
             m["gt"] = {"task_retrain_acc": acc[0], "task_retrain_runtime_s": t_gt + t_rt}
             rows.append(_row(inner_kind, "task", "gt", "retrain", acc, t_gt + t_rt, int(mask.sum())))
         for method, by_kind in scores.items():
             for kind, sc in by_kind.items():
-                mask = common.most_harmful(sc.values, cfg["remove_fraction"])
-                lam, t_rt = common.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
-                acc = common.accuracy(test_obj, lam)
-                mm = m.setdefault(common.metric_key(method), {})
+                mask = removal.most_harmful(sc.values, cfg["remove_fraction"])
+                lam, t_rt = removal.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
+                acc = removal.accuracy(test_obj, lam)
+                mm = m.setdefault(scoring.metric_key(method), {})
                 mm.update({f"{kind}_retrain_acc": acc[0], f"{kind}_retrain_runtime_s": sc.seconds + t_rt,
                            f"{kind}_score_s": sc.seconds})
                 corrupted = {"task": setup.train_pool.task_corrupted, "support": setup.train_pool.support_corrupted,
@@ -103,8 +101,8 @@ def run(ctx: RunContext) -> dict:
                     mm[f"{kind}_removed_corrupted_frac"] = float((mask & corrupted).sum() / max(mask.sum(), 1))
                 rows.append(_row(inner_kind, kind, method, "retrain", acc, sc.seconds + t_rt, int(mask.sum())))
                 if method == "task_if":
-                    lam_e, t_ed = common.edit_without(setup.objective, fitted.lam_star, kind, mask)
-                    acc_e = common.accuracy(test_obj, lam_e)
+                    lam_e, t_ed = removal.edit_without(setup.objective, fitted.lam_star, kind, mask)
+                    acc_e = removal.accuracy(test_obj, lam_e)
                     mm.update({f"{kind}_edit_acc": acc_e[0], f"{kind}_edit_runtime_s": sc.seconds + t_ed})
                     rows.append(_row(inner_kind, kind, method, "edit", acc_e, sc.seconds + t_ed, int(mask.sum())))
         m["skipped"] = {k.replace("/", "__"): v for k, v in skipped.items()}
@@ -112,36 +110,9 @@ def run(ctx: RunContext) -> dict:
             "series": {"rows": rows}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Meta-test accuracy after removal, one bar per (method, mode), one panel per unit kind."""
-    from replication.figures import method_color, new_figure, save_figure
-
-    paths = []
-    dataset = result.get("dataset", "")
-    seed, payload = next(iter(result["per_seed"].items()))
-    rows = payload["series"]["rows"]
-    full = next(r for r in rows if r["unit"] == "-")
-    kinds = [k for k in ("task", "support", "query") if any(r["unit"] == k for r in rows)]
-    fig, axes = new_figure(ncols=len(kinds), width=4.5)
-    for ax, kind in zip(np.ravel(axes), kinds):
-        sel = [r for r in rows if r["unit"] == kind and r["inner"] == full["inner"]]
-        labels = [f"{r['method']} ({r['mode']})" for r in sel]
-        ax.barh(range(len(sel)), [r["acc"] for r in sel], xerr=[r["acc_ci95"] for r in sel],
-                color=[method_color(r["method"]) for r in sel])
-        ax.axvline(full["acc"], color="0.3", ls="--", lw=1, label="no removal")
-        ax.set_yticks(range(len(sel)), labels, fontsize=7)
-        ax.set_xlabel("meta-test accuracy")
-        ax.set_title(f"{kind} units")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"E1 {dataset}: remove 40% most harmful ({full['inner']}), seed {seed}")
-    paths.append(save_figure(fig, out_dir / f"e1-{dataset}.png"))
-    return paths
-
-
 EXPERIMENT = Experiment(
     id="E1", title="Removing the 40% most harmful tasks / support points / query points: retrain vs edit",
-    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=tuple(m for m in METHODS if m in available_methods()),
+    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},

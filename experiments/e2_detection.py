@@ -10,12 +10,11 @@ meta-test accuracy after removing the first ``removal_fraction`` and retraining 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments import common
+from experiments import removal, scoring, setups
 from experiments.base import Experiment, RunContext
 from metainf.methods import available_methods
 
@@ -66,12 +65,12 @@ def run(ctx: RunContext) -> dict:
     inner_kind = cfg["inners"][0]
     for setting, spec in cfg["settings"].items():
         sub = RunContext(**{**ctx.__dict__, "config": {**cfg, "noise": spec["noise"]}})
-        setup, test_obj = common.build_noisy_setup(sub, inner_kind)
-        fitted = common.fit(setup, cfg, ctx.seed)
-        problem = common.problems(setup, fitted, ctx.seed)["converged"]
-        full = common.accuracy(test_obj, fitted.lam_star)
+        setup, test_obj = setups.build_noisy_setup(sub, inner_kind)
+        fitted = setups.fit(setup, cfg, ctx.seed)
+        problem = setups.problems(setup, fitted, ctx.seed)["converged"]
+        full = removal.accuracy(test_obj, fitted.lam_star)
         m = metrics.setdefault(setting, {"full": {"acc": full[0], "acc_ci95": full[1]}})
-        scores, skipped = common.score_all(ctx.methods, problem, tuple(spec["kinds"]))
+        scores, skipped = scoring.score_all(ctx.methods, problem, tuple(spec["kinds"]))
         pool = setup.train_pool
         truth = {"task": pool.task_corrupted, "support": pool.support_corrupted, "query": pool.query_corrupted}
         for method, by_kind in scores.items():
@@ -83,14 +82,14 @@ def run(ctx: RunContext) -> dict:
                 row = {"setting": setting, "unit": kind, "method": method, "auc": entry[f"{kind}_auc"],
                        "found_at_40": entry[f"{kind}_found_at_40"], "score_s": sc.seconds}
                 if method in cfg["removal_methods"]:
-                    mask = common.most_harmful(sc.values, cfg["removal_fraction"])
-                    lam, _ = common.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
-                    acc = common.accuracy(test_obj, lam)
+                    mask = removal.most_harmful(sc.values, cfg["removal_fraction"])
+                    lam, _ = removal.retrain_without(setup.objective, fitted.lam_star, kind, mask, cfg)
+                    acc = removal.accuracy(test_obj, lam)
                     entry[f"{kind}_test_acc_at_25"] = acc[0]
                     row.update({"test_acc_at_25": acc[0], "acc_ci95": acc[1]})
                 if setting == "task_noise" and method in ("task_if", "random"):
                     row["paper_ref"] = "detection/influence" if method == "task_if" else "detection/random"
-                m.setdefault(common.metric_key(method), {}).update(entry)
+                m.setdefault(scoring.metric_key(method), {}).update(entry)
                 series.setdefault(setting, {}).setdefault(kind, {})[method] = curve
                 rows.append(row)
         m["skipped"] = {k.replace("/", "__"): v for k, v in skipped.items()}
@@ -98,31 +97,9 @@ def run(ctx: RunContext) -> dict:
             "tables": {"Label-flip detection": rows}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Detection curves (fraction found vs fraction inspected), one panel per (setting, unit kind)."""
-    from replication.figures import method_color, new_figure, save_figure
-
-    dataset = result.get("dataset", "")
-    seed, payload = next(iter(result["per_seed"].items()))
-    grid = payload["series"]["grid"]
-    panels = [(s, k, c) for s, by_kind in payload["series"]["curves"].items() for k, c in by_kind.items()]
-    fig, axes = new_figure(ncols=len(panels))
-    for ax, (setting, kind, curves) in zip(np.ravel(axes), panels):
-        for method, curve in curves.items():
-            ax.plot(grid, curve, color=method_color(method), label=method, lw=1.2)
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
-        ax.set_xlabel("fraction inspected")
-        ax.set_ylabel("fraction of corrupted found")
-        ax.set_title(f"{setting}: {kind}")
-        ax.legend(fontsize=6)
-    fig.suptitle(f"E2 {dataset}, seed {seed}")
-    return [save_figure(fig, out_dir / f"e2-{dataset}.png")]
-
-
 EXPERIMENT = Experiment(
     id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=tuple(m for m in METHODS if m in available_methods()),
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist", "omniglot"),
 )

@@ -2,9 +2,9 @@
 
 Two ground truths, both in the sign convention L_eval(without u) - L_eval(with u):
 
-- converged LOO: F without the unit re-minimised from lam* to the gradient tolerance (``metainf.loo.retrain``);
+- converged LOO: F without the unit re-minimised from lam* to the gradient tolerance (``metainf.groundtruth.converged.retrain``);
   methods score the converged model lam*;
-- trajectory-specific LOO: the recorded SGD run replayed with the unit masked (``metainf.trajloo``); methods
+- trajectory-specific LOO: the recorded SGD run replayed with the unit masked (``metainf.groundtruth.trajectory``); methods
   score the model lam_T at the end of that run.
 
 For every method and unit kind: Pearson and Spearman with each ground truth over the chosen units (all tasks up to
@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments import common
+from experiments import ground_truth, scoring, setups
 from experiments.base import Experiment, RunContext
-from metainf.bilevel import ProximalInner
-from metainf.loo import noise_floor
+from metainf.groundtruth.converged import noise_floor
 from metainf.methods import available_methods
 from metainf.metrics import correlations
 from metainf.train import DENSE_NEWTON_MAX_PARAMS, total_hessian
@@ -51,7 +49,7 @@ _BASE = {
 #: Hess L_S by one reverse-mode linearisation per solve (``cg_hvp``, ~3x cheaper than a jvp per product); 20
 #: iterations give the 200-iteration total gradient to 1e-16 here, 10 suffice for the Newton directions (the inner
 #: solutions are fixed by the stationarity tolerance). Converged LOO (every problem) is batched
-#: (``loo_batch``, ``metainf.loo.retrain_many``): 16 BFGS runs from the exact start Hessians (H - tau_k H_k / M for a
+#: (``loo_batch``, ``metainf.groundtruth.converged.retrain_many``): 16 BFGS runs from the exact start Hessians (H - tau_k H_k / M for a
 #: task, H for a point) share vmapped evaluations of F and stop at the same ||grad F_-u|| <= tol as the plain path,
 #: which takes over for a run that does not converge (seed 1: one task whose nearby stationary point is a saddle).
 #: Methods that need no replay through the inner solver, against converged LOO only. Measured single-threaded on
@@ -118,38 +116,40 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     ctx = dataclasses.replace(ctx, config=cfg)
     inner_kind, kinds = cfg["inner"], tuple(cfg["kinds"])
     methods = tuple(m for m in ctx.methods if "methods" not in cfg or m in cfg["methods"])
-    setup = common.build_setup(ctx, inner_kind)
-    fitted = common.fit(setup, cfg, ctx.seed)
-    probs = common.problems(setup, fitted, ctx.seed)
+    setup = setups.build_setup(ctx, inner_kind)
+    fitted = setups.fit(setup, cfg, ctx.seed)
+    probs = setups.problems(setup, fitted, ctx.seed)
     obj, lam = setup.objective, fitted.lam_star
     t0 = time.perf_counter()
-    batched = bool(cfg.get("loo_batch"))  # converged LOO and its noise floor by metainf.loo.retrain_many
-    proximal = isinstance(obj.inner, ProximalInner)
+    batched = bool(cfg.get("loo_batch"))  # converged LOO and its noise floor by metainf.groundtruth.converged.retrain_many
+    proximal = obj.inner.dense_blocks  # exact dense per-task blocks (the proximal inner problem)
     hk_star = None
     if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
         h_star = None
     elif batched and proximal:  # H and the per-task blocks H_k from one pass (task removal needs both)
-        h_star, hk_star = common.block_curvature(obj, lam)
+        h_star, hk_star = ground_truth.block_curvature(obj, lam)
     else:
         h_star = total_hessian(obj, lam)
-    if h_star is not None and proximal:
-        obj.use_block_hessian(lam, "exact", h_star)  # task-IF's solve then costs matrix products, same operator
+    if h_star is not None and proximal:  # task-IF's solve then costs matrix products, same operator
+        obj = obj.with_dense_hessian(lam, "exact", h_star)  # one objective (and inner-state cache) from here on
+        setup = dataclasses.replace(setup, objective=obj)
+        probs = {k: dataclasses.replace(p, objective=obj) for k, p in probs.items()}
     truth: dict[str, dict] = {}
     gt_metrics: dict = {"train_grad_norm": fitted.grad_norm, "train_s": fitted.seconds, "k_shot": cfg["k_shot"],
                         "hessian_s": time.perf_counter() - t0}
     for kind in kinds:
-        units = common.choose_units(obj, kind, cfg["n_units"][kind], ctx.seed)
+        units = scoring.choose_units(obj, kind, cfg["n_units"][kind], ctx.seed)
         t0 = time.perf_counter()
         if hk_star is not None:
             curvature = (h_star, hk_star if kind == "task" else None)
         else:
-            curvature = common.start_curvature(obj, lam, kind, h_star)
-        conv = common.converged_loo(ctx, setup, fitted, kind, units, name, curvature)
+            curvature = ground_truth.start_curvature(obj, lam, kind, h_star)
+        conv = ground_truth.converged_loo(ctx, setup, fitted, kind, units, name, curvature)
         t_conv = time.perf_counter() - t0
         k0, j0 = units[0]
         t0 = time.perf_counter()
         floor = noise_floor(obj, lam, setup.eval_objective, kind, k0, j0, tol=cfg["tol"],
-                            hessian=common.unit_start_hessian(obj, curvature, k0), chord=batched)
+                            hessian=ground_truth.unit_start_hessian(obj, curvature, k0), chord=batched)
         if batched:
             gt_metrics[f"{kind}_noise_floor_s"] = time.perf_counter() - t0
         truth[kind] = {"units": units, "converged": conv}
@@ -157,7 +157,7 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
                            f"{kind}_effect_std": float(conv.std())})
         if cfg["trajectory_ground_truth"]:
             t0 = time.perf_counter()
-            truth[kind]["trajectory"] = common.trajectory_loo(probs["trajectory"], kind, units)
+            truth[kind]["trajectory"] = ground_truth.trajectory_loo(probs["trajectory"], kind, units)
             gt_metrics[f"{kind}_trajloo_s"] = time.perf_counter() - t0
     metrics: dict = {"ground_truth": gt_metrics}
     series = {kind: {"units": [list(u) for u in truth[kind]["units"]],
@@ -169,13 +169,13 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     for gt_name, problem in probs.items():
         if gt_name == "trajectory" and not cfg["trajectory_ground_truth"]:
             continue
-        scores, skipped = common.score_all(methods, problem, kinds)
+        scores, skipped = scoring.score_all(methods, problem, kinds)
         skipped_all.update({f"{gt_name}/{k}": v for k, v in skipped.items()})
         for method, by_kind in scores.items():
             for kind, sc in by_kind.items():
-                pred = common.unit_values(sc.values, truth[kind]["units"])
+                pred = scoring.unit_values(sc.values, truth[kind]["units"])
                 actual = truth[kind][gt_name]
-                m = metrics.setdefault(common.metric_key(method), {})
+                m = metrics.setdefault(scoring.metric_key(method), {})
                 m.update(_corr(pred, actual, f"{kind}_{gt_name}"))
                 m[f"{kind}_{gt_name}_seconds"] = sc.seconds
                 m[f"{kind}_{gt_name}_peak_mb"] = sc.peak_rss_mb
@@ -202,44 +202,6 @@ def run(ctx: RunContext) -> dict:
     return {"metrics": metrics, "series": series, "tables": {"Agreement with leave-one-out retraining": rows}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Predicted vs actual change for task-IF (and DVEmb on trajectory LOO), one panel per unit kind, one figure per
-    problem (``unrolled``, ``proximal``, a variant such as ``unrolled_5shot``) and ground truth."""
-    from replication.figures import method_color, new_figure, save_figure
-
-    paths = []
-    dataset = result.get("dataset", "")
-    for seed, payload in result["per_seed"].items():
-        for problem, by_kind in payload["series"].items():
-            for gt_name, methods in (("converged", ("task_if", "direct_if")), ("trajectory", ("dvemb_exact", "tracin"))):
-                kinds = [k for k in by_kind if gt_name in by_kind[k]]
-                if not kinds:
-                    continue
-                fig, axes = new_figure(ncols=len(kinds))
-                axes = np.ravel(axes)
-                for ax, kind in zip(axes, kinds):
-                    actual = np.array(by_kind[kind][gt_name])
-                    for method in methods:
-                        pred = by_kind[kind]["predicted"].get(gt_name, {}).get(method)
-                        if pred is None:
-                            continue
-                        pred = np.array(pred)
-                        # scale each method's scores to the spread of the actual effects for a common axis
-                        scale = actual.std() / pred.std() if pred.std() > 0 else 1.0
-                        r = correlations(pred, actual)["spearman"]
-                        ax.scatter(actual, pred * scale, s=12, color=method_color(method),
-                                   label=f"{method} (rho={r:.2f})")
-                    lim = np.abs(actual).max() * 1.1 if actual.size else 1.0
-                    ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8, zorder=0)
-                    ax.set_xlabel(f"actual change, {gt_name} LOO")
-                    ax.set_ylabel("predicted (rescaled)")
-                    ax.set_title(f"{kind} units")
-                    ax.legend(fontsize=7)
-                fig.suptitle(f"E3 {dataset} {problem}, seed {seed}")
-                paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{problem}-{gt_name}-seed{seed}.png"))
-    return paths
-
-
 def _validate(scale: str, config: dict) -> None:
     from experiments.base import ConfigError
 
@@ -257,8 +219,7 @@ def _validate(scale: str, config: dict) -> None:
 
 EXPERIMENT = Experiment(
     id="E3", title="Agreement of every method with converged and trajectory-specific leave-one-out retraining",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=tuple(m for m in METHODS if m in available_methods()),
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)}, validate=_validate,
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},

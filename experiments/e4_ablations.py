@@ -7,18 +7,18 @@ Every combination of
 - total solver for v = (damping I + H)^-1 grad L_eval: ``dense``, ``cg`` (to ``solve_tol``), ``neumann`` at every
   depth J in ``neumann_depths`` (all read off one run of the series, each timed at its own term), ``lissa``
   (task mini-batches of ``lissa.batch_size``, ``lissa.depth`` terms);
-- curvature: H' ``exact`` / ``drop`` / ``gamma`` (``metainf.bilevel.parse_hprime``) or the TLXML Gauss-Newton
-  ``gn`` (``metainf.accel.gauss_newton``);
+- curvature: H' ``exact`` / ``drop`` / ``gamma`` (``metainf.core.bilevel.parse_hprime``) or the TLXML Gauss-Newton
+  ``gn`` (``metainf.linalg.gauss_newton``);
 - the empirical-Fisher curvature ``fisher``, (1/M) sum_k tau_k g_k g_k^T + delta I from the task gradients the scores
   need anyway, solved exactly by Woodbury (total solver ``woodbury``, no HVP);
 
 is scored against the exact path (proximal: dense / dense / exact; unrolled: dense / exact) by Pearson, Spearman and
 the relative error ||s - s_exact|| / ||s_exact|| of the task scores s_k = v . g_k / M, and against converged
-leave-one-task-out retraining by Spearman (``loo_batch`` tasks at a time by ``metainf.loo.retrain_many``, each to
-||grad F_-k|| <= ``tol``; ``metainf.loo.retrain`` one by one without it). Wall time of a configuration = evaluation
+leave-one-task-out retraining by Spearman (``loo_batch`` tasks at a time by ``metainf.groundtruth.converged.retrain_many``, each to
+||grad F_-k|| <= ``tol``; ``metainf.groundtruth.converged.retrain`` one by one without it). Wall time of a configuration = evaluation
 gradient + task gradients (with its inner solver) + the solve (+ the shared power iteration for Neumann / LiSSA);
 the inner solutions theta_k(lam*) come with the trained model and are shared. Memory is the process RSS sampled
-during the configuration (``_PeakSampler``): its peak and its growth over the RSS at the start (RSS rarely shrinks,
+during the configuration (``PeakSampler``): its peak and its growth over the RSS at the start (RSS rarely shrinks,
 so a configuration run after a larger one shows little growth). Reported per inner problem: the fastest
 configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
 over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
@@ -43,7 +43,6 @@ import time
 import warnings
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -51,21 +50,20 @@ import torch
 from torch import Tensor
 
 from experiments.base import Experiment, RunContext
-from experiments.common import block_curvature, converged_many, unit_start_hessian
-from metainf.accel.batches import sub_objective
-from metainf.accel.fisher import fisher_solve
-from metainf.accel.gamma import check_gamma
-from metainf.accel.gauss_newton import gn_dense, gn_hvp
-from metainf.accel.neumann import power_iteration
-from metainf.bilevel import ProximalInner, UnrolledInner, make_inner
+from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
+from metainf.core.bilevel import InnerProblem, make_inner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.registry import load_split
 from metainf.data.tasks import sample_task_pool
-from metainf.loo import retrain
-from metainf.methods.registry import _PeakSampler
+from metainf.groundtruth.converged import retrain
+from metainf.linalg.fisher import fisher_solve
+from metainf.linalg.gamma import check_gamma
+from metainf.linalg.gauss_newton import gn_dense, gn_hvp
+from metainf.linalg.neumann import power_iteration
 from metainf.metrics import correlations
-from metainf.models import build_model
-from metainf.objective import MetaObjective, pool_tensors
-from metainf.solvers import (
+from metainf.runtime.memory import PeakSampler
+from metainf.linalg.solvers import (
     IndefiniteHessianError,
     SolveInfo,
     SolverNotConvergedError,
@@ -106,14 +104,7 @@ _NO_MEM = (float("nan"), float("nan"))
 Solve = Callable[[], tuple[Tensor, SolveInfo]]
 
 
-def _with_inner(obj: MetaObjective, inner: UnrolledInner | ProximalInner) -> MetaObjective:
-    """``obj`` with another inner solver, sharing the inner solutions theta_k(lam*) already computed."""
-    out = MetaObjective(obj.model, inner, obj.tasks, obj.delta, obj.tau, obj.chunk)
-    out._state_lam, out._state = obj._state_lam, obj._state
-    return out
-
-
-def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> dict[str, UnrolledInner | ProximalInner]:
+def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> dict[str, InnerProblem]:
     if kind == "unrolled":
         return {"autodiff": make_inner("unrolled", **cfg["unrolled"])}
     return {s: make_inner("proximal", **cfg["proximal"], inner_solver=s, cg_iters=cfg["cg_iters"])
@@ -123,15 +114,15 @@ def _inner_variants(kind: str, cfg: dict, solvers: list[str] | None = None) -> d
 def _operators(obj: MetaObjective, lam: Tensor, curvature: str):
     """(hvp, mini-batch hvp over task subsets, dense matrix) for one curvature."""
     if curvature == "gn":
-        return (gn_hvp(obj, lam), lambda u, idx: gn_hvp(sub_objective(obj, lam, idx), lam)(u),
+        return (gn_hvp(obj, lam), lambda u, idx: gn_hvp(obj.subset(lam, idx), lam)(u),
                 lambda: gn_dense(obj, lam))
-    return (lambda u: obj.hvp(lam, u, curvature), lambda u, idx: sub_objective(obj, lam, idx).hvp(lam, u, curvature),
+    return (lambda u: obj.hvp(lam, u, curvature), lambda u, idx: obj.subset(lam, idx).hvp(lam, u, curvature),
             lambda: obj.dense_hessian(lam, curvature))
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, float, tuple[float, float]]:
     """(fn(), wall seconds, (peak RSS, its growth over the RSS at the start) in MB)."""
-    sampler = _PeakSampler()
+    sampler = PeakSampler()
     start = sampler.peak
     with sampler:
         t0 = time.perf_counter()
@@ -176,7 +167,7 @@ class _Recorder:
         depths = sorted(cfg["neumann_depths"])
         seen: dict[int, tuple[Tensor, float, float]] = {}
         final, failure = None, "indefinite"
-        sampler = _PeakSampler()
+        sampler = PeakSampler()
         start = sampler.peak
         with sampler:
             t0 = time.perf_counter()
@@ -240,8 +231,8 @@ def _grid(obj: MetaObjective, ev: MetaObjective, lam: Tensor, cfg: dict, kind: s
     """Scores, time and memory of every (inner solver, total solver, curvature) for one inner problem."""
     rows = []
     for solver_name, inner in _inner_variants(kind, cfg).items():
-        obj_v = _with_inner(obj, inner)
-        (b, grads), t_shared, mem_shared = _timed(partial(_shared_vectors, obj_v, _with_inner(ev, inner), lam))
+        obj_v = obj.with_inner(inner)
+        (b, grads), t_shared, mem_shared = _timed(partial(_shared_vectors, obj_v, ev.with_inner(inner), lam))
         for curvature in cfg["curvatures"]:
             rec = _Recorder(grads, t_shared, mem_shared, {"inner_solver": solver_name, "curvature": curvature})
             rows += _curvature_rows(rec, obj_v, lam, b, curvature, cfg, seed)
@@ -279,9 +270,9 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
     - it moved more than ``FAR_SHIFT`` ||lam*|| (e.g. a collapse to lam = 0 that the first-order shift, itself of
       the size of lam*, also points to: the problem sits at a bifurcation).
 
-    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.loo.retrain_many`` (quasi-Newton from
+    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.groundtruth.converged.retrain_many`` (quasi-Newton from
     those start Hessians, batched evaluations of F, the plain path where a start Hessian is not positive definite
-    and as fallback); otherwise one at a time by ``metainf.loo.retrain`` from H. Both stop at ||grad F_-k|| <= tol.
+    and as fallback); otherwise one at a time by ``metainf.groundtruth.converged.retrain`` from H. Both stop at ||grad F_-k|| <= tol.
     The time includes the start curvature."""
     cfg = ctx.config
     batch = cfg.get("loo_batch")
@@ -318,12 +309,14 @@ def run(ctx: RunContext) -> dict:
     pev = sample_task_pool(data["val"], cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                            seed=ctx.seed + 1000)
     model = build_model("mlp", ptr.input_shape, cfg["n_way"], hidden=(cfg["hidden"],))
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    model.module.to(device)
     metrics, series, grid_rows, best_rows = {}, {}, [], []
     for kind in cfg["inners"]:
         ref_inner = next(iter(_inner_variants(kind, cfg, ["dense"]).values()))
-        obj = MetaObjective(model, ref_inner, pool_tensors(ptr), delta=cfg["delta"], chunk=None)
-        ev = MetaObjective(model, ref_inner, pool_tensors(pev), chunk=None)
-        fit = train_converged(obj, model.init(ctx.seed), tol=cfg["tol"], max_iter=cfg["max_iter"])
+        obj = MetaObjective(model, ref_inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=None)
+        ev = MetaObjective(model, ref_inner, pool_tensors(pev, dtype, device), chunk=None)
+        fit = train_converged(obj, model.init(ctx.seed, dtype).to(device), tol=cfg["tol"], max_iter=cfg["max_iter"])
         lam = fit.lam
         ev.state_at(lam)
         t0 = time.perf_counter()
@@ -367,46 +360,9 @@ def run(ctx: RunContext) -> dict:
             "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    from replication.figures import new_figure, save_figure
-
-    paths = []
-    for seed, payload in result["per_seed"].items():
-        for kind, m in payload["metrics"].items():
-            configs = m["configs"].values()
-            fig, ax = new_figure()
-            for name, c in m["configs"].items():
-                seconds, rho = float(c["seconds"]), float(c["spearman_loo"])
-                if np.isfinite(seconds) and np.isfinite(rho):
-                    ax.scatter(seconds, rho, s=10, color="C3" if name == m["best"]["config"] else "C0")
-            ax.axhline(float(m["exact_path"]["spearman_loo"]), color="k", lw=0.8, ls="--", label="exact path")
-            ax.set_xscale("log")
-            ax.set_xlabel("wall time of the configuration (s)")
-            ax.set_ylabel("Spearman with leave-one-out")
-            ax.set_title(f"E4 {kind}, seed {seed}; red: fastest within margin", fontsize=9)
-            ax.legend()
-            paths.append(save_figure(fig, out_dir / f"e4-{kind}-time-vs-loo-seed{seed}.png"))
-            fig, ax = new_figure()
-            for inner_solver, curvature in sorted({(c["inner_solver"], c["curvature"]) for c in configs}):
-                pts = sorted((int(c["total_solver"][len("neumann"):]), float(c["rel_err"])) for c in configs
-                             if c["total_solver"].startswith("neumann") and c["inner_solver"] == inner_solver
-                             and c["curvature"] == curvature and np.isfinite(float(c["rel_err"])))
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=f"{inner_solver} / {curvature}")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("Neumann depth J")
-            ax.set_ylabel("relative error of task scores vs the exact path")
-            ax.set_title(f"E4 {kind}, seed {seed}")
-            ax.legend(fontsize=6)
-            paths.append(save_figure(fig, out_dir / f"e4-{kind}-neumann-depth-seed{seed}.png"))
-    return paths
-
-
 EXPERIMENT = Experiment(
     id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
-    datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
+    datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},
 )

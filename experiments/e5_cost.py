@@ -13,7 +13,7 @@ For each (number of training tasks M, hidden width) on the grid, measured in one
 - instance-IF for every support point of every task (``task_if`` and ``task_if_truncated`` with unit kind
   ``support``, a fresh method each, so the time includes the solve for v): ``{method}_support_s``;
 - ``loo_all_s``: converged leave-one-out retraining of all M tasks, *extrapolated* as ``loo_setup_s`` (the start
-  curvature at lam* that every retraining shares, ``common.start_curvature``, timed once) plus M times the mean time
+  curvature at lam* that every retraining shares, ``ground_truth.start_curvature``, timed once) plus M times the mean time
   ``loo_per_task_s`` of ``loo_sample`` measured retrainings (the number measured is stored beside it);
 - ``loop_grads_s`` vs ``batched_grads_s``: per-task total gradients by a Python loop over tasks vs one ``vmap``.
 
@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments import common
+from experiments import ground_truth, scoring, setups
 from experiments.base import Experiment, RunContext
-from metainf.bilevel import TaskData
+from metainf.core.bilevel import TaskData
+from metainf.core.objective import MetaObjective
 from metainf.methods import get_method, run_method
 from metainf.metrics import correlations
-from metainf.objective import MetaObjective
 
 #: methods also timed on instance-IF (all M x S support points, solve included)
 INSTANCE_METHODS = ("task_if", "task_if_truncated")
@@ -75,23 +74,24 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     """Every timing of one grid point (see the module docstring)."""
     cfg = {**ctx.config, "n_train_tasks": n_tasks, "hidden": [hidden]}
     sub = RunContext(**{**ctx.__dict__, "config": cfg})
-    setup = common.build_setup(sub, cfg["inners"][0])
+    setup = setups.build_setup(sub, cfg["inners"][0])
     obj = setup.objective
-    lam0 = setup.model.init(ctx.seed)
+    x = setup.objective.tasks.xs  # the run's dtype and device
+    lam0 = setup.model.init(ctx.seed, x.dtype).to(x.device)
     out: dict = {"n_tasks": n_tasks, "hidden": hidden, "n_params": setup.model.n_params}
     out["epoch_s"] = _median_time(lambda: obj.value_and_grad(lam0))
     out["batched_grads_s"] = _median_time(lambda: obj.task_grads(lam0))
     if cfg["inners"][0] == "unrolled":
         out["loop_grads_s"] = _median_time(lambda: _loop_grads(obj, lam0))
-    fitted = common.fit(setup, cfg, ctx.seed)
+    fitted = setups.fit(setup, cfg, ctx.seed)
     out["train_s"] = fitted.seconds
-    problem = common.problems(setup, fitted, ctx.seed)["converged"]
+    problem = setups.problems(setup, fitted, ctx.seed)["converged"]
 
     def timed(name: str, kind: str, prefix: str) -> None:
         """Score ``kind`` units with a fresh ``name``: ``{prefix}_s``, ``{prefix}_peak_mb`` (or ``{prefix}_error``)."""
         try:
             sc = run_method(get_method(name), problem, kind)
-        except common.METHOD_ERRORS as error:
+        except scoring.METHOD_ERRORS as error:
             out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
             return
         out[f"{prefix}_s"], out[f"{prefix}_peak_mb"] = sc.seconds, sc.peak_rss_mb
@@ -106,12 +106,12 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     for name, values in scores.items():
         if "task_if" in scores and name != "task_if":
             out[f"{name}_spearman_vs_task_if"] = correlations(values, scores["task_if"])["spearman"]
-    units = common.choose_units(obj, "task", cfg["loo_sample"], ctx.seed)
+    units = scoring.choose_units(obj, "task", cfg["loo_sample"], ctx.seed)
     t0 = time.perf_counter()
-    curvature = common.start_curvature(obj, fitted.lam_star, "task")
+    curvature = ground_truth.start_curvature(obj, fitted.lam_star, "task")
     out["loo_setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    common.converged_loo(sub, setup, fitted, "task", units, f"e5-{n_tasks}-{hidden}", curvature)
+    ground_truth.converged_loo(sub, setup, fitted, "task", units, f"e5-{n_tasks}-{hidden}", curvature)
     out["loo_per_task_s"] = (time.perf_counter() - t0) / len(units)
     out["loo_all_s"] = out["loo_setup_s"] + out["loo_per_task_s"] * n_tasks
     out["loo_measured"] = len(units)
@@ -135,7 +135,7 @@ def run(ctx: RunContext) -> dict:
             entry["batched_grad_speedup"] = p["loop_grads_s"] / p["batched_grads_s"]
         for name in ctx.methods:
             if f"{name}_s" in p:
-                mk = common.metric_key(name)
+                mk = scoring.metric_key(name)
                 entry[f"{mk}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
                 entry[f"{mk}_grad_passes"] = p[f"{name}_s"] / p["batched_grads_s"]
                 entry[f"{mk}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
@@ -147,7 +147,7 @@ def run(ctx: RunContext) -> dict:
                              "peak_mb": p[f"{name}_peak_mb"],
                              "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"], "spearman_vs_task_if": rho})
         for name in (m for m in INSTANCE_METHODS if f"{m}_support_s" in p):
-            mk = common.metric_key(name)
+            mk = scoring.metric_key(name)
             entry[f"{mk}_support_epochs"] = p[f"{name}_support_s"] / p["epoch_s"]
             rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": f"{name} (all support points)",
                          "time_s": p[f"{name}_support_s"], "meta_epochs": entry[f"{mk}_support_epochs"],
@@ -163,51 +163,14 @@ def run(ctx: RunContext) -> dict:
         for name in (*ctx.methods, *(f"{m}_support" for m in INSTANCE_METHODS), "loo_all", "train", "epoch"):
             ys = [p.get(f"{name}_s") for p in sel]
             if all(y is not None for y in ys):
-                growth[f"{common.metric_key(name)}_h{h}"] = _slope(ms, ys)
+                growth[f"{scoring.metric_key(name)}_h{h}"] = _slope(ms, ys)
     metrics["growth_exponent"] = growth
     return {"metrics": metrics, "series": {"points": points}, "tables": {"Cost of scoring all tasks": rows}}
 
 
-_REFERENCES = {"epoch": ":", "train": "-.", "loo_all": "--"}  # drawn in black, one line style each
-_MARKERS = "osD^v<>phX*P"
-
-
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Log-log time vs number of tasks per method (one panel per width), with one meta-epoch, the meta-training and
-    leave-one-out retraining of all tasks as black reference lines; the legend has its own panel."""
-    from replication.figures import method_color, new_figure, save_figure
-
-    dataset = result.get("dataset", "")
-    seed, payload = next(iter(result["per_seed"].items()))
-    points = payload["series"]["points"]
-    widths = sorted({p["hidden"] for p in points})
-    methods = [m for m in result.get("methods") or METHODS if any(f"{m}_s" in p for p in points)]
-    fig, axes = new_figure(ncols=len(widths) + 1, width=4.0)
-    axes = np.ravel(axes)
-    for ax, h in zip(axes, widths):
-        sel = sorted((p for p in points if p["hidden"] == h), key=lambda p: p["n_tasks"])
-        ms = [p["n_tasks"] for p in sel]
-        for i, name in enumerate([*methods, *_REFERENCES]):
-            ys = [p.get(f"{name}_s") for p in sel]
-            if not all(y is not None for y in ys):
-                continue
-            style = ({"ls": _REFERENCES[name], "color": "black"} if name in _REFERENCES else
-                     {"color": method_color(name), "marker": _MARKERS[i % len(_MARKERS)], "ms": 4})
-            ax.loglog(ms, ys, label=name, **style)
-        ax.set_xlabel("training tasks M")
-        ax.set_ylabel("seconds")
-        ax.set_title(f"MLP hidden {h} ({sel[0]['n_params']} params)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    axes[-1].axis("off")
-    axes[-1].legend(handles, labels, loc="center", fontsize=7, frameon=False)
-    fig.suptitle(f"E5 {dataset}: cost vs number of tasks, seed {seed}")
-    return [save_figure(fig, out_dir / f"e5-{dataset}.png")]
-
-
 EXPERIMENT = Experiment(
     id="E5", title="Cost: runtime and memory vs number of tasks and parameters, speed-up over retraining",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=METHODS, seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1)},
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=METHODS, seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1)},
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},
 )

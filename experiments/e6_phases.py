@@ -10,12 +10,11 @@ ignores the propagation through later steps), the same shares for contrast. Sign
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments import common
+from experiments import scoring, setups
 from experiments.base import Experiment, RunContext
 from metainf.methods.trajectory import phase_contributions
 from metainf.metrics import correlations
@@ -44,9 +43,9 @@ def _top_overlap(a: np.ndarray, b: np.ndarray, frac: float = 0.1) -> float:
 def run(ctx: RunContext) -> dict:
     cfg = ctx.config
     torch.set_num_threads(1)
-    setup = common.build_setup(ctx, cfg["inners"][0])
-    fitted = common.fit(setup, cfg, ctx.seed)
-    problem = common.problems(setup, fitted, ctx.seed)["trajectory"]
+    setup = setups.build_setup(ctx, cfg["inners"][0])
+    fitted = setups.fit(setup, cfg, ctx.seed)
+    problem = setups.problems(setup, fitted, ctx.seed)["trajectory"]
     metrics: dict = {}
     series: dict = {}
     rows: list[dict] = []
@@ -61,7 +60,7 @@ def run(ctx: RunContext) -> dict:
             entry.update({f"{kind}_early_late_spearman": early_late,
                           f"{kind}_early_late_top10_overlap": _top_overlap(parts[0], parts[-1]),
                           f"{kind}_late_total_spearman": correlations(parts[-1], total)["spearman"]})
-            metrics.setdefault(common.metric_key(method), {}).update(entry)
+            metrics.setdefault(scoring.metric_key(method), {}).update(entry)
             series.setdefault(method, {})[kind] = parts.tolist()
             rows.append({"method": method, "unit": kind, **{p: float(s) for p, s in zip(PHASES, share)},
                          "early_vs_late_spearman": early_late,
@@ -70,29 +69,8 @@ def run(ctx: RunContext) -> dict:
             "tables": {"Share of |influence| by training phase": rows}}
 
 
-def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Early vs late contributions per unit (exact DVEmb), one panel per unit kind."""
-    from replication.figures import new_figure, save_figure
-
-    dataset = result.get("dataset", "")
-    seed, payload = next(iter(result["per_seed"].items()))
-    by_kind = payload["series"].get("dvemb_exact", {})
-    fig, axes = new_figure(ncols=max(1, len(by_kind)))
-    for ax, (kind, parts) in zip(np.ravel(axes), by_kind.items()):
-        parts = np.array(parts)
-        ax.scatter(parts[0], parts[-1], s=10)
-        ax.axhline(0, color="0.7", lw=0.8)
-        ax.axvline(0, color="0.7", lw=0.8)
-        ax.set_xlabel("early-phase contribution")
-        ax.set_ylabel("late-phase contribution")
-        ax.set_title(f"{kind} units")
-    fig.suptitle(f"E6 {dataset}: exact Meta-DVEmb by phase, seed {seed}")
-    return [save_figure(fig, out_dir / f"e6-{dataset}.png")]
-
-
 EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
-    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, figures=figures,
-    default_methods=("dvemb_exact", "tracin"), seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
+    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=("dvemb_exact", "tracin"), seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist", "omniglot"),
 )

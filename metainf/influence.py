@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from metainf.accel.gamma import check_gamma
-from metainf.bilevel import TaskData, parse_hprime, query_loss
-from metainf.objective import MetaObjective, _chunks
-from metainf.solvers import SolveInfo, solve
+from metainf.core.bilevel import TaskData, parse_hprime, query_loss
+from metainf.core.objective import MetaObjective
+from metainf.linalg.chunked import chunks
+from metainf.linalg.gamma import check_gamma
+from metainf.linalg.solvers import SolveInfo, solve
 
 
 @dataclass
@@ -49,7 +50,7 @@ def hessian_operator(obj: MetaObjective, lam: Tensor, hprime: str):
     """u -> H_F u for the solvers, which assume H_F symmetric. The exact Jacobian of the first-order MAML
     meta-gradient, Hess L_O(theta_k) J_k, is not: that combination raises ``NotImplementedError``.
 
-    In the Gamma modes (``gamma``, ``gamma_scaled:c``) it first runs :func:`metainf.accel.gamma.check_gamma`,
+    In the Gamma modes (``gamma``, ``gamma_scaled:c``) it first runs :func:`metainf.linalg.gamma.check_gamma`,
     which warns (``RuntimeWarning``) when Gamma_F exceeds lambda_max of the rest of H_F, i.e. when the solve
     degenerates to v ~ grad L_eval / Gamma_F and task-IF to gradient similarity."""
     if parse_hprime(hprime)[0] == "gamma":
@@ -79,7 +80,7 @@ def instance_scores(obj: MetaObjective, lam: Tensor, v: Tensor, variant: str = "
     state = obj.state_at(lam)
     inner, model = obj.inner, obj.model
     outs_s, outs_q = [], []
-    for sl in _chunks(obj.n_tasks, obj.chunk):
+    for sl in chunks(obj.n_tasks, obj.chunk):
         t = TaskData(*(x[sl] for x in obj.tasks))
         s, q = vmap(lambda tk, st: inner.weight_scores(model, lam, tk, st, v, variant))(t, state[sl])
         outs_s.append(s)
@@ -117,14 +118,14 @@ def direct_task_scores(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective,
 
     def partial_grads(o: MetaObjective, th: Tensor) -> Tensor:
         return torch.cat([vmap(lambda t, s: gfun(model, s, t))(TaskData(*(x[sl] for x in o.tasks)), th[sl])
-                          for sl in _chunks(o.n_tasks, o.chunk)])
+                          for sl in chunks(o.n_tasks, o.chunk)])
 
     g = partial_grads(obj, thetas)
     b = partial_grads(eval_obj, eval_thetas).mean(0)
 
     def hvp(u: Tensor) -> Tensor:
         hk = torch.cat([vmap(lambda t, s: jvp(lambda z: gfun(model, z, t), (s,), (u,))[1])(
-            TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in _chunks(obj.n_tasks, obj.chunk)])
+            TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in chunks(obj.n_tasks, obj.chunk)])
         return obj.tau @ hk / obj.n_tasks + obj.delta * u
 
     v, _ = solve(hvp, b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metainf.bilevel import ProximalInner
-from metainf.objective import MetaObjective, NonFiniteError, check_finite
+from metainf.core.objective import MetaObjective, NonFiniteError, check_finite
 
 
 @dataclass
@@ -33,12 +32,12 @@ def total_hessian(obj: MetaObjective, lam: Tensor) -> Tensor:
     inner solves); each of the P implicit HVP columns of :meth:`MetaObjective.dense_hessian` would run three CG
     solves per task. Unrolled: the P vmapped HVP columns. The same matrix either way.
     """
-    return obj.block_hessian(lam) if isinstance(obj.inner, ProximalInner) else obj.dense_hessian(lam)
+    return obj.block_hessian(lam) if obj.inner.dense_blocks else obj.dense_hessian(lam)
 
 
 def task_total_hessians(obj: MetaObjective, lam: Tensor) -> Tensor:
     """Per-task total Hessians D^2 L_O^k, [M, P, P], by the route of :func:`total_hessian`."""
-    return obj.block_task_hessians(lam) if isinstance(obj.inner, ProximalInner) else obj.task_hessians(lam)
+    return obj.block_task_hessians(lam) if obj.inner.dense_blocks else obj.task_hessians(lam)
 
 
 def train_converged(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_iter: int = 500,
@@ -225,7 +224,7 @@ def chord_newton(obj: MetaObjective, lam0: Tensor, hessian: Tensor, tol: float =
     value and gradient of F: no Hessian, no L-BFGS stage. The chord error contracts by ||I - H0^-1 Hess F|| along
     the path, so the method suits a start next to the minimiser with H0 the total Hessian there: leave-one-out
     retraining from lam* with H0 the exact total Hessian at lam* of F without the unit (task removal:
-    H - tau_k H_k / M, :func:`experiments.common.unit_start_hessian`). BFGS corrects H0 along the steps, where
+    H - tau_k H_k / M, :func:`experiments.ground_truth.unit_start_hessian`). BFGS corrects H0 along the steps, where
     soft directions of Hess F (a near-singular minimum) make the pure chord contraction slow.
 
     Stopping rule: ``converged`` only when ||grad F(lam)|| <= ``tol``, the criterion of :func:`train_converged`, so

@@ -28,6 +28,7 @@ from typing import NoReturn
 
 from experiments import registry
 from experiments.base import DATASETS, SCALES, ConfigError
+from metainf.runtime.device import DTYPES
 from replication import capabilities, check, figures, report, results, runner
 from replication.errors import UsageError
 from replication.wandb_mirror import MODES
@@ -62,6 +63,11 @@ def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
                         help="seeds run at once, each in its own single-threaded process (default: 1, in process)")
     env_mode = os.environ.get("WANDB_MODE", "")
     parser.add_argument("--wandb", choices=MODES, default=env_mode if env_mode in MODES else "offline")
+    parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                        help="where tensors live: cpu (default), cuda (or cuda:N; exit 2 if there is none) or auto")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                        help="floating-point type (default: each experiment's own, float64 for the influence "
+                             "experiments, float32 for E0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +134,8 @@ def _request(args: argparse.Namespace, exp_id: str, dataset: str, argv: Sequence
         scheduler=args.scheduler,
         wandb_mode=args.wandb,
         argv=(PROG, *argv),
+        device=args.device,
+        dtype=args.dtype,
     )
 
 

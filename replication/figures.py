@@ -1,69 +1,22 @@
-"""Figures: one consistent matplotlib style, byte-stable PNGs, regenerated from result JSON only.
-
-Experiments draw with :func:`new_figure`, colour methods with :func:`method_color` and save with
-:func:`save_figure`. :func:`render_result` calls an experiment's ``figures`` hook on a loaded result and writes into
+"""Figures, regenerated from result JSON only: :func:`render_result` draws one result with its experiment's
+figure function (``replication.plots.FIGURES``, in the style of ``replication.plots.style``) into
 ``<results>/figures/<EXP>-<dataset>-<scale>/``.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
-import sys  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from experiments.base import Experiment  # noqa: E402
-from replication import results  # noqa: E402
-
-STYLE: Mapping[str, Any] = {
-    "figure.dpi": 100,
-    "savefig.dpi": 120,
-    "font.size": 9,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.frameon": False,
-    "lines.linewidth": 1.6,
-    "lines.markersize": 4,
-}
-
-_PALETTE = plt.get_cmap("tab10").colors
-# Fixed colours for the paper's methods, so a method looks the same in every figure.
-_METHOD_ORDER = ("retrain", "loo", "task_if", "instance_if", "direct_if", "ekfac_if", "trak", "tracin", "dvemb",
-                 "random")
-
-
-def method_color(name: str) -> tuple[float, float, float]:
-    """The colour of a method in every figure (known methods fixed; others by a stable hash of the name)."""
-    key = name.lower()
-    index = _METHOD_ORDER.index(key) if key in _METHOD_ORDER else sum(key.encode()) % len(_PALETTE)
-    return _PALETTE[index % len(_PALETTE)]
-
-
-def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, Any]:
-    """A figure with ``ncols`` axes side by side, in the suite's style."""
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=ncols == 1)
-    return fig, axes
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Save as PNG without timestamps or version metadata (so identical data give identical bytes) and close."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with plt.rc_context(STYLE):
-        fig.tight_layout()
-        fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path
+from experiments import registry
+from experiments.base import Experiment
+from replication import results
+from replication.plots import FIGURES
+from replication.plots.style import STYLE
 
 
 def figure_dir(results_dir: Path, exp_id: str, dataset: str, scale: str) -> Path:
@@ -77,16 +30,16 @@ def render_result(experiment: Experiment, result: Mapping[str, Any], results_dir
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):
         stale.unlink()
+    draw = FIGURES.get(experiment.id)
+    if draw is None:  # an experiment without figures
+        return []
     with plt.rc_context(STYLE):
-        paths = experiment.figures(dict(result), out)
+        paths = draw(dict(result), out)
     return sorted(Path(p).resolve().relative_to(Path(results_dir).resolve()).as_posix() for p in paths)
 
 
 def regenerate_all(results_dir: Path) -> list[str]:
     """Redraw the figures of every result under ``results_dir`` and record their paths in each JSON."""
-    from experiments import registry  # here, not at the top: experiment modules import this module
-
-
     written: list[str] = []
     for path, result in results.iter_results(results_dir):
         experiment = registry.EXPERIMENTS.get(result["experiment"])

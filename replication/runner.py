@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 import shlex
 import shutil
 import time
@@ -21,11 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
+from metainf.runtime.device import resolve_device, resolve_dtype
+from metainf.runtime.seeding import seed_everything
 from replication import capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
 from replication.errors import UsageError
@@ -51,6 +51,8 @@ class RunRequest:
     scheduler: str | None = None
     wandb_mode: str = "offline"
     argv: tuple[str, ...] = ()
+    device: str = "cpu"
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,11 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         raise UsageError(f"unknown executor {request.executor!r}; executors: {', '.join(EXECUTORS)}")
     if request.scheduler and request.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
+    try:
+        resolve_device(request.device)
+        resolve_dtype(request.dtype)
+    except ValueError as error:  # includes DeviceUnavailableError
+        raise UsageError(str(error)) from None
     config = resolve_config(experiment, request.scale, request.dataset, parse_overrides(request.set_items))
     if experiment.validate is not None:
         experiment.validate(request.scale, config)
@@ -137,7 +144,8 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     if not available:
         raise UsageError(f"dataset {request.dataset} is not available: {note}")
     seeds = request.seeds or experiment.seeds_for(request.scale, request.dataset)
-    key = run_key(experiment.id, request.dataset, request.scale, config, methods)
+    keyed = config if request.dtype is None else {**config, "dtype": request.dtype}  # another dtype, other numbers
+    key = run_key(experiment.id, request.dataset, request.scale, keyed, methods)
     results_dir = Path(request.results_dir)
     path = results.result_path(results_dir, experiment.id, request.dataset, request.scale)
     _check_writable(path.parent)
@@ -152,16 +160,6 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         path=path,
         cache_dir=results_dir / CACHE / experiment.id / f"{request.dataset}-{request.scale}-{key}",
     )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed ``random``, numpy and torch, and ask torch for deterministic kernels."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _make_cache_dir(run: PreparedRun) -> None:
@@ -207,6 +205,8 @@ def _run_seed(run: PreparedRun, seed: int,
         scheduler=request.scheduler,
         cache_dir=run.cache_dir / f"seed-{seed}",
         logger=logger,
+        device=request.device,
+        dtype=request.dtype,
     )
     seed_everything(seed)
     start = time.perf_counter()
@@ -250,7 +250,7 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     finished seed is saved as the seed file that :func:`execute` then loads, so an interrupted pool resumes like a
     serial run. Returns ``{"<EXP> <dataset>": error}`` for runs with a seed that failed (after one retry).
     """
-    from metainf.executor import UnitFailedError, run_units
+    from metainf.runtime.executor import UnitFailedError, run_units
 
     todo: dict[str, tuple] = {}
     owner: dict[str, PreparedRun] = {}

@@ -1,4 +1,4 @@
-"""Measure ``task_if_nystrom`` (sketched total Hessian, ``metainf.accel.nystrom``) against exact task-IF (issue #7).
+"""Measure ``task_if_nystrom`` (sketched total Hessian, ``metainf.linalg.nystrom``) against exact task-IF (issue #7).
 
 Part 1, the E5 set-up (``experiments/e5_cost.py``, config ``quick``: MNIST digits 8x8, 5-way 1-shot 2-query,
 unrolled MAML 1 step, delta 0.1), 100 training tasks, hidden 8 and 16, seeds 0 and 1, all in this one process:
@@ -14,7 +14,7 @@ unrolled MAML 1 step, delta 0.1), 100 training tasks, hidden 8 and 16, seeds 0 a
 
 Part 2 (``--loo``): the E4 MNIST problem (``experiments/e4_ablations.py``, quick: 40 tasks, 83 parameters), rebuilt
 as E4 does; the converged leave-one-out effects are read from ``results/E4/mnist-quick.json`` when the rebuilt exact
-scores match the stored ones (else recomputed with ``metainf.loo.retrain``), and every setting is scored by
+scores match the stored ones (else recomputed with ``metainf.groundtruth.converged.retrain``), and every setting is scored by
 Spearman with LOO next to the exact path's.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_nystrom.py [--quick] [--loo] [--repeats 3]
@@ -37,11 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import common  # noqa: E402
+from experiments import setups  # noqa: E402
 from experiments.base import RunContext  # noqa: E402
 from experiments.e5_cost import CONFIGS as E5_CONFIGS  # noqa: E402
 from experiments.e5_cost import _median_time  # noqa: E402
-from metainf.accel.nystrom import pcg  # noqa: E402
+from metainf.linalg.nystrom import pcg  # noqa: E402
 from metainf.methods import AttributionProblem, get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
 
@@ -146,9 +146,9 @@ def evaluate(problem: AttributionProblem, exact: np.ndarray, epoch_s: float, cfg
 def e5_point(seed: int, hidden: int, cfgs: list[dict], repeats: int) -> dict:
     cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden]}
     ctx = context("E5", cfg, seed)
-    setup = common.build_setup(ctx, "unrolled")
-    fitted = common.fit(setup, ctx.config, seed)
-    problem = common.problems(setup, fitted, seed)["converged"]
+    setup = setups.build_setup(ctx, "unrolled")
+    fitted = setups.fit(setup, ctx.config, seed)
+    problem = setups.problems(setup, fitted, seed)["converged"]
     obj, lam = problem.objective, problem.lam
     epoch_s = _median_time(lambda: obj.value_and_grad(lam), 5)
     out: dict = {"seed": seed, "hidden": hidden, "n_params": lam.numel(), "epoch_s": epoch_s,
@@ -165,7 +165,7 @@ def e5_point(seed: int, hidden: int, cfgs: list[dict], repeats: int) -> dict:
     out["h_f_min_eig"], out["h_f_max_eig"] = float(evals[0]), float(evals[-1])
     out["h_data_negative_eigs"] = int((evals < obj.delta - 1e-3).sum())
     sk = torch.randn(lam.numel(), 20, dtype=lam.dtype)
-    from metainf.accel.nystrom import sketch
+    from metainf.linalg.nystrom import sketch
     out["sketch20_epochs"] = _median_time(lambda: sketch(obj, lam, sk), 3) / epoch_s
     out["hvp_epochs"] = _median_time(lambda: obj.hvp(lam, sk[:, 0]), 3) / epoch_s
     out["task_grads_epochs"] = _median_time(lambda: obj.task_grads(lam), 3) / epoch_s
@@ -185,9 +185,9 @@ def e4_point(seed: int, kind: str, cfgs: list[dict], repeats: int) -> dict | Non
     from experiments.e4_ablations import _inner_variants
     from metainf.data.registry import load_split
     from metainf.data.tasks import sample_task_pool
-    from metainf.loo import retrain
-    from metainf.models import build_model
-    from metainf.objective import MetaObjective, pool_tensors
+    from metainf.groundtruth.converged import retrain
+    from metainf.core.models import build_model
+    from metainf.core.objective import MetaObjective, pool_tensors
     from metainf.train import train_converged
 
     cfg = {k: v for k, v in E4_CONFIGS["quick"].items()}

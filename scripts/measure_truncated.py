@@ -1,7 +1,7 @@
 """How many CG iterations ``task_if_truncated`` needs: Spearman with dense task-IF on the E5 problems (issue #7).
 
 Problems: E5's quick config (``experiments/e5_cost.py``: 5-way 1-shot 2-query, unrolled MAML 1 step, delta 0.1) at
-100 training tasks, hidden 8 and 16, trained as E5 trains them (``common.fit``, then the converged problem):
+100 training tasks, hidden 8 and 16, trained as E5 trains them (``setups.fit``, then the converged problem):
 
 - the six E5 problems: digits seeds 0 and 1, Omniglot (8x8) seed 0;
 - six held-out ones: digits seeds 2 and 3, Omniglot seed 1.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import common  # noqa: E402
+from experiments import setups  # noqa: E402
 from experiments.e5_cost import CONFIGS  # noqa: E402
 from metainf.methods import get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
@@ -39,9 +39,9 @@ GROUPS = {
 def problem(dataset: str, seed: int, hidden: int):
     cfg = {**CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden], **CONFIGS["quick"]["by_dataset"].get(
         dataset, {})}
-    setup = common.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed),
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed),
                                "unrolled")
-    return common.problems(setup, common.fit(setup, cfg, seed), seed)["converged"]
+    return setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Acceleration strategies (``metainf.accel``) against exact references, float64.
+"""Acceleration strategies (``metainf.linalg``) against exact references, float64.
 
 - EK-FAC equals the exact inverse where the Kronecker factorisation is exact (single linear layer: one example;
   2-way CE with orthogonal augmented inputs), its eigenvalue correction is the diagonal of the Gauss-Newton matrix
@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from metainf.accel.batches import task_batch_hvp
-from metainf.accel.ekfac import ekfac_factors, ekfac_solve
-from metainf.accel.gamma import check_gamma, gamma_value
-from metainf.accel.gauss_newton import gn_dense, gn_hvp
-from metainf.bilevel import (
+from metainf.linalg.batches import task_batch_hvp
+from metainf.linalg.ekfac import ekfac_factors, ekfac_solve
+from metainf.linalg.gamma import check_gamma, gamma_value
+from metainf.linalg.gauss_newton import gn_dense, gn_hvp
+from metainf.core.bilevel import (
     ProximalInner,
     TaskData,
     UnrolledInner,
@@ -29,10 +29,10 @@ from metainf.bilevel import (
     support_loss,
     weighted_ce,
 )
+from metainf.core.models import FlatModel, build_model
+from metainf.core.objective import MetaObjective
+from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
 from metainf.methods import AttributionProblem, get_method
-from metainf.models import FlatModel, build_model
-from metainf.objective import MetaObjective
-from metainf.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
 
 DT = torch.float64
 jacobian, hessian = torch.autograd.functional.jacobian, torch.autograd.functional.hessian

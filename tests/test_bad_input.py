@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.bilevel import TaskData, UnrolledInner
+from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, NonFiniteError
 from metainf.data.tasks import TaskPool
 from metainf.influence import InfluenceConfig, eval_vector, task_scores
-from metainf.models import build_model
-from metainf.objective import MetaObjective, NonFiniteError
-from metainf.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
+from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
 from metainf.train import train_converged, train_stochastic
 
 DT = torch.float64

@@ -2,7 +2,7 @@
 
 Issue "Scale" asks that retraining 40 tasks on a loopback ``LocalCluster`` with 2 workers gives the same numbers
 as the local process-pool executor and is faster than one worker. The problem is E3's quick problem on digits
-(565-parameter MLP, 40 tasks), the retraining is :func:`experiments.common.converged_loo`, unchanged. Measured in
+(565-parameter MLP, 40 tasks), the retraining is :func:`experiments.ground_truth.converged_loo`, unchanged. Measured in
 one run: Dask with 1 worker (the reference), Dask with 2 workers (the benchmark), the local executor with 2
 processes. The numbers must be bitwise equal; the speed-up of 2 workers over 1 is printed and stored in
 ``extra_info``, not asserted.
@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import common
+from experiments import ground_truth, scoring, setups
 from experiments.e3_loo import CONFIGS
-from metainf import executor
+from metainf.runtime import executor
 
 pytestmark = pytest.mark.skipif(os.environ.get("METAINF_BENCH_DASK") != "1",
                                 reason="opt-in benchmark (5 min): set METAINF_BENCH_DASK=1")
@@ -40,8 +40,8 @@ def problem():
     torch.set_num_threads(1)
     cfg = {**CONFIGS["quick"], "n_train_tasks": N_TASKS}
     ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0)
-    setup = common.build_setup(ctx, "unrolled")
-    fitted = common.fit(setup, cfg, 0)
+    setup = setups.build_setup(ctx, "unrolled")
+    fitted = setups.fit(setup, cfg, 0)
     yield setup, fitted, cfg
     torch.set_num_threads(threads)
 
@@ -49,11 +49,11 @@ def problem():
 def _retrain_all(setup, fitted, cfg, cache: Path, name: str, n_workers: int,
                  monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
     """Converged LOO of every task with ``name`` ("dask" or "local") and ``n_workers``, no cache reuse."""
-    monkeypatch.setattr(common, "run_units", functools.partial(executor.run_units, n_workers=n_workers))
+    monkeypatch.setattr(ground_truth, "run_units", functools.partial(executor.run_units, n_workers=n_workers))
     ctx = types.SimpleNamespace(config=cfg, executor=name, scheduler=None, seed=0,
                                 unit_cache=lambda tag: cache / f"{name}-{n_workers}-{tag}")
-    units = common.choose_units(setup.objective, "task", N_TASKS, 0)
-    return common.converged_loo(ctx, setup, fitted, "task", units, "bench-dask")
+    units = scoring.choose_units(setup.objective, "task", N_TASKS, 0)
+    return ground_truth.converged_loo(ctx, setup, fitted, "task", units, "bench-dask")
 
 
 def test_dask_two_workers_vs_one(benchmark, problem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

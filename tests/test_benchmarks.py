@@ -15,7 +15,7 @@ import types
 import pytest
 import torch
 
-from experiments import common
+from experiments import ground_truth, scoring, setups
 from experiments.e3_loo import CONFIGS
 from experiments.e5_cost import _loop_grads
 from metainf.influence import InfluenceConfig, eval_vector, task_scores
@@ -30,8 +30,8 @@ def problem():
     torch.set_num_threads(1)
     cfg = {**CONFIGS["quick"], "outer_steps": 50}
     ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0)
-    setup = common.build_setup(ctx, "unrolled")
-    fitted = common.fit(setup, cfg, 0)
+    setup = setups.build_setup(ctx, "unrolled")
+    fitted = setups.fit(setup, cfg, 0)
     yield setup, fitted, cfg
     torch.set_num_threads(threads)
 
@@ -49,9 +49,9 @@ def test_task_if_vs_retraining(benchmark, problem, tmp_path) -> None:
     assert scores.shape == (obj.n_tasks,)
     ctx = types.SimpleNamespace(config=cfg, executor="serial", scheduler=None, seed=0,
                                 unit_cache=lambda name: tmp_path / name)
-    units = common.choose_units(obj, "task", LOO_SAMPLE, 0)
+    units = scoring.choose_units(obj, "task", LOO_SAMPLE, 0)
     t0 = time.perf_counter()
-    common.converged_loo(ctx, setup, fitted, "task", units, "bench")
+    ground_truth.converged_loo(ctx, setup, fitted, "task", units, "bench")
     per_task = (time.perf_counter() - t0) / len(units)
     retrain_all = per_task * obj.n_tasks
     ratio = retrain_all / benchmark.stats.stats.mean

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.func import vmap
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
-from metainf.models import build_model
-from metainf.objective import MetaObjective, NonFiniteError
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, NonFiniteError
 
 DT = torch.float64
 N_TASKS, N_S, N_Q, N_WAY = 3, 5, 5, 3

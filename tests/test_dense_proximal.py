@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import metainf.train as train_mod
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
-from metainf.models import build_model
-from metainf.objective import MetaObjective
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
 from metainf.train import train_converged
 
 DT = torch.float64
@@ -76,16 +76,18 @@ def test_block_hessian_matches_hvp_columns(problem, hprime: str) -> None:
         assert rel(h_block, obj.dense_hessian(lam, "exact")) > 1e-4
 
 
-def test_use_block_hessian_serves_hvp(problem) -> None:
+def test_dense_hessian_serves_hvp(problem) -> None:
     model, lam = problem[0].model, problem[1]
     obj = MetaObjective(model, ProximalInner(beta=BETA, cg_iters=80), make_tasks(0), delta=0.05)
     u = torch.randn(lam.numel(), generator=torch.Generator().manual_seed(5), dtype=DT)
     implicit = obj.hvp(lam, u)
-    h = obj.use_block_hessian(lam)
-    assert torch.equal(obj.hvp(lam, u), h @ u)
-    assert rel(obj.hvp(lam, u), implicit) <= 1e-10
+    served = obj.with_dense_hessian(lam)
+    h = served.curvature.matrix
+    assert torch.equal(served.hvp(lam, u), h @ u)
+    assert rel(served.hvp(lam, u), implicit) <= 1e-10
+    assert obj.curvature is None and torch.equal(obj.hvp(lam, u), implicit)  # the original is unchanged
     other = lam + 0.01
-    assert rel(obj.hvp(other, u), h @ u) > 1e-6  # another lam takes the implicit path
+    assert rel(served.hvp(other, u), h @ u) > 1e-6  # another lam takes the implicit path
 
 
 def test_block_hessian_rejects_unrolled(problem) -> None:

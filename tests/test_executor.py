@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metainf.executor import CacheMismatchError, UnitFailedError, deterministic_call, run_units, unit_file_name
+from metainf.runtime.executor import CacheMismatchError, UnitFailedError, deterministic_call, run_units, unit_file_name
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
 needs_dask = pytest.mark.skipif(not HAS_DASK,

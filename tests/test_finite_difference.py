@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.accel.finite_difference import data_gradient, fd_hessian_operator, supports_fd, task_and_eval_grads
-from metainf.bilevel import ProximalInner, UnrolledInner
+from metainf.core.bilevel import ProximalInner, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
+from metainf.linalg.finite_difference import data_gradient, fd_hessian_operator, supports_fd, task_and_eval_grads
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
-from metainf.models import build_model
-from metainf.objective import MetaObjective
 from tests.test_fisher import random_tasks, rel
 from tests.test_nystrom import make_problem
 
@@ -155,13 +155,13 @@ def test_three_iterations_match_exact_task_if_at_100_tasks_on_digits() -> None:
     Spearman >= 0.98 with task-IF from the dense total Hessian (0.994 in the committed E5 results)."""
     import types
 
-    from experiments import common
+    from experiments import setups
     from experiments.e5_cost import CONFIGS
     from metainf.metrics import correlations
 
     cfg = {**CONFIGS["quick"], "n_train_tasks": 100, "hidden": [8]}
-    setup = common.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0), "unrolled")
-    problem = common.problems(setup, common.fit(setup, cfg, 0), 0)["converged"]
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0), "unrolled")
+    problem = setups.problems(setup, setups.fit(setup, cfg, 0), 0)["converged"]
     assert problem.objective.n_tasks == 100
     exact = dense_scores(problem)
     scores = run_method(get_method("task_if_truncated"), problem, "task").values

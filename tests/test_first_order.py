@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch.func import grad
 
-from metainf.bilevel import TaskData, UnrolledInner, query_loss, support_loss
+from metainf.core.bilevel import TaskData, UnrolledInner, query_loss, support_loss
+from metainf.core.objective import MetaObjective
+from metainf.groundtruth.trajectory import trajectory_loo_many
 from metainf.influence import InfluenceConfig, eval_vector
 from metainf.methods import AttributionProblem
 from metainf.methods.trajectory import DVEmbExact, TracIn
-from metainf.objective import MetaObjective
-from metainf.trajloo import trajectory_loo_many
 from tests.test_methods_trajectory import (DT, EPS, KINDS, N_TASKS, at, first_order_removal, hand_unit_derivative,
                                            rel, units)
 from tests.test_methods_trajectory import make_problem as trajectory_problem

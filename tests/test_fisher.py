@@ -1,4 +1,4 @@
-"""Empirical-Fisher total curvature (``metainf.accel.fisher``) and the task-IF methods built on it, float64.
+"""Empirical-Fisher total curvature (``metainf.linalg.fisher``) and the task-IF methods built on it, float64.
 
 - The Woodbury solve equals a dense solve of r I + (1/M) G^T diag(tau) G (M < P and M > P, zero task weights).
 - ``task_if_fisher`` scores equal a hand-written dense computation whose task and evaluation gradients come from
@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.accel.fisher import fisher_curvature, fisher_dense, fisher_matvec, fisher_solve
-from metainf.bilevel import TaskData, UnrolledInner
+from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
+from metainf.linalg.fisher import fisher_curvature, fisher_dense, fisher_matvec, fisher_solve
+from metainf.linalg.solvers import IndefiniteHessianError
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
-from metainf.models import build_model
-from metainf.objective import MetaObjective
-from metainf.solvers import IndefiniteHessianError
 
 DT = torch.float64
 

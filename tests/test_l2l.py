@@ -26,8 +26,8 @@ with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
                "which runs scripts/install_learn2learn.sh)",
     )
 
-from metainf.bilevel import TaskData, UnrolledInner  # noqa: E402
-from metainf.models import build_model  # noqa: E402
+from metainf.core.bilevel import TaskData, UnrolledInner  # noqa: E402
+from metainf.core.models import build_model  # noqa: E402
 
 pytestmark = pytest.mark.l2l
 

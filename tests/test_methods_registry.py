@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metainf.bilevel import TaskData, UnrolledInner
+from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
 from metainf.methods import AttributionProblem, UnknownMethodError, available_methods, get_method, run_method
-from metainf.models import build_model
-from metainf.objective import MetaObjective
 
 DT = torch.float64
 

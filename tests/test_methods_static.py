@@ -1,7 +1,7 @@
 """Static baselines, single-level IF and TRAK (float64, tiny MLP) against hand computations and dattri 0.3.0.
 
 The "task as data point" wrapper for dattri is written here from scratch (plain ``torch.func`` MAML, not
-``metainf.bilevel``), so the cross-checks compare two independent code paths:
+``metainf.core.bilevel``), so the cross-checks compare two independent code paths:
 
 * ``SingleLevelIF(hessian="exact")`` vs dattri ``IFAttributorExplicit``: dattri scores ``g_k^T (H + r I)^-1 g_e``
   with H the Hessian of the mean task loss over the cached batch; ours is ``mean_e(...) / M`` with
@@ -28,15 +28,15 @@ from torch import Tensor
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from metainf.bilevel import ProximalInner, UnrolledInner
+from metainf.core.bilevel import ProximalInner, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.tasks import ClassImages, sample_task_pool
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.influence_methods import TaskIF
 from metainf.methods.single_level import SingleLevelIF, gauss_newton_hvp
 from metainf.methods.static import GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, unit_gradients
 from metainf.methods.trak import TRAK, gaussian_projection
-from metainf.models import build_model
-from metainf.objective import MetaObjective, pool_tensors
 from metainf.train import train_converged
 
 DT = torch.float64
@@ -259,7 +259,7 @@ def test_gauss_newton_proximal_is_symmetric_psd(proximal: AttributionProblem):
 
 # -- cross-checks against dattri 0.3.0 --------------------------------------------------------------------------
 def dattri_task(problem: AttributionProblem):
-    """dattri ``AttributionTask`` for the "task as data point" objective, independent of metainf.bilevel.
+    """dattri ``AttributionTask`` for the "task as data point" objective, independent of metainf.core.bilevel.
 
     Data items are (xs, ys, xq, yq) of one task. dattri calls the loss on one item without a batch dim (TracIn,
     TRAK), with a leading dim of 1 (IF gradients) or on the whole cached batch (IF Hessian): a 5-d ``xs`` is a

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
+from metainf.groundtruth.trajectory import trajectory_loo, trajectory_loo_all, trajectory_loo_many
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.trajectory import DVEmbExact, DVEmbFisher, TracIn, TracInCP, phase_contributions
-from metainf.models import build_model
-from metainf.objective import MetaObjective
 from metainf.train import train_stochastic
-from metainf.trajloo import trajectory_loo, trajectory_loo_all, trajectory_loo_many
 
 DT = torch.float64
 N_TASKS, N_S, N_Q, N_WAY, INPUT = 6, 4, 4, 3, (1, 4, 4)

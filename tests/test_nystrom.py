@@ -1,4 +1,4 @@
-"""Sketched total Hessian (``metainf.accel.nystrom``) and ``task_if_nystrom``, float64, on a tiny unrolled problem.
+"""Sketched total Hessian (``metainf.linalg.nystrom``) and ``task_if_nystrom``, float64, on a tiny unrolled problem.
 
 - the batched sketch equals sequential ``MetaObjective.hvp`` calls (minus delta u);
 - with k = P (full-rank probes) both models and their Woodbury solves equal the dense solve of H_F + damping I;
@@ -13,13 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.accel.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, pcg, probe_matrix,
+from metainf.linalg.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, pcg, probe_matrix,
                                    sketch)
-from metainf.bilevel import UnrolledInner
+from metainf.core.bilevel import UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
+from metainf.linalg.solvers import IndefiniteHessianError
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
-from metainf.models import build_model
-from metainf.objective import MetaObjective
-from metainf.solvers import IndefiniteHessianError
 from tests.test_fisher import random_tasks, rel
 
 DT = torch.float64

@@ -1,6 +1,6 @@
 """Fast converged leave-one-out for the proximal inner problem, against the plain path (float64).
 
-The plain path (``metainf.loo.retrain``): L-BFGS from lam* down to ||grad F_-u|| <= 1e-4, then Newton on dense
+The plain path (``metainf.groundtruth.converged.retrain``): L-BFGS from lam* down to ||grad F_-u|| <= 1e-4, then Newton on dense
 total Hessians to the tolerance. The fast paths: ``chord_newton`` (quasi-Newton from the exact start Hessian
 H0 = H_-u(lam*), one gradient per step, BFGS-updated or the pure chord iteration) and ``retrain_many`` (those runs
 for many units in lockstep on batched evaluations, ``stacked_value_and_grad``). Both stop at the same gradient
@@ -21,10 +21,10 @@ import warnings
 import pytest
 import torch
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
-from metainf.loo import noise_floor, removal_objective, retrain, retrain_many
-from metainf.models import build_model
-from metainf.objective import MetaObjective, stacked_value_and_grad
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective, stacked_value_and_grad
+from metainf.groundtruth.converged import noise_floor, removal_objective, retrain, retrain_many
 from metainf.train import chord_newton, task_total_hessians, total_hessian, train_converged
 
 DT = torch.float64

@@ -1,6 +1,6 @@
 """Task-IF, the inverse-Hessian solvers and the model edit against a bilevel problem solved in closed form (float64).
 
-The library's losses are hard-wired to cross-entropy (``metainf.bilevel.weighted_ce``). ``SquaredErrorAsCE`` makes
+The library's losses are hard-wired to cross-entropy (``metainf.core.bilevel.weighted_ce``). ``SquaredErrorAsCE`` makes
 that cross-entropy *exactly* a squared error, so the real code path (``MetaObjective``, ``UnrolledInner``,
 ``ProximalInner``, ``train_converged``, ``eval_vector``, ``task_scores``, ``edit_tasks``, ``solvers.solve``,
 ``loo.retrain``) runs on a quadratic problem: for input row ``[x, t]`` and parameters ``w`` it returns the two logits
@@ -34,12 +34,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
+from metainf.core.models import FlatModel
+from metainf.core.objective import MetaObjective
+from metainf.groundtruth.converged import retrain
 from metainf.influence import InfluenceConfig, edit_tasks, eval_vector, task_scores
-from metainf.loo import retrain
-from metainf.models import FlatModel
-from metainf.objective import MetaObjective
-from metainf.solvers import solve
+from metainf.linalg.solvers import solve
 from metainf.train import train_converged
 
 DT = torch.float64
@@ -257,7 +257,7 @@ def test_loo_minus_if_is_second_order(prob: Problem) -> None:
 
 
 def test_loo_retraining_matches_closed_form(prob: Problem) -> None:
-    """metainf.loo.retrain (warm-started L-BFGS to the gradient tolerance) recovers the exact leave-one-out change."""
+    """metainf.groundtruth.converged.retrain (warm-started L-BFGS to the gradient tolerance) recovers the exact leave-one-out change."""
     k = 2
     res = retrain(prob.obj, prob.lam, prob.ev, "task", k, tol=1e-11, max_iter=200)
     assert res.converged

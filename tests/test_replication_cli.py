@@ -16,7 +16,8 @@ from experiments import registry
 from experiments.base import ConfigError, Experiment, RunContext
 from replication import capabilities, results
 from replication.cli import main
-from replication.figures import new_figure, save_figure
+from replication.plots import FIGURES
+from replication.plots.style import new_figure, save_figure
 
 
 class Dummy:
@@ -67,7 +68,7 @@ class Dummy:
         base = {"n_units": 3, "ways": 5, "by_dataset": {"mnist": {"ways": 2}}}
         return Experiment(
             id="E0", title="Dummy", datasets=("omniglot", "mnist", "miniimagenet"),
-            configs={"smoke": base, "quick": {**base, "n_units": 4}}, run=self.run, figures=self.figures,
+            configs={"smoke": base, "quick": {**base, "n_units": 4}}, run=self.run,
             default_methods=("task_if", "tracin"), seeds={"smoke": (0,), "quick": (0, 1)}, validate=self.validate,
         )
 
@@ -84,6 +85,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake.available_datasets = lambda data_root: dict(AVAILABLE)
     monkeypatch.setitem(sys.modules, "metainf.data.registry", fake)
     monkeypatch.setattr(capabilities, "known_methods", lambda: frozenset({"extra_method"}))
+    monkeypatch.setitem(FIGURES, "E0", Dummy.figures)  # the dummy E0's figures, not the real E0's
 
 
 def use(monkeypatch: pytest.MonkeyPatch, dummy: Dummy) -> Dummy:

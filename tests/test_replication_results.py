@@ -65,7 +65,7 @@ def _experiment() -> Experiment:
     return Experiment(
         id="E0", title="t", datasets=("omniglot", "mnist"),
         configs={"smoke": {"ways": 5, "inner": {"steps": 1, "lr": 0.4}, "by_dataset": {"mnist": {"ways": 2}}}},
-        run=lambda ctx: {}, figures=lambda result, out: [], seeds={"smoke": (0,)},
+        run=lambda ctx: {}, seeds={"smoke": (0,)},
     )
 
 
@@ -97,9 +97,9 @@ def test_run_key_depends_on_everything_that_sets_the_numbers() -> None:
 
 def test_experiment_rejects_unknown_datasets_and_scales() -> None:
     with pytest.raises(ValueError, match="unknown datasets"):
-        Experiment(id="E0", title="t", datasets=("cifar",), configs={}, run=lambda c: {}, figures=lambda r, o: [])
+        Experiment(id="E0", title="t", datasets=("cifar",), configs={}, run=lambda c: {})
     with pytest.raises(ValueError, match="unknown scale"):
-        Experiment(id="E0", title="t", datasets=(), configs={"huge": {}}, run=lambda c: {}, figures=lambda r, o: [])
+        Experiment(id="E0", title="t", datasets=(), configs={"huge": {}}, run=lambda c: {})
 
 
 def test_paper_targets_hold_the_main_table() -> None:

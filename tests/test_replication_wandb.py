@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from replication.figures import new_figure, save_figure
+from replication.plots.style import new_figure, save_figure
 from replication.wandb_mirror import WandbMirror
 
 

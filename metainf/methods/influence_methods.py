@@ -3,7 +3,7 @@
 finite-difference total HVPs (``task_if_truncated``) and direct-IF (``direct_if``).
 
 Sign convention: score[u] ~ L_eval(without u) - L_eval(with u). See :mod:`metainf.influence` for the formulas,
-:mod:`metainf.accel.fisher` for the Fisher curvature and :mod:`metainf.accel.nystrom` for the sketch.
+:mod:`metainf.linalg.fisher` for the Fisher curvature and :mod:`metainf.linalg.nystrom` for the sketch.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from metainf.accel.finite_difference import HVP_MODES, fd_hessian_operator, supports_fd, task_and_eval_grads
-from metainf.accel.fisher import fisher_solve
-from metainf.accel.nystrom import nystrom_solve, pcg
+from metainf.linalg.finite_difference import HVP_MODES, fd_hessian_operator, supports_fd, task_and_eval_grads
+from metainf.linalg.fisher import fisher_solve
+from metainf.linalg.nystrom import nystrom_solve, pcg
 from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
                                task_scores)
+from metainf.linalg.types import SolveInfo
 from metainf.methods.base import AttributionProblem
-from metainf.solvers import SolveInfo
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TaskIF:
     """Task-IF for tasks (v . g_k / M) and instance-IF for support (two-stage proxy, ``variant``) and query points,
     with v = (damping I + H_F)^-1 grad L_eval from one solve per evaluation functional.
 
-    ``solver``: any ``metainf.solvers.solve`` method (``cg``, ``dense``, ``neumann``) or ``fisher``: H_F replaced by
+    ``solver``: any ``metainf.linalg.solvers.solve`` method (``cg``, ``dense``, ``neumann``) or ``fisher``: H_F replaced by
     the empirical-Fisher curvature (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, solved by Woodbury (no HVP;
     the task gradients it is built from also give the task scores)."""
 
@@ -75,7 +75,7 @@ class TaskIFFisher(TaskIF):
 
 @dataclass
 class TaskIFNystrom(TaskIF):
-    """Task-IF with v from a rank-``k`` sketch of the exact total Hessian (``metainf.accel.nystrom``).
+    """Task-IF with v from a rank-``k`` sketch of the exact total Hessian (``metainf.linalg.nystrom``).
 
     One batched pass of k total HVPs (plus one per ``power`` step) gives a low-rank model of H_data = H_F - delta I
     (``approx``: ``ritz`` Rayleigh-Ritz / block Krylov, or ``nystrom``) on the probes (``probes``: ``span`` =
@@ -115,7 +115,7 @@ class TaskIFTruncated(TaskIF):
     iMAML truncates its meta-gradient solve), stopping earlier at relative residual ``tol``.
 
     ``hvp``: ``fd`` takes each total HVP as a difference quotient of the meta-gradient (one batched gradient pass,
-    ``metainf.accel.finite_difference``; unrolled second-order MAML only), ``autodiff`` the exact forward-over-reverse
+    ``metainf.linalg.finite_difference``; unrolled second-order MAML only), ``autodiff`` the exact forward-over-reverse
     HVP, ``auto`` (default) ``fd`` where it applies and ``autodiff`` elsewhere. The task gradients and grad L_eval
     come from one batched pass (``task_and_eval_grads``). Cost: one gradient pass plus ``cg_iters`` HVPs, i.e. about
     four meta-gradients with the defaults. ``last_info`` holds the ``SolveInfo`` of the latest solve.

@@ -15,15 +15,15 @@ The class is called with keyword options (``get_method(name, **options)``), so a
 from __future__ import annotations
 
 import importlib
-import resource
-import threading
 import time
 from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 
-from metainf.methods.base import AttributionMethod, AttributionProblem, Scores, check_kind
+from metainf.core.problem import AttributionProblem, check_kind
+from metainf.methods.base import AttributionMethod, Scores
+from metainf.runtime.memory import PeakSampler
 
 ENTRY_POINT_GROUP = "metainf.methods"
 
@@ -102,35 +102,6 @@ def get_method(name: str, **options: Any) -> AttributionMethod:
     return method
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:  # not Linux: fall back to the lifetime peak
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class _PeakSampler:
-    """Samples the resident set size every few milliseconds; ``peak`` is the maximum seen while active."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.peak, self._stop = interval, _rss_mb(), threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __enter__(self) -> _PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
-
-
 def run_method(method: AttributionMethod, problem: AttributionProblem, kind: str) -> Scores:
     """Score units of ``kind`` with ``method``, recording wall time and peak resident memory."""
     check_kind(kind)
@@ -138,7 +109,7 @@ def run_method(method: AttributionMethod, problem: AttributionProblem, kind: str
         raise ValueError(f"method {method.name!r} does not score {kind} units (it scores {list(method.kinds)})")
     if method.needs_trajectory and problem.trajectory is None:
         raise ValueError(f"method {method.name!r} needs a recorded training trajectory; the problem has none")
-    with _PeakSampler() as sampler:
+    with PeakSampler() as sampler:
         t0 = time.perf_counter()
         values = method.score(problem, kind)
         seconds = time.perf_counter() - t0

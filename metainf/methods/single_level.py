@@ -39,11 +39,12 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from metainf.bilevel import ProximalInner, TaskData
+from metainf.core.bilevel import TaskData
+from metainf.core.objective import MetaObjective, check_finite
 from metainf.influence import hessian_operator, task_scores
+from metainf.linalg.chunked import chunks
+from metainf.linalg.solvers import solve
 from metainf.methods.base import AttributionProblem
-from metainf.objective import MetaObjective, _chunks, check_finite
-from metainf.solvers import solve
 
 
 def gauss_newton_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
@@ -56,23 +57,18 @@ def gauss_newton_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tens
     states, thetas = obj.state_at(lam), obj.adapted_params(lam)
     n_q = obj.tasks.wq.shape[1]
 
-    def jac_t(t: TaskData, st: Tensor, w: Tensor) -> Tensor:
-        if isinstance(inner, ProximalInner):
-            return inner.jvp_theta(model, lam, t, st, w)
-        return vjp(lambda lm: inner.adapt(model, lm, t), lam)[1](w)[0]
-
     def per_task(t: TaskData, st: Tensor, th: Tensor, u: Tensor) -> Tensor:
         ju = inner.jvp_theta(model, lam, t, st, u)
         logits, jo = jvp(lambda x: model(x, t.xq), (th,), (ju,))
         p = torch.softmax(logits, dim=-1)
         lam_jo = (p * jo - p * (p * jo).sum(-1, keepdim=True)) * (t.wq / n_q).unsqueeze(-1)
         w = vjp(lambda x: model(x, t.xq), th)[1](lam_jo)[0]
-        return jac_t(t, st, w)
+        return inner.jac_t(model, lam, t, st, w)
 
     def hvp(u: Tensor) -> Tensor:
         hk = torch.cat([vmap(per_task, in_dims=(0, 0, 0, None))(TaskData(*(x[sl] for x in obj.tasks)), states[sl],
                                                                  thetas[sl], u)
-                        for sl in _chunks(obj.n_tasks, obj.chunk)])
+                        for sl in chunks(obj.n_tasks, obj.chunk)])
         return check_finite(obj.tau @ hk / obj.n_tasks + obj.delta * u, "a Gauss-Newton-vector product")
 
     return hvp

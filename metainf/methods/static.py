@@ -3,7 +3,7 @@
 Sign convention (:mod:`metainf.methods.base`): ``score[u] ~ L_eval(without u) - L_eval(with u)``, positive = helpful.
 
 Every unit u (a task, a support point or a query point) carries a weight omega_u in the meta-objective F
-(:mod:`metainf.objective`). Its *unit gradient* is the derivative of the meta-gradient along that weight::
+(:mod:`metainf.core.objective`). Its *unit gradient* is the derivative of the meta-gradient along that weight::
 
     G_u = d(grad F)/d omega_u          task k: g_k / M;   point j of task k: tau_k/M * d g_k / d w_j
 
@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.bilevel import ProximalInner, TaskData, query_loss
+from metainf.core.bilevel import TaskData, query_loss
+from metainf.core.objective import MetaObjective
 from metainf.influence import instance_scores, task_scores
+from metainf.linalg.chunked import chunks
 from metainf.methods.base import AttributionProblem
-from metainf.objective import MetaObjective, _chunks
 
 ALL_KINDS: tuple[str, ...] = ("task", "support", "query")
 
@@ -60,7 +61,7 @@ def unit_gradients(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
     def per_task(t: TaskData, st: Tensor) -> Tensor:
         return vmap(lambda a, b: inner.dgrad_dweights(model, lam, t, st, a, b))(es, eq)
 
-    blocks = [vmap(per_task)(TaskData(*(x[sl] for x in obj.tasks)), state[sl]) for sl in _chunks(obj.n_tasks,
+    blocks = [vmap(per_task)(TaskData(*(x[sl] for x in obj.tasks)), state[sl]) for sl in chunks(obj.n_tasks,
                                                                                                    obj.chunk)]
     return obj.tau[:, None, None] * torch.cat(blocks) / obj.n_tasks
 
@@ -114,7 +115,7 @@ def _point_losses(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
         return F.cross_entropy(model(th, x), y, reduction="none")
 
     return torch.cat([vmap(losses)(TaskData(*(x[sl] for x in obj.tasks)), thetas[sl])
-                      for sl in _chunks(obj.n_tasks, obj.chunk)])
+                      for sl in chunks(obj.n_tasks, obj.chunk)])
 
 
 @dataclass
@@ -186,21 +187,16 @@ class GradientAscentUnlearning:
         state, ev_state = obj.state_at(lam), ev.state_at(lam)
         baseline = ev.mean_loss(lam)
 
-        def resolve(lam_u: Tensor, t: TaskData, st: Tensor) -> Tensor:
-            if isinstance(inner, ProximalInner):
-                return inner.newton(model, lam_u, t, st, self.newton_steps)
-            return inner.prepare(model, lam_u, t, st)
-
         def eval_loss(lam_u: Tensor) -> Tensor:
             def one(t: TaskData, st: Tensor) -> Tensor:
-                return query_loss(model, resolve(lam_u, t, st), t)
+                return query_loss(model, inner.resolve(model, lam_u, t, st, self.newton_steps), t)
             return torch.cat([vmap(one)(TaskData(*(x[sl] for x in ev.tasks)), ev_state[sl])
-                              for sl in _chunks(ev.n_tasks, ev.chunk)]).mean()
+                              for sl in chunks(ev.n_tasks, ev.chunk)]).mean()
 
         def unlearn(t: TaskData, st: Tensor, es: Tensor, eq: Tensor, scale: Tensor) -> Tensor:
             lam_u = lam
             for _ in range(self.steps):
-                st = resolve(lam_u, t, st)
+                st = inner.resolve(model, lam_u, t, st, self.newton_steps)
                 g = (inner.total_grad(model, lam_u, t, st) if kind == "task"
                      else inner.dgrad_dweights(model, lam_u, t, st, es, eq))
                 lam_u = lam_u + self.lr * scale * g
@@ -216,7 +212,7 @@ class GradientAscentUnlearning:
             es, eq = (b.repeat(m, 1) for b in _basis(kind, TaskData(*(x[0] for x in obj.tasks))))
             scale = obj.tau[task_of] / m
         out = []
-        for sl in _chunks(len(task_of), obj.chunk):
+        for sl in chunks(len(task_of), obj.chunk):
             idx = task_of[sl]
             out.append(vmap(unlearn)(TaskData(*(x[idx] for x in obj.tasks)), state[idx], es[sl], eq[sl], scale[sl]))
         return (torch.cat(out) - baseline).reshape(shape)

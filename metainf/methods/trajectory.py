@@ -24,7 +24,7 @@ L_eval = ``problem.eval_objective.mean_loss``. Every method returns per-step con
                          meta-gradients, sum_s (tau g_s)(tau g_s)^T / |B_t|, in an optional random projection
 
 DVEmbExact is the first-order unrolled change d L_eval(lam_T)/d omega_u * (-omega_u), all occurrences summed, and
-matches ``metainf.trajloo`` to first order. TracIn, TracInCP and DVEmbFisher treat an Adam run as SGD with the
+matches ``metainf.groundtruth.trajectory`` to first order. TracIn, TracInCP and DVEmbFisher treat an Adam run as SGD with the
 raw meta-gradients (the "SGD proxy" of the DVEmb paper); DVEmbExact differentiates through the Adam update and
 its moments.
 
@@ -45,11 +45,12 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
+from metainf.core.objective import MetaObjective
+from metainf.core.problem import UNIT_KINDS, AttributionProblem, check_kind
+from metainf.groundtruth.trajectory import batch_objective, optimizer_step, require_trajectory, trajectory_states
 from metainf.influence import instance_scores
-from metainf.methods.base import UNIT_KINDS, AttributionMethod, AttributionProblem, check_kind
+from metainf.methods.base import AttributionMethod
 from metainf.methods.registry import get_method
-from metainf.objective import MetaObjective
-from metainf.trajloo import batch_objective, optimizer_step, require_trajectory, trajectory_states
 
 
 def unit_derivatives(obj: MetaObjective, lam: Tensor, v: Tensor, kinds: tuple[str, ...],

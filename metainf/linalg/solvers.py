@@ -2,7 +2,7 @@
 
 ``solve(hvp, b, method, damping)`` with ``hvp(u) = H u``. Methods: ``dense`` (H formed column by column,
 eigen-checked, solved exactly), ``cg`` (conjugate gradient to a relative residual ``tol``), and the paper's
-truncated series ``neumann`` / ``lissa`` (``metainf.accel.neumann``; depth J = ``max_iter`` terms). An indefinite
+truncated series ``neumann`` / ``lissa`` (``metainf.linalg.neumann``; depth J = ``max_iter`` terms). An indefinite
 (damped) Hessian raises ``IndefiniteHessianError``; a run that does not reach ``tol`` raises
 ``SolverNotConvergedError`` (Neumann/LiSSA with ``strict=False`` warn instead and return ``converged=False``).
 Every message says what to change.
@@ -11,56 +11,37 @@ Every message says what to change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-
-class IndefiniteHessianError(ValueError):
-    """The damped total Hessian has a non-positive eigenvalue / curvature."""
-
-
-class SolverNotConvergedError(RuntimeError):
-    """An iterative solver stopped before reaching its tolerance."""
-
-
-@dataclass
-class SolveInfo:
-    method: str
-    iterations: int
-    rel_residual: float
-    min_eigenvalue: float | None = None
-    converged: bool = True
-    max_eigenvalue: float | None = None  # Neumann / LiSSA: the power-iteration estimate, 1 / eta
+from metainf.linalg.neumann import lissa_solve, neumann_solve
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
 
 
 def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", damping: float = 0.0, tol: float = 1e-10,
           max_iter: int = 500, **options: Any) -> tuple[Tensor, SolveInfo]:
     """x = (damping I + H)^-1 b.
 
-    ``options`` (keyword only) go to the series solvers of ``metainf.accel.neumann``: for ``neumann``
+    ``options`` (keyword only) go to the series solvers of ``metainf.linalg.neumann``: for ``neumann``
     ``eta`` (default 1 / power-iteration lambda_max), ``power_iters``, ``seed``, ``strict``; for ``lissa`` also the
     required ``batch_hvp(u, idx)`` (the mini-batch estimate of H u over units ``idx``, e.g.
-    ``metainf.accel.batches.task_batch_hvp``), ``n_units``, ``batch_size`` and ``repeats``.
+    ``metainf.linalg.batches.task_batch_hvp``), ``n_units``, ``batch_size`` and ``repeats``.
     """
     op = (lambda u: hvp(u) + damping * u) if damping else hvp
     if method in ("neumann", "lissa"):
-        # deferred: metainf.accel imports this module
-        from metainf.accel.neumann import lissa_solve, neumann_solve
-
         if method == "neumann":
             return neumann_solve(op, b, max_iter, tol, **options)
         if "batch_hvp" not in options:
             raise TypeError("solver 'lissa' needs batch_hvp=(u, idx) -> mini-batch H u and n_units, batch_size, "
-                            "e.g. metainf.accel.batches.task_batch_hvp(obj, lam, hprime)")
+                            "e.g. metainf.linalg.batches.task_batch_hvp(obj, lam, hprime)")
         batch_hvp = options.pop("batch_hvp")
         return lissa_solve(lambda u, idx: batch_hvp(u, idx) + damping * u, op, b, depth=max_iter, tol=tol, **options)
     if options:
         raise TypeError(f"solver {method!r} takes no options, got {sorted(options)}")
     if method == "dense":
-        eye = torch.eye(b.numel(), dtype=b.dtype)
+        eye = torch.eye(b.numel(), dtype=b.dtype, device=b.device)
         h = torch.stack([op(eye[i]) for i in range(b.numel())], dim=1)
         h = 0.5 * (h + h.T)
         evals, evecs = torch.linalg.eigh(h)

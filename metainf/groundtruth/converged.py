@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metainf.objective import MetaObjective, stacked_value_and_grad
+from metainf.core.objective import MetaObjective, stacked_value_and_grad
 from metainf.train import QuasiNewtonRun, chord_newton, train_converged
 
 
@@ -79,7 +79,7 @@ def retrain_many(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, 
     Up to ``batch`` quasi-Newton runs (:class:`metainf.train.QuasiNewtonRun`, the iteration of
     :func:`metainf.train.chord_newton` from H0 = ``hessians[i]``, start ``starts[i]`` or lam*) advance in lockstep:
     every step evaluates the F_-u of all active runs in one vmapped pass over batch x M task copies
-    (:func:`metainf.objective.stacked_value_and_grad`, inner problems warm-started from each run's last solutions,
+    (:func:`metainf.core.objective.stacked_value_and_grad`, inner problems warm-started from each run's last solutions,
     first from those of ``obj`` at lam*), and a finished run's slot goes to the next job. On small models vmap's
     per-call overhead dominates, so a batch of 16 costs a few single evaluations. The stopping rule is that of
     :func:`retrain`, ||grad F_-u|| <= tol; a run that gives up falls back to ``retrain`` (plain path) for its unit.
@@ -123,7 +123,7 @@ def retrain_many(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, 
     good = [i for i in range(n) if finished[i].result().converged]
     base = float(eval_obj.mean_loss(lam_star)) if eval_star is None else eval_star
     ev_state = eval_obj.state_at(lam_star)
-    ones = torch.ones(eval_obj.n_tasks, dtype=lam_star.dtype)
+    ones = torch.ones(eval_obj.n_tasks, dtype=lam_star.dtype, device=lam_star.device)
     for b in range(0, len(good), batch):
         idx = good[b:b + batch]
         lams = torch.stack([finished[i].lam for i in idx])

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, jacrev, vjp, vmap
 
-from metainf.bilevel import TaskData
-from metainf.models import FlatModel
+from metainf.core.models import FlatModel
+from metainf.core.taskdata import TaskData
 
 FISHERS = ("ggn", "empirical")
 
@@ -119,7 +119,7 @@ def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "g
     layers = kfac_layers(model)
     mods = [m for m, _, _ in layers]
     _, _, shapes = _tapped_forward(model, theta, t.xs, mods, None)
-    taps = [torch.zeros(s, dtype=theta.dtype) for s in shapes]
+    taps = [torch.zeros(s, dtype=theta.dtype, device=theta.device) for s in shapes]
     logits, pullback, inputs = vjp(lambda tp: _tapped_forward(model, theta, t.xs, mods, tp)[:2], taps, has_aux=True)
     w = t.ws / t.ws.shape[-1]
     cots = _output_roots(logits, t.ys, w, fisher)

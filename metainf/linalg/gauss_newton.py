@@ -12,7 +12,7 @@ D^2 L_O^k = J_o^T H_out J_o + sum_j (dL_O/do_j) D^2 o_j. Gauss-Newton keeps the 
 It drops both H' (the curvature of lam -> theta_k) and the network's own second-order term, so it is PSD (positive
 definite with delta > 0) and needs no third derivatives. J_k u is ``inner.jvp_theta``; J_k^T w is J_k w for the
 proximal problem (J_k = beta A^-1 is symmetric) and a VJP through the unrolled adaptation otherwise.
-``gn_hvp(obj, lam)`` plugs in wherever ``lambda u: obj.hvp(lam, u)`` does (e.g. ``metainf.solvers.solve``);
+``gn_hvp(obj, lam)`` plugs in wherever ``lambda u: obj.hvp(lam, u)`` does (e.g. ``metainf.linalg.solvers.solve``);
 ``gn_dense`` is the matrix (as ``MetaObjective.dense_hessian``).
 """
 
@@ -24,32 +24,22 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner, weighted_ce
-from metainf.models import FlatModel
-from metainf.objective import MetaObjective, check_finite
+from metainf.core.bilevel import InnerProblem, TaskData, weighted_ce
+from metainf.core.models import FlatModel
+from metainf.core.objective import MetaObjective, check_finite
 
 
-def gn_task_hvp(inner: UnrolledInner | ProximalInner, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor,
+def gn_task_hvp(inner: InnerProblem, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor,
                 u: Tensor) -> Tensor:
     """GN_k u = J_k^T J_f^T H_out J_f J_k u for one task (unbatched; ``state`` as in ``MetaObjective``)."""
-    if isinstance(inner, ProximalInner):
-        theta, z = state, inner.jvp_theta(model, lam, t, state, u)
-
-        def transpose(w: Tensor) -> Tensor:
-            return inner.jvp_theta(model, lam, t, state, w)
-    else:
-        theta, z = jvp(lambda l: inner.adapt(model, l, t), (lam,), (u,))
-
-        def transpose(w: Tensor) -> Tensor:
-            return vjp(lambda l: inner.adapt(model, l, t), lam)[1](w)[0]
-
+    theta, z = inner.adapted(model, lam, t, state), inner.jvp_theta(model, lam, t, state, u)
     logits, jz = jvp(lambda th: model(th, t.xq), (theta,), (z,))
     h_jz = jvp(grad(lambda o: weighted_ce(o, t.yq, t.wq)), (logits,), (jz,))[1]
-    return transpose(vjp(lambda th: model(th, t.xq), theta)[1](h_jz)[0])
+    return inner.jac_t(model, lam, t, state, vjp(lambda th: model(th, t.xq), theta)[1](h_jz)[0])
 
 
 def _gn_mean(obj: MetaObjective, lam: Tensor, u: Tensor) -> Tensor:
-    hk = obj._map(lambda t, s, w: gn_task_hvp(obj.inner, obj.model, lam, t, s, w), u)
+    hk = obj.map_tasks(lambda t, s, w: gn_task_hvp(obj.inner, obj.model, lam, t, s, w), u)
     return obj.tau @ hk / obj.n_tasks + obj.delta * u
 
 
@@ -62,7 +52,7 @@ def gn_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
 def gn_dense(obj: MetaObjective, lam: Tensor, block: int = 64) -> Tensor:
     """GN_F as a dense matrix, ``block`` HVPs batched with vmap (small models only)."""
     obj.state_at(lam)
-    eye = torch.eye(lam.numel(), dtype=lam.dtype)
+    eye = torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device)
     h = torch.cat([vmap(lambda u: _gn_mean(obj, lam, u))(eye[i:i + block]) for i in range(0, lam.numel(), block)])
     check_finite(h, "the dense Gauss-Newton total Hessian")
     return 0.5 * (h + h.T)

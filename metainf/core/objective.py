@@ -9,30 +9,34 @@ coefficient (the paper's delta I). Per-task state (the proximal inner solutions)
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.bilevel import ProximalInner, TaskData, UnrolledInner, query_loss
+from metainf.core.bilevel import InnerProblem, TaskData, query_loss
+from metainf.core.models import FlatModel
 from metainf.data.tasks import TaskPool
-from metainf.models import FlatModel
+from metainf.linalg.chunked import chunks
 
 
 class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN/inf."""
 
 
-def pool_tensors(pool: TaskPool, dtype: torch.dtype = torch.float64) -> TaskData:
-    """Stack a pool into ``TaskData`` with all point weights 1."""
+def pool_tensors(pool: TaskPool, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> TaskData:
+    """Stack a pool into ``TaskData`` on ``device`` (default: where the pool is) with all point weights 1."""
     m = len(pool)
+    dev = pool.support_x.device if device is None else torch.device(device)
     return TaskData(
-        xs=pool.support_x.to(dtype), ys=pool.support_y.long(), ws=torch.ones(m, pool.n_support, dtype=dtype),
-        xq=pool.query_x.to(dtype), yq=pool.query_y.long(), wq=torch.ones(m, pool.n_query, dtype=dtype),
+        xs=pool.support_x.to(dev, dtype), ys=pool.support_y.to(dev).long(),
+        ws=torch.ones(m, pool.n_support, dtype=dtype, device=dev),
+        xq=pool.query_x.to(dev, dtype), yq=pool.query_y.to(dev).long(),
+        wq=torch.ones(m, pool.n_query, dtype=dtype, device=dev),
     )
 
 
@@ -43,25 +47,32 @@ def check_finite(x: Tensor, what: str) -> Tensor:
     return x
 
 
-def _chunks(n: int, size: int | None):
-    size = n if not size else size
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+@dataclass(frozen=True)
+class DenseHessian:
+    """A dense total Hessian ``matrix`` of F at ``lam`` for ``hprime``: a curvature choice that serves
+    :meth:`MetaObjective.hvp` there as ``matrix @ u`` (the same operator with exact instead of CG inner solves, so
+    iterative solvers cost matrix products). Any other lam or hprime takes the implicit path."""
+
+    lam: Tensor
+    hprime: str
+    matrix: Tensor
 
 
 @dataclass
 class MetaObjective:
-    """F(lam) over ``tasks`` (stacked TaskData) for ``model`` and ``inner``; ``chunk`` bounds vmap memory."""
+    """F(lam) over ``tasks`` (stacked TaskData) for ``model`` and ``inner``; ``chunk`` bounds vmap memory;
+    ``curvature`` optionally serves :meth:`hvp` from a dense matrix (:meth:`with_dense_hessian`). The per-lam cache
+    of inner solutions is private: copies made by the ``with_*`` / :meth:`subset` methods share it."""
 
     model: FlatModel
-    inner: UnrolledInner | ProximalInner
+    inner: InnerProblem
     tasks: TaskData
     delta: float = 0.0
     tau: Tensor | None = None
     chunk: int | None = 16
+    curvature: DenseHessian | None = None
     _state_lam: Tensor | None = field(default=None, repr=False)
     _state: Tensor | None = field(default=None, repr=False)
-    _dense_hvp: tuple[Tensor, str, Tensor] | None = field(default=None, repr=False)  # (lam, hprime, Hess F)
 
     def __post_init__(self) -> None:
         """Check ``tasks`` (and ``tau``) against each other and the model; raise ``ValueError`` naming each bad field.
@@ -102,7 +113,7 @@ class MetaObjective:
                 except (RuntimeError, ValueError) as exc:
                     raise ValueError(
                         f"the model does not accept the task inputs of per-point shape {tuple(t.xs.shape[2:])} "
-                        f"({exc}). Build the model for that input shape (metainf.models.build_model(kind, "
+                        f"({exc}). Build the model for that input shape (metainf.core.models.build_model(kind, "
                         "input_shape=pool.input_shape, n_way)) or load the images at the size the model expects "
                         "(image_size=...).") from exc
                 n_out = out.shape[-1]
@@ -113,9 +124,9 @@ class MetaObjective:
                                         f"{n_out} outputs: expected labels 0..{n_out - 1} (build it with n_way)")
         if problems:
             raise ValueError("MetaObjective tasks are malformed: " + "; ".join(problems) + ". Build them with "
-                             "metainf.objective.pool_tensors(pool) from a TaskPool, or fix the named fields.")
+                             "metainf.core.objective.pool_tensors(pool) from a TaskPool, or fix the named fields.")
         if self.tau is None:
-            self.tau = torch.ones(self.n_tasks, dtype=self.tasks.xs.dtype)
+            self.tau = torch.ones(self.n_tasks, dtype=self.tasks.xs.dtype, device=self.tasks.xs.device)
 
     @property
     def n_tasks(self) -> int:
@@ -137,14 +148,34 @@ class MetaObjective:
             obj._state_lam = self._state_lam
         return obj
 
+    def with_inner(self, inner: InnerProblem) -> "MetaObjective":
+        """A copy with another inner problem (e.g. another inner solver), sharing the inner solutions already
+        computed (valid when ``inner`` solves the same inner problems)."""
+        return MetaObjective(self.model, inner, self.tasks, self.delta, self.tau, self.chunk,
+                             _state_lam=self._state_lam, _state=self._state)
+
+    def subset(self, lam: Tensor, idx: Sequence[int]) -> "MetaObjective":
+        """F_B over the tasks ``idx`` (with their tau), its inner-state cache at ``lam`` taken from this objective."""
+        idx = list(idx)
+        state = self.state_at(lam)
+        return MetaObjective(self.model, self.inner, TaskData(*(x[idx] for x in self.tasks)), self.delta,
+                             self.tau[idx], self.chunk, _state_lam=self._state_lam, _state=state[idx])
+
+    def with_dense_hessian(self, lam: Tensor, hprime: str = "exact", hess: Tensor | None = None) -> "MetaObjective":
+        """A copy whose :meth:`hvp` at ``lam`` (for ``hprime``) is H u with H = ``hess`` or :meth:`block_hessian`
+        (see :class:`DenseHessian`), sharing the inner-state cache."""
+        h = self.block_hessian(lam, hprime) if hess is None else hess
+        return replace(self, curvature=DenseHessian(lam.detach().clone(), hprime, h))
+
     # -- per-task batched primitives -----------------------------------------------------------------------
-    def _map(self, fn, *args, in_dims=None) -> Tensor:
-        """vmap ``fn(task, state, *args)`` over tasks in chunks and concatenate along dim 0."""
+    def map_tasks(self, fn, *args, in_dims=None) -> Tensor:
+        """vmap ``fn(task, state, *args)`` over tasks in chunks of ``chunk`` (the inner state at the last lam
+        solved) and concatenate along dim 0; ``in_dims`` for ``args`` (default: not batched)."""
         outs = []
         state = self.state_at(self._state_lam) if self._state_lam is not None else None
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
-            st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1)
+            st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1, device=self.tasks.xs.device)
             outs.append(vmap(fn, in_dims=(0, 0, *(in_dims or (None,) * len(args))))(t, st, *args))
         return torch.cat(outs) if isinstance(outs[0], Tensor) else tuple(torch.cat(z) for z in zip(*outs))
 
@@ -154,14 +185,14 @@ class MetaObjective:
             return self._state
         warm = self._state if self._state is not None else None
         outs = []
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             if warm is None:
                 outs.append(vmap(lambda tk: self.inner.prepare(self.model, lam, tk))(t))
             else:
                 outs.append(vmap(lambda tk, s: self.inner.prepare(self.model, lam, tk, s))(t, warm[sl]))
         state = torch.cat(outs)
-        if isinstance(self.inner, ProximalInner):
+        if self.inner.stationary:
             state = self._polish(lam, state)
         self._state_lam, self._state = lam.detach().clone(), state.detach()
         return self._state
@@ -178,7 +209,7 @@ class MetaObjective:
             state = torch.cat([
                 vmap(lambda tk, s: inner.newton(self.model, lam, tk, s, 2))(TaskData(*(x[sl] for x in self.tasks)),
                                                                              state[sl])
-                for sl in _chunks(self.n_tasks, self.chunk)
+                for sl in chunks(self.n_tasks, self.chunk)
             ])
         warnings.warn(f"proximal inner problem reached stationarity {float(res.max()):.2e} > tol {tol:.1e}: raise "
                       "beta (better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
@@ -188,30 +219,30 @@ class MetaObjective:
         """||stationarity||_2 per task (proximal only)."""
         inner = self.inner
         out = []
-        for sl in _chunks(self.n_tasks, self.chunk):
+        for sl in chunks(self.n_tasks, self.chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             out.append(vmap(lambda tk, s: inner.stationarity(self.model, lam, tk, s).norm())(t, state[sl]))
         return torch.cat(out)
 
     def task_losses(self, lam: Tensor) -> Tensor:
         """L_O^k(lam) for every task (weights applied inside each task, tau not applied)."""
-        self.state_at(lam)  # solves (or reuses) the inner problems that _map reads
-        return self._map(lambda t, s: query_loss(self.model, self._adapted(lam, t, s), t))
+        self.state_at(lam)  # solves (or reuses) the inner problems that map_tasks reads
+        return self.map_tasks(lambda t, s: query_loss(self.model, self._adapted(lam, t, s), t))
 
     def _adapted(self, lam: Tensor, t: TaskData, s: Tensor) -> Tensor:
-        return s if isinstance(self.inner, ProximalInner) else self.inner.adapt(self.model, lam, t)
+        return self.inner.adapted(self.model, lam, t, s)
 
     def adapted_params(self, lam: Tensor) -> Tensor:
         """theta_k(lam) for every task, [M, P]."""
         state = self.state_at(lam)
-        if isinstance(self.inner, ProximalInner):
+        if self.inner.stationary:  # the state is theta_k
             return state
-        return self._map(lambda t, s: self.inner.adapt(self.model, lam, t))
+        return self.map_tasks(lambda t, s: self.inner.adapt(self.model, lam, t))
 
     def task_grads(self, lam: Tensor) -> Tensor:
         """Total gradients g_k = D_lam L_O^k for every task, [M, P] (tau not applied)."""
         self.state_at(lam)
-        g = self._map(lambda t, s: self.inner.total_grad(self.model, lam, t, s))
+        g = self.map_tasks(lambda t, s: self.inner.total_grad(self.model, lam, t, s))
         return check_finite(g, "a per-task total gradient")
 
     def value(self, lam: Tensor) -> Tensor:
@@ -226,21 +257,21 @@ class MetaObjective:
         return self.value(lam), self.grad(lam)
 
     def hvp(self, lam: Tensor, u: Tensor, hprime: str = "exact") -> Tensor:
-        """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u (from the matrix of :meth:`use_block_hessian`, if set
+        """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u (from ``curvature``, if it is
         for this lam and hprime). For first-order MAML (``"exact"``) this is the Jacobian-vector product of the
         meta-gradient map, D_lam grad F u, which is not symmetric: see :meth:`grad_vjp` for the transpose."""
-        cached = self._dense_hvp
-        if cached is not None and cached[1] == hprime and cached[0].shape == lam.shape and torch.equal(cached[0], lam):
-            return cached[2] @ u
+        dense = self.curvature
+        if dense is not None and dense.hprime == hprime and dense.lam.shape == lam.shape and torch.equal(dense.lam, lam):
+            return dense.matrix @ u
         self.state_at(lam)
-        hk = self._map(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
+        hk = self.map_tasks(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))
         return check_finite(self.tau @ hk / self.n_tasks + self.delta * u, "a total Hessian-vector product")
 
     @property
     def symmetric_jacobian(self) -> bool:
         """Whether D_lam grad F is symmetric (a Hessian). False for first-order MAML, whose meta-gradient
         g_k = grad_theta L_O(theta_k(lam)) is not the gradient of any scalar (``UnrolledInner``)."""
-        return not (isinstance(self.inner, UnrolledInner) and self.inner.first_order)
+        return self.inner.symmetric_jacobian
 
     def grad_vjp(self, lam: Tensor, w: Tensor) -> Tensor:
         """(D_lam grad F)^T w = (1/M) sum_k tau_k (D_lam g_k)^T w + delta w.
@@ -250,17 +281,17 @@ class MetaObjective:
         if self.symmetric_jacobian:
             return self.hvp(lam, w)
         self.state_at(lam)
-        jk = self._map(lambda t, s: self.inner.total_grad_vjp(self.model, lam, t, s, w))
+        jk = self.map_tasks(lambda t, s: self.inner.total_grad_vjp(self.model, lam, t, s, w))
         return check_finite(self.tau @ jk / self.n_tasks + self.delta * w, "a meta-gradient vector-Jacobian product")
 
     def _hessian_columns(self, lam: Tensor, hprime: str, block: int, combine, vectors: Tensor | None = None) -> Tensor:
         """``combine(per-task HVPs [M, P], u)`` for every row u of ``vectors`` (default: the basis vectors),
         ``block`` of them batched with vmap."""
         self.state_at(lam)
-        rows = torch.eye(lam.numel(), dtype=lam.dtype) if vectors is None else vectors
+        rows = torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device) if vectors is None else vectors
 
         def column(u: Tensor) -> Tensor:
-            return combine(self._map(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u), u)
+            return combine(self.map_tasks(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u), u)
 
         return torch.cat([vmap(column)(rows[i:i + block]) for i in range(0, rows.shape[0], block)])
 
@@ -281,13 +312,13 @@ class MetaObjective:
         check_finite(h, "a per-task total Hessian")
         return 0.5 * (h + h.transpose(1, 2))
 
-    def _block_chunks(self, lam: Tensor, hprime: str, chunk: int):
+    def _blockchunks(self, lam: Tensor, hprime: str, chunk: int):
         """Yield (slice, [n, P, P] per-task total Hessians) from ``inner.dense_total_hessian`` (proximal only)."""
-        if not isinstance(self.inner, ProximalInner):
+        if not self.inner.dense_blocks:
             raise ValueError("dense per-task blocks need the proximal inner problem; use dense_hessian / "
                              "task_hessians (HVP columns) for the unrolled one")
         state = self.state_at(lam)
-        for sl in _chunks(self.n_tasks, chunk):
+        for sl in chunks(self.n_tasks, chunk):
             t = TaskData(*(x[sl] for x in self.tasks))
             h = vmap(lambda tk, s: self.inner.dense_total_hessian(self.model, lam, tk, s, hprime))(t, state[sl])
             yield sl, check_finite(h, "a per-task total Hessian")
@@ -298,23 +329,15 @@ class MetaObjective:
         The same matrices as :meth:`task_hessians` with exact inner solves instead of P implicit HVPs (each running
         CG solves): see ``ProximalInner.dense_total_hessian``. ``chunk`` tasks are vmapped at a time.
         """
-        return torch.cat([h for _, h in self._block_chunks(lam, hprime, chunk)])
+        return torch.cat([h for _, h in self._blockchunks(lam, hprime, chunk)])
 
     def block_hessian(self, lam: Tensor, hprime: str = "exact", chunk: int = 8) -> Tensor:
         """Hess F = (1/M) sum_k tau_k D^2 L_O^k + delta I from dense per-task blocks (proximal), accumulated chunk-wise
         so that only ``chunk`` P x P blocks are held at a time. The matrix of :meth:`dense_hessian`."""
-        h = self.delta * torch.eye(lam.numel(), dtype=lam.dtype)
-        for sl, hk in self._block_chunks(lam, hprime, chunk):
+        h = self.delta * torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device)
+        for sl, hk in self._blockchunks(lam, hprime, chunk):
             h = h + torch.einsum("k,kij->ij", self.tau[sl], hk) / self.n_tasks
         return 0.5 * (h + h.T)
-
-    def use_block_hessian(self, lam: Tensor, hprime: str = "exact", hess: Tensor | None = None) -> Tensor:
-        """Serve :meth:`hvp` at ``lam`` (for ``hprime``) as H u with H = ``hess`` or :meth:`block_hessian`: the same
-        operator with exact instead of CG inner solves, so iterative solvers (task-IF) cost matrix products.
-        Returns H; any other lam or hprime still takes the implicit path."""
-        h = self.block_hessian(lam, hprime) if hess is None else hess
-        self._dense_hvp = (lam.detach().clone(), hprime, h)
-        return h
 
     def mean_loss(self, lam: Tensor) -> Tensor:
         """Unweighted mean query loss over the pool: the default evaluation functional L_eval."""
@@ -326,7 +349,7 @@ class MetaObjective:
         if self.symmetric_jacobian:
             return self.task_grads(lam).mean(0)
         self.state_at(lam)
-        g = self._map(lambda t, s: self.inner.loss_grad(self.model, lam, t, s))
+        g = self.map_tasks(lambda t, s: self.inner.loss_grad(self.model, lam, t, s))
         return check_finite(g, "a per-task query-loss gradient").mean(0)
 
     def accuracy(self, lam: Tensor) -> Tensor:
@@ -335,7 +358,7 @@ class MetaObjective:
         def acc(t: TaskData, th: Tensor) -> Tensor:
             return (self.model(th, t.xq).argmax(-1) == t.yq).to(lam.dtype).mean()
         return torch.cat([vmap(acc)(TaskData(*(x[sl] for x in self.tasks)), thetas[sl])
-                          for sl in _chunks(self.n_tasks, self.chunk)])
+                          for sl in chunks(self.n_tasks, self.chunk)])
 
 
 class Stacked(NamedTuple):
@@ -373,8 +396,8 @@ def stacked_value_and_grad(obj: MetaObjective, lams: Tensor, tau: Tensor, ws: Te
     rep = lambda x: x.repeat(u_n, *([1] * (x.ndim - 1)))  # [M, ...] -> [U*M, ...], copy-major
     tasks = TaskData(rep(t.xs), rep(t.ys), ws.reshape(u_n * m, -1), rep(t.xq), rep(t.yq), wq.reshape(u_n * m, -1))
     lam_k = lams.repeat_interleave(m, 0)
-    theta, inner_ok = None, torch.ones(u_n, dtype=torch.bool)
-    if isinstance(inner, ProximalInner):
+    theta, inner_ok = None, torch.ones(u_n, dtype=torch.bool, device=lams.device)
+    if inner.stationary:
         if state is None:
             theta = vmap(lambda tk, l: inner.prepare(model, l, tk))(tasks, lam_k)
         else:
@@ -403,15 +426,7 @@ def stacked_value_and_grad(obj: MetaObjective, lams: Tensor, tau: Tensor, ws: Te
     values = (tau * losses).sum(1) / m + 0.5 * obj.delta * (lams * lams).sum(1)
     grads = None
     if with_grad:
-        st = theta if theta is not None else torch.zeros(u_n * m, 1, dtype=lams.dtype)
+        st = theta if theta is not None else torch.zeros(u_n * m, 1, dtype=lams.dtype, device=lams.device)
         gk = vmap(lambda tk, s, l: inner.total_grad(model, l, tk, s))(tasks, st, lam_k).reshape(u_n, m, -1)
         grads = torch.einsum("um,ump->up", tau, gk) / m + obj.delta * lams
     return Stacked(values, grads, None if theta is None else theta.reshape(u_n, m, -1), losses, inner_ok)
-
-
-def mean_ci95(values: Tensor) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% interval over tasks."""
-    v = values.double()
-    n = v.numel()
-    half = 1.96 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return float(v.mean()), half

@@ -1,6 +1,9 @@
-"""Acceleration strategies of the paper (section 4) and the ablation alternatives.
+"""The linear-algebra layer: inverse total-Hessian-vector products and the curvature models behind them, the
+paper's acceleration strategies (section 4) and the ablation alternatives.
 
-- ``neumann``: truncated Neumann series and LiSSA for (damping I + H)^-1 b (``metainf.solvers.solve`` methods
+- ``solvers``: ``solve(hvp, b, method)`` (dense, CG, Neumann, LiSSA); ``types``: ``SolveInfo`` and the two solver
+  errors; ``chunked``: memory-bounded slices over tasks.
+- ``neumann``: truncated Neumann series and LiSSA for (damping I + H)^-1 b (``metainf.linalg.solvers.solve`` methods
   ``"neumann"`` / ``"lissa"``); ``batches``: mini-batch total HVPs over task subsets for LiSSA.
 - ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``).
 - ``gamma``: the Gamma surrogate for H' (``hprime="gamma"`` / ``"gamma_scaled:c"``) and its dominance check.

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.bilevel import TaskData, UnrolledInner
-from metainf.methods.base import AttributionProblem, check_kind
-from metainf.objective import MetaObjective
+from metainf.core.bilevel import TaskData
+from metainf.core.problem import AttributionProblem, check_kind
+from metainf.core.objective import MetaObjective
 from metainf.train import Trajectory
 
 Unit = tuple[int, int | None]
@@ -77,7 +77,7 @@ class Lanes:
 def _lane_grads(obj: MetaObjective, lams: Tensor, idx: list[int], tau: Tensor, ws: Tensor, wq: Tensor) -> Tensor:
     """Batch meta-gradients g_t of every lane, [U, P]."""
     tasks = TaskData(*(x[idx] for x in obj.tasks))
-    if isinstance(obj.inner, UnrolledInner):
+    if not obj.inner.stationary:  # the unrolled map vmaps over lanes
         model, inner = obj.model, obj.inner
 
         def one(lam: Tensor, tau_u: Tensor, ws_u: Tensor, wq_u: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metainf.solvers import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
 
 Operator = Callable[[Tensor], Tensor]
 BatchOperator = Callable[[Tensor, Sequence[int]], Tensor]

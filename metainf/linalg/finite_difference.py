@@ -28,23 +28,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from metainf.bilevel import TaskData, UnrolledInner
-from metainf.objective import MetaObjective, check_finite
+from metainf.core.bilevel import TaskData
+from metainf.core.objective import MetaObjective, check_finite
 
 HVP_MODES: tuple[str, ...] = ("auto", "fd", "autodiff")
 
 
 def supports_fd(obj: MetaObjective) -> bool:
     """Whether finite-difference total HVPs apply: unrolled second-order MAML (see the module docstring)."""
-    return isinstance(obj.inner, UnrolledInner) and not obj.inner.first_order
+    return not obj.inner.stationary and obj.inner.symmetric_jacobian
 
 
 def _check_fd(obj: MetaObjective) -> None:
-    if not isinstance(obj.inner, UnrolledInner):
+    if obj.inner.stationary:
         raise NotImplementedError(
             "finite-difference total HVPs need the unrolled inner problem: a proximal inner solution is only "
             "accurate to its stationarity tolerance, which the difference quotient would amplify; use hvp='autodiff'")
-    if obj.inner.first_order:
+    if not obj.inner.symmetric_jacobian:
         raise NotImplementedError(
             "the first-order MAML meta-gradient map has a non-symmetric Jacobian, so CG cannot solve with it: use "
             "second-order MAML or a trajectory method (dvemb_exact)")
@@ -55,7 +55,7 @@ def data_gradient(obj: MetaObjective, lam: Tensor) -> Tensor:
     ``torch.autograd`` reverse pass through the task losses, vmapped ``obj.chunk`` tasks at a time."""
     inner, model = obj.inner, obj.model
     point = lam.detach().requires_grad_(True)
-    losses = obj._map(lambda t, s: inner.outer_loss(model, point, t))
+    losses = obj.map_tasks(lambda t, s: inner.outer_loss(model, point, t))
     total = obj.tau.to(lam.dtype) @ check_finite(losses, "a task loss") / obj.n_tasks
     return torch.autograd.grad(total, point)[0]
 
@@ -72,7 +72,7 @@ def task_and_eval_grads(obj: MetaObjective, eval_obj: MetaObjective, lam: Tensor
     joint = MetaObjective(obj.model, obj.inner, TaskData(*(torch.cat([a, c]) for a, c in zip(t, e))),
                           chunk=obj.chunk)
     # the unrolled inner problem keeps no state: map total_grad directly (task_grads would first adapt every task)
-    both = check_finite(joint._map(lambda tk, s: obj.inner.total_grad(obj.model, lam, tk, s)),
+    both = check_finite(joint.map_tasks(lambda tk, s: obj.inner.total_grad(obj.model, lam, tk, s)),
                         "a per-task total gradient")
     return both[:obj.n_tasks], both[obj.n_tasks:].mean(0)
 

@@ -2,7 +2,7 @@
 
 The curvature is built from the per-task total gradients g_k = D_lam L_O^k (rows of G, [M, P]) that task-IF needs
 anyway (one batched pass, ``MetaObjective.task_grads``), with the normalisation, task weights tau and outer L2
-delta of F (``metainf.objective``) and the solve's extra damping::
+delta of F (``metainf.core.objective``) and the solve's extra damping::
 
     C = (1/M) sum_k tau_k g_k g_k^T + r I = (1/M) G_w^T G_w + r I,     G_w = diag(sqrt(tau)) G,   r = delta + damping
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metainf.solvers import IndefiniteHessianError, SolveInfo
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ def fisher_curvature(grads: Tensor, reg: float, tau: Tensor | None = None) -> Fi
     if not torch.isfinite(grads).all():
         raise ValueError("the per-task total gradients hold NaN/inf: the Fisher curvature cannot be formed")
     m = grads.shape[0]
-    tau = torch.ones(m, dtype=grads.dtype) if tau is None else tau.to(grads.dtype)
+    tau = torch.ones(m, dtype=grads.dtype, device=grads.device) if tau is None else tau.to(grads.dtype)
     if (tau < 0).any():
         raise ValueError("task weights tau must be >= 0 for the empirical-Fisher curvature (it uses sqrt(tau))")
     rows = tau.sqrt().unsqueeze(1) * grads
-    kernel = rows @ rows.T + reg * m * torch.eye(m, dtype=grads.dtype)
+    kernel = rows @ rows.T + reg * m * torch.eye(m, dtype=grads.dtype, device=grads.device)
     return FisherCurvature(rows, float(reg), torch.linalg.cholesky(kernel))
 
 
@@ -79,7 +79,7 @@ def fisher_inverse(c: FisherCurvature, b: Tensor) -> Tensor:
 def fisher_dense(c: FisherCurvature) -> Tensor:
     """C as a dense P x P matrix (tests and small models only)."""
     p = c.rows.shape[1]
-    return c.rows.T @ c.rows / c.n_tasks + c.reg * torch.eye(p, dtype=c.rows.dtype)
+    return c.rows.T @ c.rows / c.n_tasks + c.reg * torch.eye(p, dtype=c.rows.dtype, device=c.rows.device)
 
 
 def fisher_solve(grads: Tensor, b: Tensor, reg: float, tau: Tensor | None = None) -> tuple[Tensor, SolveInfo]:

@@ -28,34 +28,25 @@ Theorem 5.1 surrogate, which replaces sum_k H'_k by Gamma = sum_k ||grad_theta L
     D^2 L_O^k u ~ [drop term] + c ||grad_theta L_O^k(theta_k)||_1 u     (``"gamma"``: c = 1; ``"gamma_scaled:c"``)
 
 ``MetaObjective`` averages tasks, so Hess F gets (c/M) sum_k tau_k ||grad_theta L_O^k||_1 I: the paper's Gamma in
-the mean normalisation. ``metainf.accel.gamma.check_gamma`` warns when it dominates the rest of the spectrum.
+the mean normalisation. ``metainf.linalg.gamma.check_gamma`` warns when it dominates the rest of the spectrum.
 
-Every method here acts on ONE task (unbatched tensors); ``metainf.objective`` vmaps them over the pool.
+Every method here acts on ONE task (unbatched tensors); ``metainf.core.objective`` vmaps them over the pool.
 The instance primitive ``weight_scores(v)`` returns v^T d(D_lam L_O^k)/d(ws, wq), the building block of
 instance-IF (see ``metainf.influence`` for the sign convention).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad, hessian, jacrev, jvp, vjp
 
-from metainf.models import FlatModel
-
-
-class TaskData(NamedTuple):
-    """One task (or, stacked along dim 0, a pool of tasks): support/query inputs, labels and point weights."""
-
-    xs: Tensor
-    ys: Tensor
-    ws: Tensor
-    xq: Tensor
-    yq: Tensor
-    wq: Tensor
+from metainf.core.models import FlatModel
+from metainf.core.taskdata import TaskData
+from metainf.linalg.ekfac import ekfac_solve
 
 
 def weighted_ce(logits: Tensor, y: Tensor, w: Tensor) -> Tensor:
@@ -120,6 +111,66 @@ def cg_fixed(matvec, b: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
     return x
 
 
+class InnerProblem(Protocol):
+    """What the meta-objective needs from an inner problem; ``UnrolledInner`` and ``ProximalInner`` implement it.
+
+    Every method acts on ONE task (unbatched tensors); ``state`` is the per-task state that ``prepare`` returns
+    (the solved theta_k for a proximal problem, the adapted parameters for an unrolled one). Capabilities, so that
+    no caller asks which class it holds:
+
+    - ``stationary``: the state solves an inner optimisation problem to a tolerance; such a problem also provides
+      ``stationarity(model, lam, t, theta)`` (zero at the solution) and ``newton(model, lam, t, theta, steps)``.
+    - ``dense_blocks``: it provides ``dense_total_hessian`` (exact dense per-task total Hessians, small models).
+    - ``symmetric_jacobian``: D_lam g_k is symmetric (a Hessian); otherwise ``total_grad_vjp`` gives its transpose
+      and ``loss_grad`` the gradient of the post-adaptation loss.
+
+    Total derivatives follow the module docstring; scores built on them follow the suite's sign convention
+    score[u] ~ L_eval(trained without u) - L_eval(trained with u).
+    """
+
+    kind: str
+    stationary: bool
+    dense_blocks: bool
+
+    @property
+    def symmetric_jacobian(self) -> bool: ...
+
+    def config(self) -> dict: ...
+
+    def prepare(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor | None = None) -> Tensor:
+        """The per-task state at ``lam`` (warm-started from ``state`` when given)."""
+
+    def resolve(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, steps: int) -> Tensor:
+        """The state at a nearby ``lam`` from ``state`` with ``steps`` solver steps (exact for an unrolled map)."""
+
+    def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
+        """theta_k(lam), solved from scratch."""
+
+    def adapted(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """theta_k(lam) given the state at ``lam``."""
+
+    def total_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """g_k = D_lam L_O^k (first-order MAML: its meta-gradient map)."""
+
+    def total_hvp(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, u: Tensor,
+                  hprime: str = "exact") -> Tensor:
+        """D^2 L_O^k u (``hprime``: see ``parse_hprime``)."""
+
+    def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
+        """J_k v = d theta_k / d lam . v."""
+
+    def jac_t(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, w: Tensor) -> Tensor:
+        """J_k^T w."""
+
+    def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
+                      variant: str = "full") -> tuple[Tensor, Tensor]:
+        """(d/dws, d/dwq) of v^T g_k."""
+
+    def dgrad_dweights(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, es: Tensor,
+                       eq: Tensor) -> Tensor:
+        """d/ds g_k(ws + s es, wq + s eq) at s = 0."""
+
+
 class UnrolledInner:
     """theta(lam) = K differentiable SGD steps on L_S from lam (MAML; identical to learn2learn's MAML).
 
@@ -143,6 +194,8 @@ class UnrolledInner:
     """
 
     kind = "unrolled"
+    stationary = False
+    dense_blocks = False
 
     def __init__(self, steps: int = 1, lr: float = 0.4, first_order: bool = False):
         if steps < 1 or lr <= 0:
@@ -152,8 +205,21 @@ class UnrolledInner:
     def config(self) -> dict:
         return {"kind": self.kind, "steps": self.steps, "lr": self.lr, "first_order": self.first_order}
 
+    @property
+    def symmetric_jacobian(self) -> bool:
+        """Second order: D_lam g_k is a Hessian; first order: not symmetric (see the class docstring)."""
+        return not self.first_order
+
     # The unrolled map needs no per-task state; ``prepare`` exists for a uniform interface.
     def prepare(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor | None = None) -> Tensor:
+        return self.adapt(model, lam, t)
+
+    def resolve(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, steps: int) -> Tensor:
+        """theta_K(lam): the unrolled map is exact, so ``steps`` is not used."""
+        return self.prepare(model, lam, t, state)
+
+    def adapted(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """theta_K(lam), recomputed (the state holds nothing the unroll needs)."""
         return self.adapt(model, lam, t)
 
     def _unroll(self, model: FlatModel, lam: Tensor, t: TaskData, detach: bool) -> Tensor:
@@ -210,6 +276,10 @@ class UnrolledInner:
         """J_k v = d theta_k / d lam . v."""
         return jvp(lambda l: self.adapt(model, l, t), (lam,), (v,))[1]
 
+    def jac_t(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, w: Tensor) -> Tensor:
+        """J_k^T w, a vjp through the unrolled steps."""
+        return vjp(lambda l: self.adapt(model, l, t), lam)[1](w)[0]
+
     def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
                       variant: str = "full") -> tuple[Tensor, Tensor]:
         """(d/dws, d/dwq) of v^T g_k(lam; ws, wq): exact second-order autodiff (first order: of v^T total_grad,
@@ -241,7 +311,7 @@ class ProximalInner:
 
     ``state`` is the solved theta_k (warm start for the next solve). Inner linear systems A x = b use
     ``inner_solver``: ``"cg"`` (fixed ``cg_iters`` iterations, vmap-able), ``"dense"`` (A formed by ``jacrev``,
-    small models only) or ``"ekfac"`` (``metainf.accel.ekfac``: an EK-FAC approximation of Hess L_S with beta on
+    small models only) or ``"ekfac"`` (``metainf.linalg.ekfac``: an EK-FAC approximation of Hess L_S with beta on
     its diagonal; approximate, so Newton steps become quasi-Newton steps). ``newton_cg_iters`` (default
     ``cg_iters``) is the CG iteration count of the Newton steps alone: an inexact Newton direction only slows the
     inner solve, whose result is fixed by the stationarity tolerance (``MetaObjective.state_at``), while the
@@ -252,6 +322,9 @@ class ProximalInner:
     """
 
     kind = "proximal"
+    stationary = True
+    dense_blocks = True
+    symmetric_jacobian = True  # J_k = beta A^-1 and D^2 L_O^k are symmetric
 
     def __init__(self, beta: float = 1.0, newton_steps: int = 6, cg_iters: int = 60, inner_solver: str = "cg",
                  newton_cg_iters: int | None = None, cg_hvp: str = "jvp"):
@@ -287,12 +360,9 @@ class ProximalInner:
         """A^-1 b (``iters``: CG iterations, default ``cg_iters``)."""
         if self.inner_solver == "dense":
             h = jacrev(grad(support_loss, argnums=1), argnums=1)(model, theta, t)
-            a = 0.5 * (h + h.T) + self.beta * torch.eye(theta.numel(), dtype=theta.dtype)
+            a = 0.5 * (h + h.T) + self.beta * torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
             return torch.linalg.solve(a, b)
         if self.inner_solver == "ekfac":
-            # deferred: metainf.accel imports this module
-            from metainf.accel.ekfac import ekfac_solve
-
             return ekfac_solve(model, t, theta, b, self.beta)
         iters = self.cg_iters if iters is None else iters
         if self.cg_hvp == "vjp":  # linearise grad L_S at theta once; each CG product is then one reverse pass
@@ -315,7 +385,7 @@ class ProximalInner:
             vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
             # near the solution objective differences fall below float resolution: prefer the full Newton step
             tie = 64 * torch.finfo(theta.dtype).eps * (vals[0].abs() + 1.0)
-            vals = vals - tie * F.one_hot(torch.tensor(1), len(cands)).to(vals.dtype)
+            vals = vals - tie * F.one_hot(torch.tensor(1, device=vals.device), len(cands)).to(vals.dtype)
             pick = F.one_hot(vals.argmin(), len(cands)).to(theta.dtype)
             theta = pick @ cands
         return theta
@@ -326,6 +396,14 @@ class ProximalInner:
 
     def adapt(self, model: FlatModel, lam: Tensor, t: TaskData) -> Tensor:
         return self.prepare(model, lam, t)
+
+    def resolve(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, steps: int) -> Tensor:
+        """theta_k(lam) from ``state`` by ``steps`` safeguarded Newton steps."""
+        return self.newton(model, lam, t, state, steps)
+
+    def adapted(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
+        """theta_k(lam) is the state itself."""
+        return state
 
     # -- total derivatives ---------------------------------------------------------------------------------
     def total_grad(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor) -> Tensor:
@@ -375,7 +453,7 @@ class ProximalInner:
         """
         mode, scale = parse_hprime(hprime)
         theta, beta = state, self.beta
-        eye = torch.eye(theta.numel(), dtype=theta.dtype)
+        eye = torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
         h_s = hessian(support_loss, argnums=1)(model, theta, t)
         a = 0.5 * (h_s + h_s.T) + beta * eye
         gq = grad(query_loss, argnums=1)(model, theta, t)
@@ -395,6 +473,10 @@ class ProximalInner:
 
     def jvp_theta(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor) -> Tensor:
         return self.beta * self.a_solve(model, t, state, v)
+
+    def jac_t(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, w: Tensor) -> Tensor:
+        """J_k^T w = J_k w (J_k = beta A^-1 is symmetric)."""
+        return self.jvp_theta(model, lam, t, state, w)
 
     def weight_scores(self, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, v: Tensor,
                       variant: str = "full") -> tuple[Tensor, Tensor]:
@@ -451,7 +533,7 @@ class ProximalInner:
         return self.beta * self.a_solve(model, t, theta, rhs)
 
 
-def make_inner(kind: str, **kwargs) -> UnrolledInner | ProximalInner:
+def make_inner(kind: str, **kwargs) -> InnerProblem:
     """Build an inner problem by name: ``unrolled`` or ``proximal``."""
     if kind == "unrolled":
         return UnrolledInner(**kwargs)

@@ -1,7 +1,7 @@
 """The paper's Gamma surrogate for the third-order term H' of the total Hessian (Theorem 5.1), and its check.
 
 The surrogate replaces sum_k H'_k by Gamma = sum_k ||grad_theta L_O^k(theta_k)||_1 I, ADDED to the second-order
-terms (``metainf.bilevel.parse_hprime``: ``hprime="gamma"`` or ``"gamma_scaled:c"``). In the mean normalisation of
+terms (``metainf.core.bilevel.parse_hprime``: ``hprime="gamma"`` or ``"gamma_scaled:c"``). In the mean normalisation of
 ``MetaObjective`` the total Hessian gets::
 
     Hess F  ~  Hess_drop F + Gamma_F I ,      Gamma_F = (c / M) sum_k tau_k ||grad_theta L_O^k(theta_k)||_1
@@ -20,16 +20,17 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.accel.neumann import power_iteration
-from metainf.bilevel import TaskData, gamma_coefficient, parse_hprime
-from metainf.objective import MetaObjective, _chunks
+from metainf.core.bilevel import TaskData, gamma_coefficient, parse_hprime
+from metainf.core.objective import MetaObjective
+from metainf.linalg.chunked import chunks
+from metainf.linalg.neumann import power_iteration
 
 
 def gamma_coefficients(obj: MetaObjective, lam: Tensor) -> Tensor:
     """||grad_theta L_O^k(theta_k(lam))||_1 for every task, [M]."""
     thetas = obj.adapted_params(lam)
     return torch.cat([vmap(lambda t, th: gamma_coefficient(obj.model, th, t))(
-        TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in _chunks(obj.n_tasks, obj.chunk)])
+        TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in chunks(obj.n_tasks, obj.chunk)])
 
 
 def gamma_value(obj: MetaObjective, lam: Tensor, hprime: str = "gamma") -> float:

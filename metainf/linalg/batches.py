@@ -11,20 +11,9 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from metainf.bilevel import TaskData
-from metainf.objective import MetaObjective
-
-
-def sub_objective(obj: MetaObjective, lam: Tensor, idx: Sequence[int]) -> MetaObjective:
-    """F_B for tasks ``idx``, with its inner-state cache at ``lam`` taken from ``obj``."""
-    idx = list(idx)
-    state = obj.state_at(lam)
-    sub = MetaObjective(obj.model, obj.inner, TaskData(*(x[idx] for x in obj.tasks)), obj.delta, obj.tau[idx],
-                        obj.chunk)
-    sub._state_lam, sub._state = obj._state_lam, state[idx]
-    return sub
+from metainf.core.objective import MetaObjective
 
 
 def task_batch_hvp(obj: MetaObjective, lam: Tensor, hprime: str = "exact") -> Callable[[Tensor, Sequence[int]], Tensor]:
     """(u, idx) -> Hess F_B u for B = idx (``hprime`` as in ``MetaObjective.hvp``)."""
-    return lambda u, idx: sub_objective(obj, lam, idx).hvp(lam, u, hprime)
+    return lambda u, idx: obj.subset(lam, idx).hvp(lam, u, hprime)

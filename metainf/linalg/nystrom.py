@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metainf.objective import MetaObjective, check_finite
-from metainf.solvers import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
+from metainf.core.objective import MetaObjective, check_finite
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
 
 APPROXIMATIONS: tuple[str, ...] = ("ritz", "nystrom")
 PROBES: tuple[str, ...] = ("gauss", "span")

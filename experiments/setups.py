@@ -1,0 +1,128 @@
+"""The problem of every experiment: task pools, model, inner problem and objectives from the run's config, the
+two trainings, and the attribution problems at lam* and lam_T.
+
+- task pools (train / eval / test) drawn with :func:`metainf.data.tasks.sample_task_pool` from the dataset's
+  splits, seeded by the run's seed;
+- an MLP (or Conv-4) over a flat parameter vector, and the ``unrolled`` or ``proximal`` inner problem;
+- a recorded stochastic meta-training (the trajectory of TracIn / DVEmb and of trajectory-specific LOO), ending at
+  lam_T, then full-batch convergence from lam_T to lam* (the point of the influence functions and converged LOO).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from experiments.base import ConfigError, RunContext
+from metainf.core.bilevel import make_inner
+from metainf.core.models import FlatModel, build_model
+from metainf.core.objective import MetaObjective, pool_tensors
+from metainf.data.noise import corrupt_instances, corrupt_tasks
+from metainf.data.registry import load_split
+from metainf.data.tasks import TaskPool, sample_task_pool
+from metainf.methods import AttributionProblem
+from metainf.train import Trajectory, train_converged, train_stochastic
+
+
+@dataclass
+class Setup:
+    """Pools, model, inner problem and the objectives built from them."""
+
+    train_pool: TaskPool
+    eval_pool: TaskPool
+    model: FlatModel
+    objective: MetaObjective
+    eval_objective: MetaObjective
+    inner_kind: str
+
+
+@dataclass
+class Fitted:
+    """The two trainings of one set-up: stochastic (trajectory, lam_T) then converged from lam_T (lam*)."""
+
+    lam_traj: Tensor
+    trajectory: Trajectory
+    train_config: dict[str, Any]
+    lam_star: Tensor
+    grad_norm: float
+    converged: bool
+    seconds: float
+
+
+def load_opts(cfg: dict) -> dict:
+    """Dataset options of the config (``image_size`` for Omniglot / Mini-ImageNet)."""
+    return {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+
+
+def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Setup:
+    """Pools from the run's seed, the model and the objectives for ``inner_kind`` ("unrolled" or "proximal")."""
+    cfg = ctx.config
+    opts = load_opts(cfg)
+    train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
+    held_out = load_split(ctx.dataset, eval_split, ctx.data_root, **opts)
+    try:
+        ptr = sample_task_pool(train, cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"], seed=ctx.seed)
+        pev = sample_task_pool(held_out, cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                               seed=ctx.seed + 1000)
+    except ValueError as error:  # more ways than classes, K+Q above the images per class: the config cannot run
+        raise ConfigError(str(error)) from None
+    model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
+    model.module.to(ctx.torch_device)
+    inner = make_inner(inner_kind, **cfg[inner_kind])
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=cfg.get("chunk"))
+    ev = MetaObjective(model, inner, pool_tensors(pev, dtype, device), chunk=cfg.get("chunk"))
+    return Setup(ptr, pev, model, obj, ev, inner_kind)
+
+
+def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
+    """SGD/Adam meta-training with a recorded trajectory, then convergence of F from lam_T to ``cfg['tol']``."""
+    t0 = time.perf_counter()
+    tc = {"steps": cfg["outer_steps"], "batch": cfg["outer_batch"], "lr": cfg["outer_lr"],
+          "optimizer": cfg.get("outer_optimizer", "sgd"), "seed": seed, "record_every": 1}
+    x = setup.objective.tasks.xs  # the run's dtype and device
+    lam0 = setup.model.init(seed, x.dtype).to(x.device)
+    lam_t, traj = train_stochastic(setup.objective, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"],
+                                   seed=seed, record_every=1)
+    res = train_converged(setup.objective, lam_t, tol=cfg["tol"], max_iter=cfg["max_iter"])
+    return Fitted(lam_t, traj, tc, res.lam, res.grad_norm, res.converged, time.perf_counter() - t0)
+
+
+def problems(setup: Setup, fitted: Fitted, seed: int) -> dict[str, AttributionProblem]:
+    """The attribution problems at lam* (``"converged"``) and at lam_T (``"trajectory"``), sharing the trajectory."""
+    ids = setup.train_pool.task_ids
+    common = dict(objective=setup.objective, eval_objective=setup.eval_objective, trajectory=fitted.trajectory,
+                  train_config=fitted.train_config, task_ids=ids, seed=seed)
+    return {"converged": AttributionProblem(lam=fitted.lam_star, **common),
+            "trajectory": AttributionProblem(lam=fitted.lam_traj, **common)}
+
+
+def corrupt(pool: TaskPool, noise: dict | None, seed: int) -> TaskPool:
+    """Apply the config's label noise (``{"kind": "tasks"|"instances", ...}``) to a training pool, or nothing."""
+    if not noise:
+        return pool
+    opts = {k: v for k, v in noise.items() if k != "kind"}
+    if noise["kind"] == "tasks":
+        return corrupt_tasks(pool, seed=seed + 7, **opts)
+    if noise["kind"] == "instances":
+        return corrupt_instances(pool, seed=seed + 7, **opts)
+    raise ConfigError(f"noise.kind must be 'tasks' or 'instances', got {noise['kind']!r}")
+
+
+def build_noisy_setup(ctx: RunContext, inner_kind: str) -> tuple[Setup, MetaObjective]:
+    """A set-up whose training pool carries the config's label noise, and a clean meta-test objective."""
+    setup = build_setup(ctx, inner_kind)
+    cfg = ctx.config
+    noisy = corrupt(setup.train_pool, cfg.get("noise"), ctx.seed)
+    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy, dtype, device), delta=cfg["delta"],
+                        chunk=cfg.get("chunk"))
+    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg))
+    ptest = sample_task_pool(test, cfg["n_test_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
+                             seed=ctx.seed + 2000)
+    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest, dtype, device),
+                             chunk=cfg.get("chunk"))
+    return Setup(noisy, setup.eval_pool, setup.model, obj, setup.eval_objective, inner_kind), test_obj
