@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import random
 import shlex
 import shutil
@@ -66,6 +67,7 @@ class PreparedRun:
     command: str
     path: Path
     cache_dir: Path
+    data: dict[str, Any]
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -132,10 +134,15 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     config = resolve_config(experiment, request.scale, request.dataset, parse_overrides(request.set_items))
     if experiment.validate is not None:
         experiment.validate(request.scale, config)
+    if request.data_root is not None:
+        check_data_root(request.data_root)
     status = capabilities.dataset_status(request.data_root) if availability is None else availability
     available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
     if not available:
         raise UsageError(f"dataset {request.dataset} is not available: {note}")
+    if request.data_root is not None and Path(note).is_absolute() and not _inside(Path(note), request.data_root):
+        raise UsageError(f"dataset {request.dataset} is not under --data-root {request.data_root} (found only at "
+                         f"{note}); put it there or drop --data-root")
     seeds = request.seeds or experiment.seeds_for(request.scale, request.dataset)
     key = run_key(experiment.id, request.dataset, request.scale, config, methods)
     results_dir = Path(request.results_dir)
@@ -151,7 +158,37 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         command=_command(request, experiment, tuple(methods), tuple(seeds)),
         path=path,
         cache_dir=results_dir / CACHE / experiment.id / f"{request.dataset}-{request.scale}-{key}",
+        data=data_record(request.dataset, note),
     )
+
+
+def check_data_root(data_root: str) -> None:
+    """A ``--data-root`` must be an existing, non-empty folder (the search order would silently skip it)."""
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"--data-root {data_root} does not exist or is not a folder; pass the folder that holds "
+                         "the dataset folders (e.g. omniglot/)")
+    if not any(root.iterdir()):
+        raise UsageError(f"--data-root {data_root} is empty; put the dataset folders (e.g. omniglot/) in it")
+
+
+def _inside(path: Path, root: str) -> bool:
+    return path.resolve().is_relative_to(Path(root).expanduser().resolve())
+
+
+def data_record(dataset: str, note: str) -> dict[str, Any]:
+    """Where a run's data came from, without machine-specific paths: ``{"dataset", "source"}``, the source being
+    the folder relative to the project when it lies inside it, else ``"<folder name> (files sha256:<12 hex>)"``, a
+    checksum of the sorted relative names and sizes of its files; a non-folder source (the MNIST stand-in) as is."""
+    folder = Path(note)
+    if not folder.is_absolute() or not folder.is_dir():
+        return {"dataset": dataset, "source": note}
+    project = Path(__file__).resolve().parents[1]
+    if folder.resolve().is_relative_to(project):
+        return {"dataset": dataset, "source": folder.resolve().relative_to(project).as_posix()}
+    listing = sorted(f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()[:12]
+    return {"dataset": dataset, "source": f"{folder.name} (files sha256:{digest})"}
 
 
 def seed_everything(seed: int) -> None:
@@ -213,6 +250,7 @@ def _run_seed(run: PreparedRun, seed: int,
     raw = run.experiment.run(ctx)
     runtime = time.perf_counter() - start
     payload = results.normalize_payload(raw, f"{run.experiment.id} seed {seed}")
+    results.check_numbers(payload, f"{run.experiment.id} {request.dataset} seed {seed}")
     return payload, runtime, results.table_columns(raw.get("tables", {}))
 
 
@@ -256,8 +294,9 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     owner: dict[str, PreparedRun] = {}
     for run in runs:
         _make_cache_dir(run)
+        results.sweep_tmp(run.cache_dir)
         for seed in run.seeds:
-            if not _seed_file(run, seed).exists():
+            if results.read_or_set_aside(_seed_file(run, seed)) is None:
                 uid = f"{run.experiment.id} {run.request.dataset} {run.request.scale} seed {seed}"
                 todo[uid], owner[uid] = (run.request, dict(availability), seed, jobs), run
     order = sorted(todo, key=lambda uid: -_expected_runtime(owner[uid], todo[uid][2]))
@@ -281,6 +320,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     request = run.request
     name = f"{run.experiment.id}-{request.dataset}-{request.scale}"
     _make_cache_dir(run)
+    results.sweep_tmp(run.cache_dir)
     mirror = WandbMirror(request.wandb_mode, Path(request.results_dir))  # runs go to <results>/wandb/
     mirror.start(name=name, group=run.experiment.id, config={
         "experiment": run.experiment.id, "dataset": request.dataset, "scale": request.scale,
@@ -294,8 +334,8 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         columns: dict[str, list[str]] = {}
         for seed in tqdm(run.seeds, desc=f"{name} seeds", leave=False, disable=None):
             partial = _seed_file(run, seed)
-            if partial.exists():
-                saved = results.read_json(partial)
+            saved = results.read_or_set_aside(partial)
+            if saved is not None:
                 payload, runtime, seed_columns = saved["payload"], saved["runtime_s"], saved["columns"]
                 (pooled if saved.get("pooled") else resumed).append(seed)
                 jobs = max(jobs, int(saved.get("pooled", 1)))
@@ -324,6 +364,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             "aggregate": results.aggregate(per_seed),
             "table_columns": columns,
             "figures": [],
+            "data": run.data,
             "provenance": {
                 "argv": list(request.argv),
                 "versions": results.library_versions(),
