@@ -16,7 +16,7 @@ import random
 import shlex
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,6 +174,20 @@ def check_data_root(data_root: str) -> None:
 
 def _inside(path: Path, root: str) -> bool:
     return path.resolve().is_relative_to(Path(root).expanduser().resolve())
+
+
+def portable_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` without machine-specific paths: an absolute path inside the project becomes relative to it, one
+    elsewhere becomes ``<abs>/<its last part>``."""
+    project = Path(__file__).resolve().parents[1]
+    out = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute():
+            resolved = path.resolve()
+            arg = resolved.relative_to(project).as_posix() if resolved.is_relative_to(project) else f"<abs>/{path.name}"
+        out.append(arg)
+    return out
 
 
 def data_record(dataset: str, note: str) -> dict[str, Any]:
@@ -366,7 +380,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             "figures": [],
             "data": run.data,
             "provenance": {
-                "argv": list(request.argv),
+                "argv": portable_argv(request.argv),
                 "versions": results.library_versions(),
                 "runtime_s": {"seeds": runtimes, "total": sum(runtimes.values())},
                 "resumed_seeds": resumed,
