@@ -38,8 +38,6 @@ from replication.errors import UsageError
 from replication.wandb_mirror import MODES
 
 PROG = "metainf-repro"
-#: torch's own deprecation notice, printed on the first forward-mode derivative of every run; not the user's concern
-TORCH_JIT_NOTICE = r"`torch\.jit\.script` is deprecated"
 #: errors that are the input's fault or a numerical failure of the configured problem: one line, exit 2
 BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ConfigError, DataNotFoundError, DataFormatError,
                                               results.CorruptFileError, results.NumericalError, FloatingPointError)
@@ -246,7 +244,7 @@ def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metainf-repro`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", message=TORCH_JIT_NOTICE, category=FutureWarning)
+    warnings.filterwarnings("ignore", message=runner.TORCH_JIT_NOTICE, category=FutureWarning)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)

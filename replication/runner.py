@@ -16,6 +16,7 @@ import random
 import shlex
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +35,8 @@ from replication.wandb_mirror import WandbMirror
 
 EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
 CACHE = ".cache"
+#: torch's own deprecation notice, printed on the first forward-mode derivative of every run; not the user's concern
+TORCH_JIT_NOTICE = r"`torch\.jit\.script` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ def _pooled_seed(request: RunRequest, availability: Mapping[str, tuple[bool, str
     """Pool worker: prepare ``request`` again (a prepared run holds unpicklable parts), run one seed and save it
     as the seed file :func:`execute` resumes from, with the rows it logged and the pool size ``jobs``; returns
     the seed's wall time."""
+    warnings.filterwarnings("ignore", message=TORCH_JIT_NOTICE, category=FutureWarning)
     run = prepare(request, availability)
     _make_cache_dir(run)
     recorder = _LogRecorder()

@@ -544,3 +544,92 @@ def test_signal_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, sig: int, co
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stderr.strip() == ""  # a default run prints no warning at all (e.g. no "gradient norm inf")
     assert 0 in results.read_json(out / "E6" / "mnist-smoke.json")["provenance"]["resumed_seeds"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killing_a_pooled_run_leaves_no_worker(tmp_path: Path, sig: int) -> None:
+    """``--jobs 2``: after SIGKILL of the parent, or Ctrl-C to the process group (one line, exit 130), no pool
+    worker is alive 5 s later; the pool's helper processes (forkserver, resource tracker) end too."""
+    argv = [sys.executable, "-m", "replication.cli", *E6, "--dataset", "mnist", "--out", str(tmp_path / "out"),
+            "--jobs", "2", "--seed", "0", "1", "2", "3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    with open(tmp_path / "stderr", "w") as err_file:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True)
+    deadline = time.monotonic() + 120
+    helpers: set[int] = set()
+    while len(helpers) < 4 and time.monotonic() < deadline:  # resource tracker, forkserver and two workers
+        time.sleep(0.3)
+        helpers = _descendants(proc.pid)
+    assert len(helpers) >= 4, "the pool did not start"
+    time.sleep(1.0)
+    workers = _descendants(proc.pid) - set(_children(proc.pid))
+    if sig == signal.SIGKILL:
+        proc.kill()
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.wait(timeout=60)
+    time.sleep(5.0)
+    assert not [pid for pid in workers if _alive(pid)]
+    deadline = time.monotonic() + 30
+    while [pid for pid in helpers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in helpers if _alive(pid)]
+    if sig == signal.SIGINT:
+        err = (tmp_path / "stderr").read_text()
+        assert proc.returncode == 130, err
+        short_error(err, "interrupted")
+        assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _read_ppid(p) == pid]
+
+
+def _read_ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_corrupt_unit_cache_is_set_aside_and_recomputed(tmp_path: Path, capsys) -> None:
+    from metainf.executor import run_units, unit_file_name
+
+    units = {f"u{i}": (i,) for i in range(3)}
+    assert run_units(abs, units, cache_dir=tmp_path, progress=False) == {"u0": 0, "u1": 1, "u2": 2}
+    (tmp_path / unit_file_name("u1")).write_bytes(b"\x80\x02trunc")
+    (tmp_path / ".tmp-abc.pt").write_bytes(b"half")
+    assert run_units(abs, units, cache_dir=tmp_path, progress=False) == {"u0": 0, "u1": 1, "u2": 2}
+    err = capsys.readouterr().err
+    short_error(err, unit_file_name("u1"), "corrupt", ".corrupt", "recomputing")
+    assert (tmp_path / (unit_file_name("u1") + ".corrupt")).exists()
+    assert not list(tmp_path.glob(".tmp-*"))
