@@ -54,7 +54,7 @@ def run(ctx: RunContext) -> dict:
             try:
                 parts = phase_contributions(problem, kind, method, phases=len(PHASES)).reshape(len(PHASES), -1)
             except Exception as error:  # noqa: BLE001 - recorded as failed; the other methods' results are kept
-                metrics.setdefault(common.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
+                metrics.setdefault(scoring.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
                 continue
             parts = parts.numpy()
             total = parts.sum(0)

@@ -39,13 +39,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments import scoring
 from metainf.core.bilevel import TaskData, UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, NonFiniteError
 from metainf.data.tasks import TaskPool
 from metainf.influence import InfluenceConfig, eval_vector, task_scores
 from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
+from metainf.methods import AttributionProblem
+from metainf.runtime.executor import run_units, unit_file_name
 from metainf.train import train_converged, train_stochastic
+from replication import cli, results, wandb_mirror
+from tests.fixtures_data import omniglot_tree, write_omniglot_zip
 
 DT = torch.float64
 M, S, Q, WAY = 4, 3, 3, 3
@@ -197,9 +202,6 @@ def test_indefinite_total_hessian_needs_damping() -> None:
 
 
 # == the metainf-repro harness ===================================================================================
-from experiments import common  # noqa: E402
-from replication import cli, results, wandb_mirror  # noqa: E402
-from tests.fixtures_data import omniglot_tree, write_omniglot_zip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 E6 = ["run", "E6", "--scale", "smoke"]
@@ -451,13 +453,11 @@ def test_a_raising_method_is_recorded_and_the_others_kept(tmp_path: Path, capsys
 
 
 def test_score_all_records_a_crashing_method(tmp_path: Path) -> None:
-    from metainf.methods import AttributionProblem
-
     obj = objective(delta=1.0)
     lam = obj.model.init(0)
     problem = AttributionProblem(objective=obj, eval_objective=objective(make_tasks(1)), lam=lam, trajectory=None,
                                  train_config={}, task_ids=[f"t{k}" for k in range(M)], seed=0)
-    scores, skipped = common.score_all(("tests.plugin_method:Raises", "grad_dot"), problem, ("task",))
+    scores, skipped = scoring.score_all(("tests.plugin_method:Raises", "grad_dot"), problem, ("task",))
     assert skipped == {"tests.plugin_method:Raises/task": "failed: RuntimeError: plugin exploded on purpose"}
     assert torch.isfinite(scores["grad_dot"]["task"].values).all()
 
@@ -622,8 +622,6 @@ def _read_ppid(stat: Path) -> int | None:
 
 
 def test_corrupt_unit_cache_is_set_aside_and_recomputed(tmp_path: Path, capsys) -> None:
-    from metainf.executor import run_units, unit_file_name
-
     units = {f"u{i}": (i,) for i in range(3)}
     assert run_units(abs, units, cache_dir=tmp_path, progress=False) == {"u0": 0, "u1": 1, "u2": 2}
     (tmp_path / unit_file_name("u1")).write_bytes(b"\x80\x02trunc")

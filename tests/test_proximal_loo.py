@@ -155,7 +155,7 @@ def test_retrain_many_falls_back_to_the_plain_path(problem, caplog: pytest.LogCa
     obj, ev, lam, _, _ = problem
     kind, task, point = JOBS[2]
     bad = -torch.eye(lam.numel(), dtype=DT)  # not positive definite: no quasi-Newton run
-    with caplog.at_level(logging.DEBUG, logger="metainf.loo"), warnings.catch_warnings():
+    with caplog.at_level(logging.DEBUG, logger="metainf.groundtruth.converged"), warnings.catch_warnings():
         warnings.simplefilter("error")
         (res,) = retrain_many(obj, lam, ev, [(kind, task, point)], [bad], tol=TOL)
     assert "falling back to the plain path" in caplog.text
