@@ -122,12 +122,16 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _main_module() -> list[str]:
-    """The main module's import name when run with ``python -m``: every worker re-runs it before its first job, so
-    the forkserver imports it (and all it imports) once instead."""
+def _main_modules() -> list[str]:
+    """With ``python -m pkg.mod``: the modules of ``pkg`` imported so far, except ``pkg.mod`` itself. Every worker
+    re-runs the main module before its first job; with its imports preloaded in the forkserver that costs nothing
+    (the main module itself is left out: runpy warns when the module it runs is already imported)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     name = getattr(spec, "name", None)
-    return [name] if name and not name.endswith("__main__") else []
+    if not name or name.endswith("__main__"):
+        return []
+    package = name.split(".")[0]
+    return sorted(m for m in list(sys.modules) if m.split(".")[0] == package and m != name)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
@@ -198,7 +202,7 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
     queue, suspects = deque(todo), set[str]()
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "forkserver":  # workers, and replacements of dead ones, start fast
-        multiprocessing.set_forkserver_preload(["torch", *_main_module()])
+        multiprocessing.set_forkserver_preload(["torch", *_main_modules()])
     ctx = multiprocessing.get_context(method)
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
