@@ -175,24 +175,29 @@ def _marked_failed(node: Mapping[str, Any]) -> bool:
     return "error" in node or node.get("status", "ok") not in ("ok", "truncated")
 
 
-def bad_numbers(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def bad_numbers(tree: Any, path: str = "", undefined_ok: frozenset[str] = frozenset(),
+                nan_ok: bool = False) -> Iterator[tuple[str, Any]]:
     """``(dotted.path, value)`` of every non-finite (``"nan"``, ``"inf"``, ``"-inf"`` once JSON-able) or exploded
     (``abs >= EXPLODED``) number in a JSON-able payload, except inside a dict marked failed (an ``"error"`` key,
-    or a ``"status"`` other than ``"ok"`` / ``"truncated"``), where NaN stands for "no value"."""
+    or a ``"status"`` other than ``"ok"`` / ``"truncated"``), where NaN stands for "no value". NaN (never inf or
+    an exploded number) is also accepted below a key in ``undefined_ok``: values an experiment declares may be
+    undefined (:attr:`experiments.base.Experiment.undefined_ok`, e.g. a correlation with a constant input)."""
     if isinstance(tree, Mapping):
         if not _marked_failed(tree):
             for key, value in tree.items():
-                yield from bad_numbers(value, f"{path}.{key}" if path else str(key))
+                yield from bad_numbers(value, f"{path}.{key}" if path else str(key), undefined_ok,
+                                       nan_ok or str(key) in undefined_ok)
     elif isinstance(tree, list):
         for index, value in enumerate(tree):
-            yield from bad_numbers(value, f"{path}[{index}]")
-    elif tree in ("nan", "inf", "-inf") or (_is_number(tree) and abs(tree) >= EXPLODED):
+            yield from bad_numbers(value, f"{path}[{index}]", undefined_ok, nan_ok)
+    elif (tree in ("inf", "-inf") or (tree == "nan" and not nan_ok)
+          or (_is_number(tree) and abs(tree) >= EXPLODED)):
         yield path, tree
 
 
-def check_numbers(payload: Mapping[str, Any], where: str) -> None:
+def check_numbers(payload: Mapping[str, Any], where: str, undefined_ok: frozenset[str] = frozenset()) -> None:
     """Raise :class:`NumericalError` if ``payload`` holds a number :func:`bad_numbers` finds."""
-    bad = list(bad_numbers(payload))
+    bad = list(bad_numbers(payload, undefined_ok=undefined_ok))
     if bad:
         shown = ", ".join(f"{p} = {v}" for p, v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise NumericalError(f"{where}: non-finite or exploded numbers ({shown}); the run diverged or its "

@@ -267,7 +267,8 @@ def _run_seed(run: PreparedRun, seed: int,
     raw = run.experiment.run(ctx)
     runtime = time.perf_counter() - start
     payload = results.normalize_payload(raw, f"{run.experiment.id} seed {seed}")
-    results.check_numbers(payload, f"{run.experiment.id} {request.dataset} seed {seed}")
+    results.check_numbers(payload, f"{run.experiment.id} {request.dataset} seed {seed}",
+                          frozenset(run.experiment.undefined_ok))
     return payload, runtime, results.table_columns(raw.get("tables", {}))
 
 

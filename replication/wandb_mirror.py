@@ -81,9 +81,9 @@ class WandbMirror:
                 self._off(f"wandb.init failed: {offline_error}")
 
     def _init(self, name: str, group: str, config: Mapping[str, Any], mode: str) -> Any:
-        settings = self._wandb.Settings(init_timeout=INIT_TIMEOUT_S)
+        timeout = {"settings": self._wandb.Settings(init_timeout=INIT_TIMEOUT_S)} if mode == "online" else {}
         return self._wandb.init(project=self.project, name=name, group=group, config=dict(config), mode=mode,
-                                dir=str(self.directory), reinit="create_new", settings=settings)
+                                dir=str(self.directory), reinit="create_new", **timeout)
 
     def log(self, metrics: Mapping[str, Any]) -> None:
         """Log a dict of scalars (W&B's own step increases by one per call)."""
