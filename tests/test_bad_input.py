@@ -503,7 +503,9 @@ def test_wandb_online_without_answer_falls_back_offline_once(tmp_path: Path, cap
         waited = time.monotonic() - start
         assert mirror.active
         mirror.finish()
-        assert waited < 1.0 + 8.0  # the limit plus an offline start (a few seconds on a busy machine)
+        # the 1 s limit plus an offline start (2-3 s alone, much more on a loaded machine; the probe's own bound is
+        # checked in test_wandb_probe_gives_up_at_the_limit)
+        assert waited < 1.0 + 30.0
     err = capsys.readouterr().err
     assert err.count("W&B online did not start") == 1 and "offline" in err
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
