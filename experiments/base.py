@@ -33,6 +33,10 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
 ``reproduce_datasets``
     Optional; the datasets ``metainf-repro all`` runs this experiment on (when available offline). Default: all of
     ``datasets``. ``metainf-repro run --dataset`` accepts any of ``datasets``.
+``undefined_ok``
+    Optional; names of payload keys below which NaN means "undefined" (a correlation with a constant input, a
+    residual a direct solver does not have, a config that failed). Anywhere else the harness fails a run whose
+    payload holds NaN; inf and exploded numbers (``abs >= 1e30``) always fail it.
 ``validate(scale, config)``
     Optional; raises :class:`ConfigError` for a config that cannot run (e.g. more ways than classes). Called
     before anything runs, with the resolved config.
@@ -81,6 +85,7 @@ class Experiment:
     validate: Callable[[str, Mapping[str, Any]], None] | None = None
     reproduce_datasets: tuple[str, ...] | None = None
     dataset_seeds: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
+    undefined_ok: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         unknown = [d for d in (*self.datasets, *(self.reproduce_datasets or ()), *self.dataset_seeds)

@@ -91,7 +91,7 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
         """Score ``kind`` units with a fresh ``name``: ``{prefix}_s``, ``{prefix}_peak_mb`` (or ``{prefix}_error``)."""
         try:
             sc = run_method(get_method(name), problem, kind)
-        except scoring.METHOD_ERRORS as error:
+        except Exception as error:  # noqa: BLE001 - recorded as this method's error; the others' results are kept
             out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
             return
         out[f"{prefix}_s"], out[f"{prefix}_peak_mb"] = sc.seconds, sc.peak_rss_mb

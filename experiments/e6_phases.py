@@ -51,7 +51,12 @@ def run(ctx: RunContext) -> dict:
     rows: list[dict] = []
     for method in ctx.methods:
         for kind in cfg["kinds"]:
-            parts = phase_contributions(problem, kind, method, phases=len(PHASES)).reshape(len(PHASES), -1).numpy()
+            try:
+                parts = phase_contributions(problem, kind, method, phases=len(PHASES)).reshape(len(PHASES), -1)
+            except Exception as error:  # noqa: BLE001 - recorded as failed; the other methods' results are kept
+                metrics.setdefault(scoring.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
+                continue
+            parts = parts.numpy()
             total = parts.sum(0)
             mass = np.abs(parts).sum(1)
             share = mass / max(mass.sum(), 1e-300)

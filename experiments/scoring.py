@@ -38,7 +38,9 @@ def unit_values(scores: Tensor, units: list[Unit]) -> np.ndarray:
 
 def score_all(methods: tuple[str, ...], problem: AttributionProblem, kinds: tuple[str, ...],
               options: dict[str, dict] | None = None) -> tuple[dict[str, dict[str, Scores]], dict[str, str]]:
-    """Run every method on every unit kind it supports; methods that cannot handle the problem are reported."""
+    """Run every method on every unit kind it supports. A method that cannot handle the problem
+    (:data:`METHOD_ERRORS`), or that raises anything else (``"failed: ..."``), is reported in the second dict,
+    ``"<method>/<kind>" -> error``; the other methods' scores are kept."""
     scores: dict[str, dict[str, Scores]] = {}
     skipped: dict[str, str] = {}
     for name in methods:
@@ -50,4 +52,6 @@ def score_all(methods: tuple[str, ...], problem: AttributionProblem, kinds: tupl
                 scores.setdefault(name, {})[kind] = run_method(method, problem, kind)
             except METHOD_ERRORS as error:
                 skipped[f"{name}/{kind}"] = f"{type(error).__name__}: {error}"
+            except Exception as error:  # noqa: BLE001 - a failing method is recorded; the others' results are kept
+                skipped[f"{name}/{kind}"] = f"failed: {type(error).__name__}: {error}"
     return scores, skipped

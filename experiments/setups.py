@@ -10,6 +10,7 @@ two trainings, and the attribution problems at lam* and lam_T.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from metainf.data.noise import corrupt_instances, corrupt_tasks
 from metainf.data.registry import load_split
 from metainf.data.tasks import TaskPool, sample_task_pool
 from metainf.methods import AttributionProblem
-from metainf.train import Trajectory, train_converged, train_stochastic
+from metainf.train import DivergenceError, Trajectory, train_converged, train_stochastic
 
 
 @dataclass
@@ -78,6 +79,22 @@ def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Se
     return Setup(ptr, pev, model, obj, ev, inner_kind)
 
 
+#: a meta-loss at initialisation above this many times chance level (log n_way) means the inner step blew up
+INNER_BLOWUP_FACTOR = 1e3
+
+
+def check_inner_step(setup: Setup, lam0: Tensor, cfg: dict) -> None:
+    """Raise ``DivergenceError`` naming the config key when the mean task loss at the initialisation exceeds
+    ``INNER_BLOWUP_FACTOR * log(n_way)``: an untrained model is near chance level, so such a loss comes from an
+    exploding inner adaptation (too large an inner learning rate)."""
+    loss = float(setup.objective.task_losses(lam0).mean())
+    chance = math.log(cfg["n_way"])
+    if not loss <= INNER_BLOWUP_FACTOR * chance:
+        key = "unrolled.lr" if setup.inner_kind == "unrolled" else "proximal.beta (raise it)"
+        raise DivergenceError(f"the inner adaptation diverged: the meta-loss at initialisation is {loss:.3g}, over "
+                              f"{INNER_BLOWUP_FACTOR:g}x chance level log(n_way) = {chance:.3g}; lower {key}")
+
+
 def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
     """SGD/Adam meta-training with a recorded trajectory, then convergence of F from lam_T to ``cfg['tol']``."""
     t0 = time.perf_counter()
@@ -85,6 +102,7 @@ def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
           "optimizer": cfg.get("outer_optimizer", "sgd"), "seed": seed, "record_every": 1}
     x = setup.objective.tasks.xs  # the run's dtype and device
     lam0 = setup.model.init(seed, x.dtype).to(x.device)
+    check_inner_step(setup, lam0, cfg)
     lam_t, traj = train_stochastic(setup.objective, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"],
                                    seed=seed, record_every=1)
     res = train_converged(setup.objective, lam_t, tol=cfg["tol"], max_iter=cfg["max_iter"])

@@ -243,6 +243,14 @@ def chord_newton(obj: MetaObjective, lam0: Tensor, hessian: Tensor, tol: float =
     return run.result()
 
 
+#: meta-training counts as diverged when the meta-gradient norm exceeds this many times max(1, its first value)
+DIVERGENCE_FACTOR = 1e3
+
+
+class DivergenceError(NonFiniteError):
+    """Meta-training diverged: its gradient grew by :data:`DIVERGENCE_FACTOR`; the message names the step size."""
+
+
 @dataclass
 class Trajectory:
     """lam at recorded steps, the task schedule (task indices per step) and the learning rate of every step."""
@@ -259,6 +267,9 @@ def train_stochastic(obj: MetaObjective, lam0: Tensor, steps: int, batch: int, l
 
     Step t: lam <- lam - lr * (1/|B_t|) sum_{k in B_t} tau_k g_k(lam) - lr * delta * lam (SGD), or Adam on the
     same gradient. ``record_every`` controls which lam_t are stored (lam_0 and the final lam always are).
+
+    Raises :class:`DivergenceError` when ||g_t|| > DIVERGENCE_FACTOR * max(1, ||g_0||) (with the outer L2 term
+    delta lam in g, a blown-up lam shows in its gradient), and ``NonFiniteError`` for a non-finite gradient.
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
@@ -276,6 +287,12 @@ def train_stochastic(obj: MetaObjective, lam0: Tensor, steps: int, batch: int, l
         sub = MetaObjective(obj.model, obj.inner, type(obj.tasks)(*(x[idx] for x in obj.tasks)), obj.delta,
                             obj.tau[idx], obj.chunk)
         g = check_finite(sub.grad(lam), "a meta-gradient")
+        norm = float(g.norm())
+        reference = norm if t == 0 else reference
+        if norm > DIVERGENCE_FACTOR * max(1.0, reference):
+            raise DivergenceError(f"meta-training diverged: the meta-gradient norm grew from {reference:.3g} to "
+                                  f"{norm:.3g} by step {t} (over {DIVERGENCE_FACTOR:g}x). Lower the outer learning "
+                                  f"rate lr={lr:g} (experiments: config key outer_lr) or raise the outer L2 delta.")
         if optimizer == "sgd":
             lam = lam - lr * g
         else:

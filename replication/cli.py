@@ -11,29 +11,50 @@
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
     metainf-repro data info DATASET [--data-root DIR]
 
-Bad input (unknown experiment, dataset, method or scale; unavailable data; a config that cannot run; an
-unwritable output folder; a bad floors file) prints one line on stderr and exits with status 2 before anything is
-written. A failed ``check`` exits with 1. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
+Bad input (unknown experiment, dataset, method or scale; a config that breaks its schema or cannot run; a missing,
+empty or malformed data root or dataset file; an unwritable output folder; a bad floors file) and numerical
+failures (non-finite or exploded numbers, divergence) print one line on stderr and exit with status 2, without a
+traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
+the next run resumes. A failed ``check`` exits with 1, as does ``all`` when an experiment failed for another
+reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from experiments import registry
 from experiments.base import DATASETS, SCALES, ConfigError
+from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
 from replication import capabilities, check, figures, report, results, runner
 from replication.errors import UsageError
 from replication.wandb_mirror import MODES
 
 PROG = "metainf-repro"
+#: errors that are the input's fault or a numerical failure of the configured problem: one line, exit 2
+BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ConfigError, DataNotFoundError, DataFormatError,
+                                              results.CorruptFileError, results.NumericalError, FloatingPointError)
+
+
+class Stopped(Exception):
+    """SIGTERM arrived; raised in the main thread so that ``finally`` blocks clean up (temp files, workers)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (whitespace collapsed), or its type name."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,16 +179,15 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _up_to_date(run: runner.PreparedRun) -> bool:
-    if not run.path.exists():
-        return False
-    old = results.read_json(run.path)
-    return old.get("run_key") == run.key and old.get("seeds") == list(run.seeds)
+    old = results.read_or_set_aside(run.path)
+    return old is not None and old.get("run_key") == run.key and old.get("seeds") == list(run.seeds)
 
 
 def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
     availability = capabilities.dataset_status(args.data_root)
     skipped: list[str] = []
     failed: list[str] = []
+    bad_input = False
     todo: list[runner.PreparedRun] = []
     for exp_id in sorted(registry.EXPERIMENTS):
         experiment = registry.EXPERIMENTS[exp_id]
@@ -188,16 +208,13 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
     pool_failures = runner.run_seeds_in_pool(todo, args.jobs, availability) if args.jobs > 1 else {}
     for prepared in todo:
         name = f"{prepared.experiment.id} {prepared.request.dataset}"
-        if name in pool_failures:
-            error = pool_failures[name]
-            traceback.print_exception(type(error), error, error.__traceback__)
-            failed.append(name)
-            continue
         try:
+            if name in pool_failures:
+                raise pool_failures[name]
             _print_result(prepared, runner.execute(prepared))
-        except Exception:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
-            traceback.print_exc()
-            failed.append(name)
+        except Exception as error:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
+            failed.append(f"{name}: {type(error).__name__}: {one_line(error)}")
+            bad_input = bad_input or isinstance(error, BAD_INPUT)
     figures.regenerate_all(args.out)
     print(f"report: {report.write_report(args.out, args.report)}")
     if not registry.EXPERIMENTS:
@@ -206,7 +223,7 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"skipped {line}")
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
-    return 1 if failed else 0
+    return (2 if bad_input else 1) if failed else 0
 
 
 def _cmd_figures(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -242,13 +259,24 @@ def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metainf-repro`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", message=runner.TORCH_JIT_NOTICE, category=FutureWarning)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args, argv)
-    except (UsageError, ConfigError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+    except BAD_INPUT as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished seeds and units are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Stopped:
+        print(f"{PROG}: terminated; finished seeds and units are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ with the same config compare byte-for-byte outside ``provenance``)::
 Only ``provenance`` varies between identical re-runs; ``check`` and ``report`` never compare numbers in it.
 ``std`` is the sample standard deviation (ddof=1), 0 for one seed. Non-finite floats are stored as the strings
 ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON).
+
+Files are written atomically with the user's umask (typically 0644). A file that does not parse is a
+:class:`CorruptFileError` naming it; :func:`read_or_set_aside` moves it aside to ``<name>.corrupt`` so that it is
+recomputed, and :func:`iter_results` skips it the same way with a one-line message.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -67,13 +72,29 @@ def dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(to_jsonable(data), sort_keys=True, indent=1, allow_nan=False) + "\n"
 
 
+TMP_SUFFIX = ".tmp"
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class CorruptFileError(ValueError):
+    """A results or cache file that exists but does not parse; the message names the file."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` atomically: a temp file in the same folder, fsync, then ``os.replace``."""
+    """Write ``data`` atomically: a temp file in the same folder, fsync, then ``os.replace``; the file gets the
+    mode a plain ``open`` would give it (0666 minus the umask), and the temp file never outlives an exception."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -86,9 +107,46 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """Load a JSON file."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """Load a JSON object from ``path``; :class:`CorruptFileError` (naming the file) if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path} is corrupt (not valid JSON: {error})") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path} is corrupt (a JSON {type(data).__name__}, not an object)")
+    return data
+
+
+def set_aside(path: Path, reason: str, then: str) -> Path:
+    """Move a corrupt file to ``<name>.corrupt`` (replacing an older one) and say so in one line on stderr."""
+    path = Path(path)
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    os.replace(path, target)
+    print(f"metainf-repro: warning: {reason}; moved to {target.name}, {then}", file=sys.stderr)
+    return target
+
+
+def read_or_set_aside(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if there is none: a missing file, or a corrupt one (moved aside
+    by :func:`set_aside`, so that the caller recomputes it)."""
+    if not Path(path).exists():
+        return None
+    try:
+        return read_json(path)
+    except CorruptFileError as error:
+        set_aside(path, str(error), "recomputing it")
+        return None
+
+
+def sweep_tmp(folder: Path) -> int:
+    """Delete temp files (``.<name>.*.tmp``) an interrupted write left under ``folder``; returns how many.
+
+    Only call this when no other process writes under ``folder``."""
+    stale = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()] if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def normalize_payload(payload: Any, where: str) -> dict[str, Any]:
@@ -103,6 +161,48 @@ def normalize_payload(payload: Any, where: str) -> dict[str, Any]:
         if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
             raise TypeError(f"{where}: table {name!r} must be a list of row dicts")
     return to_jsonable({key: payload.get(key, {}) for key in PAYLOAD_KEYS})
+
+
+#: a number this large in a result is a diverged computation, not a measurement
+EXPLODED = 1e30
+
+
+class NumericalError(ValueError):
+    """A result holds a non-finite or exploded number outside a row marked failed; the message names it."""
+
+
+def _marked_failed(node: Mapping[str, Any]) -> bool:
+    return "error" in node or node.get("status", "ok") not in ("ok", "truncated")
+
+
+def bad_numbers(tree: Any, path: str = "", undefined_ok: frozenset[str] = frozenset(),
+                nan_ok: bool = False) -> Iterator[tuple[str, Any]]:
+    """``(dotted.path, value)`` of every non-finite (``"nan"``, ``"inf"``, ``"-inf"`` once JSON-able) or exploded
+    (``abs >= EXPLODED``) number in a JSON-able payload, except inside a dict marked failed (an ``"error"`` key,
+    or a ``"status"`` other than ``"ok"`` / ``"truncated"``), where NaN stands for "no value". NaN (never inf or
+    an exploded number) is also accepted below a key in ``undefined_ok``: values an experiment declares may be
+    undefined (:attr:`experiments.base.Experiment.undefined_ok`, e.g. a correlation with a constant input)."""
+    if isinstance(tree, Mapping):
+        if not _marked_failed(tree):
+            for key, value in tree.items():
+                yield from bad_numbers(value, f"{path}.{key}" if path else str(key), undefined_ok,
+                                       nan_ok or str(key) in undefined_ok)
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from bad_numbers(value, f"{path}[{index}]", undefined_ok, nan_ok)
+    elif (tree in ("inf", "-inf") or (tree == "nan" and not nan_ok)
+          or (_is_number(tree) and abs(tree) >= EXPLODED)):
+        yield path, tree
+
+
+def check_numbers(payload: Mapping[str, Any], where: str, undefined_ok: frozenset[str] = frozenset()) -> None:
+    """Raise :class:`NumericalError` if ``payload`` holds a number :func:`bad_numbers` finds."""
+    bad = list(bad_numbers(payload, undefined_ok=undefined_ok))
+    if bad:
+        shown = ", ".join(f"{p} = {v}" for p, v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NumericalError(f"{where}: non-finite or exploded numbers ({shown}); the run diverged or its "
+                             "problem is degenerate: lower outer_lr or the inner lr (unrolled.lr), raise delta, "
+                             "or raise image_size (--set key=value)")
 
 
 def table_columns(tables: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -212,8 +312,13 @@ def library_versions() -> dict[str, Any]:
 
 
 def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every result JSON under ``results_dir`` (``<EXP>/<dataset>-<scale>.json``), sorted by path."""
+    """Every result JSON under ``results_dir`` (``<EXP>/<dataset>-<scale>.json``), sorted by path; a corrupt one
+    is skipped with a one-line message and moved aside (:func:`set_aside`)."""
     for path in sorted(Path(results_dir).glob("E*/*.json")):
-        data = read_json(path)
+        try:
+            data = read_json(path)
+        except CorruptFileError as error:
+            set_aside(path, str(error), "skipped (rerun its experiment to recompute it)")
+            continue
         if data.get("schema") == SCHEMA and "experiment" in data:
             yield path, data

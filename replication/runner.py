@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import shlex
 import shutil
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +35,8 @@ from replication.wandb_mirror import WandbMirror
 
 EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
 CACHE = ".cache"
+#: torch's own deprecation notice, printed on the first forward-mode derivative of every run; not the user's concern
+TORCH_JIT_NOTICE = r"`torch\.jit\.script` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class PreparedRun:
     command: str
     path: Path
     cache_dir: Path
+    data: dict[str, Any]
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -139,10 +144,15 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     config = resolve_config(experiment, request.scale, request.dataset, parse_overrides(request.set_items))
     if experiment.validate is not None:
         experiment.validate(request.scale, config)
+    if request.data_root is not None:
+        check_data_root(request.data_root)
     status = capabilities.dataset_status(request.data_root) if availability is None else availability
     available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
     if not available:
         raise UsageError(f"dataset {request.dataset} is not available: {note}")
+    if request.data_root is not None and Path(note).is_absolute() and not _inside(Path(note), request.data_root):
+        raise UsageError(f"dataset {request.dataset} is not under --data-root {request.data_root} (found only at "
+                         f"{note}); put it there or drop --data-root")
     seeds = request.seeds or experiment.seeds_for(request.scale, request.dataset)
     keyed = config if request.dtype is None else {**config, "dtype": request.dtype}  # another dtype, other numbers
     key = run_key(experiment.id, request.dataset, request.scale, keyed, methods)
@@ -159,7 +169,51 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         command=_command(request, experiment, tuple(methods), tuple(seeds)),
         path=path,
         cache_dir=results_dir / CACHE / experiment.id / f"{request.dataset}-{request.scale}-{key}",
+        data=data_record(request.dataset, note),
     )
+
+
+def check_data_root(data_root: str) -> None:
+    """A ``--data-root`` must be an existing, non-empty folder (the search order would silently skip it)."""
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"--data-root {data_root} does not exist or is not a folder; pass the folder that holds "
+                         "the dataset folders (e.g. omniglot/)")
+    if not any(root.iterdir()):
+        raise UsageError(f"--data-root {data_root} is empty; put the dataset folders (e.g. omniglot/) in it")
+
+
+def _inside(path: Path, root: str) -> bool:
+    return path.resolve().is_relative_to(Path(root).expanduser().resolve())
+
+
+def portable_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` without machine-specific paths: an absolute path inside the project becomes relative to it, one
+    elsewhere becomes ``<abs>/<its last part>``."""
+    project = Path(__file__).resolve().parents[1]
+    out = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute():
+            resolved = path.resolve()
+            arg = resolved.relative_to(project).as_posix() if resolved.is_relative_to(project) else f"<abs>/{path.name}"
+        out.append(arg)
+    return out
+
+
+def data_record(dataset: str, note: str) -> dict[str, Any]:
+    """Where a run's data came from, without machine-specific paths: ``{"dataset", "source"}``, the source being
+    the folder relative to the project when it lies inside it, else ``"<folder name> (files sha256:<12 hex>)"``, a
+    checksum of the sorted relative names and sizes of its files; a non-folder source (the MNIST stand-in) as is."""
+    folder = Path(note)
+    if not folder.is_absolute() or not folder.is_dir():
+        return {"dataset": dataset, "source": note}
+    project = Path(__file__).resolve().parents[1]
+    if folder.resolve().is_relative_to(project):
+        return {"dataset": dataset, "source": folder.resolve().relative_to(project).as_posix()}
+    listing = sorted(f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()[:12]
+    return {"dataset": dataset, "source": f"{folder.name} (files sha256:{digest})"}
 
 
 def _make_cache_dir(run: PreparedRun) -> None:
@@ -213,6 +267,8 @@ def _run_seed(run: PreparedRun, seed: int,
     raw = run.experiment.run(ctx)
     runtime = time.perf_counter() - start
     payload = results.normalize_payload(raw, f"{run.experiment.id} seed {seed}")
+    results.check_numbers(payload, f"{run.experiment.id} {request.dataset} seed {seed}",
+                          frozenset(run.experiment.undefined_ok))
     return payload, runtime, results.table_columns(raw.get("tables", {}))
 
 
@@ -224,6 +280,7 @@ def _pooled_seed(request: RunRequest, availability: Mapping[str, tuple[bool, str
     """Pool worker: prepare ``request`` again (a prepared run holds unpicklable parts), run one seed and save it
     as the seed file :func:`execute` resumes from, with the rows it logged and the pool size ``jobs``; returns
     the seed's wall time."""
+    warnings.filterwarnings("ignore", message=TORCH_JIT_NOTICE, category=FutureWarning)
     run = prepare(request, availability)
     _make_cache_dir(run)
     recorder = _LogRecorder()
@@ -256,8 +313,9 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     owner: dict[str, PreparedRun] = {}
     for run in runs:
         _make_cache_dir(run)
+        results.sweep_tmp(run.cache_dir)
         for seed in run.seeds:
-            if not _seed_file(run, seed).exists():
+            if results.read_or_set_aside(_seed_file(run, seed)) is None:
                 uid = f"{run.experiment.id} {run.request.dataset} {run.request.scale} seed {seed}"
                 todo[uid], owner[uid] = (run.request, dict(availability), seed, jobs), run
     order = sorted(todo, key=lambda uid: -_expected_runtime(owner[uid], todo[uid][2]))
@@ -281,6 +339,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     request = run.request
     name = f"{run.experiment.id}-{request.dataset}-{request.scale}"
     _make_cache_dir(run)
+    results.sweep_tmp(run.cache_dir)
     mirror = WandbMirror(request.wandb_mode, Path(request.results_dir))  # runs go to <results>/wandb/
     mirror.start(name=name, group=run.experiment.id, config={
         "experiment": run.experiment.id, "dataset": request.dataset, "scale": request.scale,
@@ -294,8 +353,8 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         columns: dict[str, list[str]] = {}
         for seed in tqdm(run.seeds, desc=f"{name} seeds", leave=False, disable=None):
             partial = _seed_file(run, seed)
-            if partial.exists():
-                saved = results.read_json(partial)
+            saved = results.read_or_set_aside(partial)
+            if saved is not None:
                 payload, runtime, seed_columns = saved["payload"], saved["runtime_s"], saved["columns"]
                 (pooled if saved.get("pooled") else resumed).append(seed)
                 jobs = max(jobs, int(saved.get("pooled", 1)))
@@ -324,8 +383,9 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             "aggregate": results.aggregate(per_seed),
             "table_columns": columns,
             "figures": [],
+            "data": run.data,
             "provenance": {
-                "argv": list(request.argv),
+                "argv": portable_argv(request.argv),
                 "versions": results.library_versions(),
                 "runtime_s": {"seeds": runtimes, "total": sum(runtimes.values())},
                 "resumed_seeds": resumed,

@@ -3,18 +3,25 @@
 Modes: ``offline`` (default; no account; files under ``<results>/wandb``; upload later with ``wandb sync``),
 ``online`` (when asked) and ``disabled`` (tests; wandb is not even imported). The JSON result is the source of
 truth: if wandb is missing or any W&B call fails, the mirror prints one warning, switches itself off and the run
-continues.
+continues. ``online`` initialisation gives up after :data:`INIT_TIMEOUT_S` seconds (an unreachable server, no key)
+and falls back to ``offline``; this is said once per process, and later runs of the process go offline at once.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 MODES: tuple[str, ...] = ("offline", "online", "disabled")
+INIT_TIMEOUT_S = 10.0
+#: set once an online initialisation failed in this process: later mirrors start offline without waiting again
+_online_failed: list[str] = []
 
 
 class WandbMirror:
@@ -51,13 +58,32 @@ class WandbMirror:
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+        self._wandb = wandb
+        mode = "offline" if self.mode == "online" and _online_failed else self.mode
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb
-            self._run = wandb.init(project=self.project, name=name, group=group, config=dict(config),
-                                   mode=self.mode, dir=str(self.directory), reinit="create_new")
+            unreachable = server_unreachable(INIT_TIMEOUT_S) if mode == "online" else None
+            if unreachable:
+                raise ConnectionError(unreachable)
+            self._run = self._init(name, group, config, mode)
         except Exception as error:  # noqa: BLE001 - any W&B failure must not cost the result
-            self._off(f"wandb.init failed: {error}")
+            if mode != "online":
+                self._off(f"wandb.init failed: {error}")
+                return
+            _online_failed.append(str(error))
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            print(f"metainf-repro: warning: W&B online did not start (limit {INIT_TIMEOUT_S:g} s: {reason}); "
+                  f"mirroring offline to {self.directory / 'wandb'} instead (upload later with wandb sync)",
+                  file=sys.stderr)
+            try:
+                self._run = self._init(name, group, config, "offline")
+            except Exception as offline_error:  # noqa: BLE001
+                self._off(f"wandb.init failed: {offline_error}")
+
+    def _init(self, name: str, group: str, config: Mapping[str, Any], mode: str) -> Any:
+        timeout = {"settings": self._wandb.Settings(init_timeout=INIT_TIMEOUT_S)} if mode == "online" else {}
+        return self._wandb.init(project=self.project, name=name, group=group, config=dict(config), mode=mode,
+                                dir=str(self.directory), reinit="create_new", **timeout)
 
     def log(self, metrics: Mapping[str, Any]) -> None:
         """Log a dict of scalars (W&B's own step increases by one per call)."""
@@ -107,6 +133,28 @@ class WandbMirror:
         except Exception as error:  # noqa: BLE001
             self._off(f"finish failed: {error}")
         self._run = None
+
+
+def server_unreachable(timeout: float) -> str | None:
+    """Why the W&B server (``$WANDB_BASE_URL``, default https://api.wandb.ai) gives no HTTP answer within
+    ``timeout`` seconds, or ``None`` when it answers (any status). Checked before ``wandb.init``: a server that
+    never answers would otherwise keep wandb's service process busy for half a minute after the run."""
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # it answered
+        except (OSError, ValueError) as error:
+            outcome.append(f"{url}: {getattr(error, 'reason', error)}")
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"{url}: no answer within {timeout:g} s"
 
 
 def _cell(value: Any) -> Any:

@@ -46,3 +46,15 @@ class NonFinite:
         values = torch.zeros(problem.shape(kind))
         values[0] = float("nan")
         return values
+
+
+@dataclass
+class Raises:
+    """A plug-in method that crashes: the run must record it as failed and keep the other methods' results."""
+
+    name: str = "plugin_raises"
+    kinds: tuple[str, ...] = ("task",)
+    needs_trajectory: bool = False
+
+    def score(self, problem: AttributionProblem, kind: str) -> Tensor:
+        raise RuntimeError("plugin exploded on purpose")

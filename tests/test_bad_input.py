@@ -1,24 +1,56 @@
 """Bad input and ill-posed problems fail early with errors that say what to change.
 
+Library level:
+
 - malformed task tensors -> ``ValueError`` from ``MetaObjective`` naming the field and the expected shape;
 - a non-finite loss in ``train_converged``, ``train_stochastic`` and in scoring -> ``NonFiniteError`` naming the
   quantity that went non-finite and the knobs (learning rates, delta, beta, float64);
 - CG stopping short -> ``SolverNotConvergedError`` naming max_iter / damping / tol;
 - an indefinite total Hessian -> ``IndefiniteHessianError`` suggesting damping; with that damping the solve succeeds.
+
+Harness level (``metainf-repro``), every case ends in exit 2 (130 / 143 for Ctrl-C / SIGTERM) with at most five
+lines on stderr, a message naming the problem, no traceback, and earlier results untouched:
+
+- configs that break the schema (bad types, out-of-range values, unknown keys, all listed in one line), unknown
+  experiment / dataset / scale;
+- data: a corrupt zip, a bad CRC, a truncated PNG, a wrong layout, a missing or empty ``--data-root``; the data
+  actually used is recorded in the result without machine paths;
+- numbers: divergence of the outer or the inner step (naming the config key), non-finite or exploded numbers in a
+  result; default runs print nothing on stderr;
+- corrupt result / seed-cache files: named, moved to ``.corrupt``, recomputed; ``report`` and ``figures`` skip them;
+- a raising method is recorded as failed and the other methods' results are kept;
+- W&B online that does not answer falls back to offline within the time limit, said once;
+- SIGINT / SIGTERM: one line, 130 / 143, no ``.tmp`` left, the rerun resumes; result files follow the umask.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
+from experiments import scoring
 from metainf.core.bilevel import TaskData, UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, NonFiniteError
 from metainf.data.tasks import TaskPool
 from metainf.influence import InfluenceConfig, eval_vector, task_scores
 from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
+from metainf.methods import AttributionProblem
+from metainf.runtime.executor import run_units, unit_file_name
 from metainf.train import train_converged, train_stochastic
+from replication import cli, results, wandb_mirror
+from tests.fixtures_data import omniglot_tree, write_omniglot_zip
 
 DT = torch.float64
 M, S, Q, WAY = 4, 3, 3, 3
@@ -167,3 +199,437 @@ def test_indefinite_total_hessian_needs_damping() -> None:
     v_cg, _ = eval_vector(obj, lam, ev, InfluenceConfig(solver="cg", damping=damping, tol=1e-12, max_iter=2000))
     assert info_d.min_eigenvalue is not None and info_d.min_eigenvalue > 0
     assert float((v_dense - v_cg).norm() / v_dense.norm()) <= 1e-6
+
+
+# == the metainf-repro harness ===================================================================================
+
+REPO = Path(__file__).resolve().parents[1]
+E6 = ["run", "E6", "--scale", "smoke"]
+FAST = ["--set", "outer_steps=5"]  # E6 smoke on the bundled digits in about a second
+
+
+def short_error(err: str, *names: str) -> None:
+    """At most 5 lines on stderr, no traceback, and every one of ``names`` in the message."""
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 5, err
+    assert "Traceback" not in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+def cli_run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded-data caches of these tests stay in the test's folder."""
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "data-cache"))
+
+
+@pytest.mark.parametrize("items, names", [
+    (["n_way=five"], ["n_way", "integer", "five"]),
+    (["k_shot=0"], ["k_shot", ">= 1", "got 0"]),
+    (["delta=-1"], ["delta", ">= 0"]),
+    (["image_size=3"], ["image_size", ">= 4"]),
+    (["outer_lr=-0.1"], ["outer_lr", "> 0"]),
+    (["outer_lr=fast"], ["outer_lr", "number"]),
+    (["hidden=4"], ["hidden", "list"]),
+    (["kinds=[\"tsk\"]"], ["kinds", "'task'"]),
+    (["unrolled.steps=0"], ["unrolled.steps", ">= 1"]),
+    (["unrolled={\"lr\": 0.4, \"steps\": 1, \"stepz\": 2}"], ["unrolled.stepz", "unknown key"]),
+    (["outer_optimizer=rmsprop"], ["outer_optimizer", "'sgd'"]),
+    (["tol=NaN"], ["tol", "finite"]),
+    (["bogus=1"], ["bogus", "unknown key"]),
+    (["unrolled.lrr=1"], ["unrolled.lrr", "did you mean unrolled.lr"]),
+    # every bad key in one error
+    (["n_way=five", "k_shot=0", "bogus=1", "delta=-1"], ["n_way", "k_shot", "bogus", "delta"]),
+])
+def test_bad_config_is_one_line_listing_every_bad_key(tmp_path: Path, capsys, items: list[str],
+                                                       names: list[str]) -> None:
+    code, err = cli_run(capsys, *E6, "--dataset", "omniglot", "--out", str(tmp_path / "out"), "--set", *items)
+    assert code == 2
+    short_error(err, *names)
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "E6").exists()  # validated before any work
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["run", "E9"], "unknown experiment 'E9'"),
+    (["run", "E6", "--dataset", "cifar"], "cifar"),
+    (["run", "E6", "--scale", "huge"], "huge"),
+    (["run", "E6", "--jobs", "two"], "--jobs"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_unknown_names(tmp_path: Path, capsys, argv: list[str], name: str) -> None:
+    code, err = cli_run(capsys, *argv, *(["--out", str(tmp_path / "out")] if argv[0] == "run" else []))
+    assert code == 2
+    short_error(err, name)
+
+
+def test_every_default_config_passes_the_schema() -> None:
+    from experiments import registry
+    from replication.config import resolve_config
+
+    for experiment in registry.EXPERIMENTS.values():
+        for scale in experiment.configs:
+            for dataset in experiment.datasets:
+                resolve_config(experiment, scale, dataset, {})
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def _tree() -> dict:
+    return omniglot_tree({"Alpha": 6, "Beta": 6}, drawers=4)
+
+
+def _bad_crc(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(".png"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 40
+    data[start] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncated_png(path: Path) -> None:
+    tree = _tree()
+    png = tree["Alpha"]["character01"][0]
+    tree["Alpha"]["character01"][0] = png[: len(png) // 2]
+    write_omniglot_zip(path, tree)
+
+
+def _wrong_layout(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("images_background_small1/Alpha/0101_01.png", _tree()["Alpha"]["character01"][0])
+
+
+@pytest.mark.parametrize("damage, names", [
+    (lambda p: p.write_bytes(b"this is not a zip file" * 10), ["images_background_small1.zip", "not a readable zip"]),
+    (_bad_crc, ["images_background_small1.zip", "damaged", "re-download"]),
+    (_truncated_png, ["images_background_small1.zip:", "not a readable image", "Replace"]),
+    (_wrong_layout, ["images_background_small1.zip:", "expected", "layout"]),
+])
+def test_damaged_dataset_names_the_file_and_the_fix(tmp_path: Path, capsys, cache, damage, names) -> None:
+    root = tmp_path / "data"
+    path = root / "omniglot" / "images_background_small1.zip"
+    write_omniglot_zip(path, _tree())
+    damage(path)
+    out = tmp_path / "out"
+    (out / "E6").mkdir(parents=True)
+    earlier = out / "E6" / "omniglot-smoke.json"
+    earlier.write_text('{"earlier": true}\n')
+    code, err = cli_run(capsys, *E6, "--dataset", "omniglot", "--data-root", str(root), "--out", str(out), *FAST)
+    assert code == 2
+    short_error(err, str(root), *names)
+    assert earlier.read_text() == '{"earlier": true}\n'
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda root: None, ["does not exist"]),
+    (lambda root: root.mkdir(), ["is empty"]),
+    (lambda root: (root / "unrelated").mkdir(parents=True), ["omniglot", "not under --data-root"]),
+])
+def test_missing_or_empty_data_root(tmp_path: Path, capsys, make, names) -> None:
+    root = tmp_path / "data"
+    make(root)
+    code, err = cli_run(capsys, *E6, "--dataset", "omniglot", "--data-root", str(root), "--out", str(tmp_path / "o"))
+    assert code == 2
+    short_error(err, "--data-root", str(root), *names)
+
+
+def test_data_used_is_recorded_without_machine_paths(tmp_path: Path, capsys, cache) -> None:
+    root = tmp_path / "data"
+    write_omniglot_zip(root / "omniglot" / "images_background_small1.zip",
+                       omniglot_tree({f"A{i}": 5 for i in range(6)}, drawers=4))
+    out = tmp_path / "out"
+    code, err = cli_run(capsys, *E6, "--dataset", "omniglot", "--data-root", str(root), "--out", str(out), *FAST,
+                        "n_train_tasks=5", "n_eval_tasks=3", "hidden=[2]")
+    assert code == 0, err
+    text = (out / "E6" / "omniglot-smoke.json").read_text()
+    data = json.loads(text)
+    assert data["data"]["dataset"] == "omniglot"
+    assert data["data"]["source"].startswith("omniglot (files sha256:")
+    assert str(tmp_path) not in text and "/work/" not in text
+
+
+# -- numbers -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("item, names", [
+    ("outer_lr=1e6", ["diverged", "outer_lr"]),
+    ("unrolled.lr=1e6", ["diverged", "unrolled.lr"]),
+])
+def test_divergence_is_named_with_the_config_key(tmp_path: Path, capsys, item: str, names: list[str]) -> None:
+    out = tmp_path / "out"
+    (out / "E6").mkdir(parents=True)
+    earlier = out / "E6" / "mnist-smoke.json"
+    earlier.write_text('{"earlier": true}\n')
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), "--set", item)
+    assert code == 2
+    short_error(err, *names)
+    assert earlier.read_text() == '{"earlier": true}\n'
+
+
+def test_non_finite_or_exploded_result_numbers_fail_the_run(tmp_path: Path, capsys,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever an experiment returns, a NaN or a 1e149 outside a row marked failed never reaches a result."""
+    from experiments import registry
+
+    experiment = registry.EXPERIMENTS["E6"]
+    for bad in (float("nan"), float("inf"), 1e149):
+        payload = {"metrics": {"m": {"spearman": bad}, "failed_row": {"status": "indefinite", "x": float("nan")}}}
+        monkeypatch.setitem(registry.EXPERIMENTS, "E6", experiment.__class__(
+            **{**experiment.__dict__, "run": lambda ctx, p=payload: p}))
+        code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(tmp_path / "out"))
+        assert code == 2
+        short_error(err, "m.spearman", "non-finite or exploded")
+        assert "failed_row" not in err
+        assert not (tmp_path / "out" / "E6" / "mnist-smoke.json").exists()
+    clean = {"metrics": {"m": {"spearman": 0.5}, "failed_row": {"status": "indefinite", "x": float("nan")}}}
+    monkeypatch.setitem(registry.EXPERIMENTS, "E6", experiment.__class__(
+        **{**experiment.__dict__, "run": lambda ctx: clean}))
+    assert cli.main([*E6, "--dataset", "mnist", "--out", str(tmp_path / "out")]) == 0
+
+
+# -- corrupt results and caches ----------------------------------------------------------------------------------
+def test_corrupt_seed_cache_is_set_aside_and_recomputed(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = [*E6, "--dataset", "mnist", "--out", str(out), "--seed", "0", *FAST]
+    assert cli.main(argv) == 0
+    reference = results.read_json(out / "E6" / "mnist-smoke.json")
+    # an interrupted rerun's seed cache, truncated (a disk-full write, a copy cut short)
+    prepared = cli.runner.prepare(cli._request(cli.build_parser().parse_args(argv), "E6", "mnist", argv))
+    prepared.cache_dir.mkdir(parents=True)
+    seed_file = prepared.cache_dir / "seed-0.json"
+    seed_file.write_text('{"payload": {"metrics": ')
+    (prepared.cache_dir / ".seed-0.json.abc.tmp").write_text("half")
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    short_error(err, "seed-0.json", "corrupt", ".corrupt", "recomputing")
+    again = results.read_json(out / "E6" / "mnist-smoke.json")
+    assert again["per_seed"] == reference["per_seed"]
+    assert again["provenance"]["resumed_seeds"] == []
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_corrupt_result_file_is_skipped_by_report_and_figures(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert cli.main([*E6, "--dataset", "mnist", "--out", str(out), *FAST]) == 0
+    good = (out / "E6" / "mnist-smoke.json").read_text()
+    for command, extra in (("report", ["--out", str(tmp_path / "REPRODUCE.md")]), ("figures", [])):
+        bad = out / "E1" / "mnist-smoke.json"
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_text('{"schema": 1, "experiment": "E1", "per_se')
+        capsys.readouterr()
+        assert cli.main([command, "--results", str(out), *extra]) == 0
+        err = capsys.readouterr().err
+        short_error(err, "E1/mnist-smoke.json", "corrupt", "skipped")
+        assert not bad.exists() and (bad.parent / "mnist-smoke.json.corrupt").exists()
+        assert (out / "E6" / "mnist-smoke.json").read_text() == good
+
+
+def test_results_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        path = results.write_json(tmp_path / "a" / "r.json", {"x": 1})
+        assert path.stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        assert results.write_json(path, {"x": 2}).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+# -- failure isolation -------------------------------------------------------------------------------------------
+def test_a_raising_method_is_recorded_and_the_others_kept(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), *FAST, "--method", "tracin",
+                        "tests.plugin_method:Raises")
+    assert code == 0, err
+    metrics = results.read_json(out / "E6" / "mnist-smoke.json")["per_seed"]["0"]["metrics"]
+    assert "task_error" in metrics["tests_plugin_method:Raises"]
+    assert isinstance(metrics["tracin"]["task_early_share"], float)
+
+
+def test_score_all_records_a_crashing_method(tmp_path: Path) -> None:
+    obj = objective(delta=1.0)
+    lam = obj.model.init(0)
+    problem = AttributionProblem(objective=obj, eval_objective=objective(make_tasks(1)), lam=lam, trajectory=None,
+                                 train_config={}, task_ids=[f"t{k}" for k in range(M)], seed=0)
+    scores, skipped = scoring.score_all(("tests.plugin_method:Raises", "grad_dot"), problem, ("task",))
+    assert skipped == {"tests.plugin_method:Raises/task": "failed: RuntimeError: plugin exploded on purpose"}
+    assert torch.isfinite(scores["grad_dot"]["task"].values).all()
+
+
+# -- W&B ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def silent_server() -> str:
+    """A local server that accepts connections and never answers (an unreachable W&B host)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_wandb_online_without_answer_falls_back_offline_once(tmp_path: Path, capsys, silent_server: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setattr(wandb_mirror, "INIT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(wandb_mirror, "_online_failed", [])
+    for attempt in range(2):
+        start = time.monotonic()
+        mirror = wandb_mirror.WandbMirror("online", tmp_path)
+        mirror.start(name=f"r{attempt}", group="g", config={})
+        waited = time.monotonic() - start
+        assert mirror.active
+        mirror.finish()
+        # the 1 s limit plus an offline start (2-3 s alone, much more on a loaded machine; the probe's own bound is
+        # checked in test_wandb_probe_gives_up_at_the_limit)
+        assert waited < 1.0 + 30.0
+    err = capsys.readouterr().err
+    assert err.count("W&B online did not start") == 1 and "offline" in err
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_wandb_probe_gives_up_at_the_limit(silent_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    start = time.monotonic()
+    reason = wandb_mirror.server_unreachable(0.5)
+    assert reason is not None and silent_server in reason
+    assert time.monotonic() - start < 2.0
+
+
+# -- signals -----------------------------------------------------------------------------------------------------
+def test_signals_stop_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """SIGTERM after the first seed, then (resumed) Ctrl-C after the second: one line each, exit 143 and 130, no
+    temp file, earlier results untouched; the third run resumes both seeds and prints nothing on stderr."""
+    out = tmp_path / "out"
+    (out / "E6").mkdir(parents=True)
+    (out / "E6" / "omniglot-smoke.json").write_text('{"earlier": true}\n')
+    argv = [sys.executable, "-m", "replication.cli", *E6, "--dataset", "mnist", "--out", str(out),
+            "--seed", "0", "1", "2", "3", "4", "5", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    cache = out / ".cache" / "E6"
+    for seed, sig, code, word in ((0, signal.SIGTERM, 143, "terminated"), (1, signal.SIGINT, 130, "interrupted")):
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list(cache.rglob(f"seed-{seed}.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        short_error(err, word, "resume")
+        assert len(err.strip().splitlines()) == 1
+        assert not list(out.rglob("*.tmp"))
+        assert (out / "E6" / "omniglot-smoke.json").read_text() == '{"earlier": true}\n'
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stderr.strip() == ""  # a default run prints no warning at all (e.g. no "gradient norm inf")
+    assert {0, 1} <= set(results.read_json(out / "E6" / "mnist-smoke.json")["provenance"]["resumed_seeds"])
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killing_a_pooled_run_leaves_no_worker(tmp_path: Path, sig: int) -> None:
+    """``--jobs 2``: after SIGKILL of the parent, or Ctrl-C to the process group (one line, exit 130), no pool
+    worker is alive 5 s later; the pool's helper processes (forkserver, resource tracker) end too."""
+    argv = [sys.executable, "-m", "replication.cli", *E6, "--dataset", "mnist", "--out", str(tmp_path / "out"),
+            "--jobs", "2", "--seed", "0", "1", "2", "3", "4", "5", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    with open(tmp_path / "stderr", "w") as err_file:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True)
+    deadline = time.monotonic() + 120
+    helpers: set[int] = set()
+    while len(helpers) < 4 and time.monotonic() < deadline:  # resource tracker, forkserver and two workers
+        time.sleep(0.3)
+        helpers = _descendants(proc.pid)
+    assert len(helpers) >= 4, "the pool did not start"
+    time.sleep(1.0)
+    workers = _descendants(proc.pid) - set(_children(proc.pid))
+    if sig == signal.SIGKILL:
+        proc.kill()
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.wait(timeout=60)
+    time.sleep(5.0)
+    assert not [pid for pid in workers if _alive(pid)]
+    deadline = time.monotonic() + 30
+    while [pid for pid in helpers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in helpers if _alive(pid)]
+    if sig == signal.SIGINT:
+        err = (tmp_path / "stderr").read_text()
+        assert proc.returncode == 130, err
+        short_error(err, "interrupted")
+        assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _read_ppid(p) == pid]
+
+
+def _read_ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_corrupt_unit_cache_is_set_aside_and_recomputed(tmp_path: Path, capsys) -> None:
+    units = {f"u{i}": (i,) for i in range(3)}
+    assert run_units(abs, units, cache_dir=tmp_path, progress=False) == {"u0": 0, "u1": 1, "u2": 2}
+    (tmp_path / unit_file_name("u1")).write_bytes(b"\x80\x02trunc")
+    (tmp_path / ".tmp-abc.pt").write_bytes(b"half")
+    assert run_units(abs, units, cache_dir=tmp_path, progress=False) == {"u0": 0, "u1": 1, "u2": 2}
+    err = capsys.readouterr().err
+    short_error(err, unit_file_name("u1"), "corrupt", ".corrupt", "recomputing")
+    assert (tmp_path / (unit_file_name("u1") + ".corrupt")).exists()
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -16,6 +16,7 @@ the path of the inner solves, and removing a task (a third of the data) moves la
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -149,12 +150,15 @@ def test_retrain_many_matches_retrain(problem) -> None:
         assert abs(res.effect - ref.effect) <= 1e-10
 
 
-def test_retrain_many_falls_back_to_the_plain_path(problem) -> None:
+def test_retrain_many_falls_back_to_the_plain_path(problem, caplog: pytest.LogCaptureFixture) -> None:
+    """The fallback is logged (DEBUG: an expected, handled event, never a user-facing warning) and still correct."""
     obj, ev, lam, _, _ = problem
     kind, task, point = JOBS[2]
     bad = -torch.eye(lam.numel(), dtype=DT)  # not positive definite: no quasi-Newton run
-    with pytest.warns(RuntimeWarning, match="falling back to the plain path"):
+    with caplog.at_level(logging.DEBUG, logger="metainf.groundtruth.converged"), warnings.catch_warnings():
+        warnings.simplefilter("error")
         (res,) = retrain_many(obj, lam, ev, [(kind, task, point)], [bad], tol=TOL)
+    assert "falling back to the plain path" in caplog.text
     ref = retrain(obj, lam, ev, kind, task, point, tol=TOL)
     assert res.converged and abs(res.effect - ref.effect) <= 1e-10
 

@@ -74,11 +74,16 @@ def test_config_resolution_merges_dataset_section_and_overrides() -> None:
     overrides = parse_overrides(["inner.steps=3", "ways=[1, 2]", "inner.lr=fast"])
     assert overrides == {"inner.steps": 3, "ways": [1, 2], "inner.lr": "fast"}
     assert resolve_config(experiment, "smoke", "mnist", {}) == {"ways": 2, "inner": {"steps": 1, "lr": 0.4}}
-    config = resolve_config(experiment, "smoke", "omniglot", overrides)
-    assert config == {"ways": [1, 2], "inner": {"steps": 3, "lr": "fast"}}
+    config = resolve_config(experiment, "smoke", "omniglot", parse_overrides(["inner.steps=3", "inner.lr=0.1"]))
+    assert config == {"ways": 5, "inner": {"steps": 3, "lr": 0.1}}
     assert experiment.configs["smoke"]["inner"]["steps"] == 1  # the experiment's own config is untouched
+    # values of another type than the default's, or out of range, are reported together
+    with pytest.raises(ConfigError) as info:
+        resolve_config(experiment, "smoke", "omniglot", overrides)
+    assert "ways: expected an integer, got [1, 2]" in str(info.value)
+    assert "inner.lr: expected a finite number > 0, got 'fast'" in str(info.value)
     for bad in ({"inner.nope": 1}, {"ways.x": 1}, {"nope": 1}):
-        with pytest.raises(ConfigError, match="no such key"):
+        with pytest.raises(ConfigError, match="unknown key"):
             resolve_config(experiment, "smoke", "omniglot", bad)
     with pytest.raises(ConfigError, match="no 'paper' config"):
         resolve_config(experiment, "paper", "omniglot", {})

@@ -61,7 +61,7 @@ def test_failing_wandb_call_warns_once_and_continues(tmp_path: Path, monkeypatch
     fake = types.ModuleType("wandb")
     fake.init = lambda **kwargs: BrokenRun()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    mirror = WandbMirror("online", tmp_path)
+    mirror = WandbMirror("offline", tmp_path)  # online would first probe the W&B server
     mirror.start(name="n", group="g", config={})
     mirror.log({"x": 1.0})
     mirror.log({"x": 2.0})

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,15 @@ def _merge(sources: Sequence[_Source]) -> dict[tuple[str, str], tuple[_Source, l
     return merged
 
 
+def _read_member(archive: zipfile.ZipFile, src: _Source, member: str) -> bytes:
+    """One member's bytes; a bad CRC or a truncated member is a ``DataFormatError`` naming it and the fix."""
+    try:
+        return archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DataFormatError(f"{src.where(member)} cannot be read from the zip ({exc}). The archive is damaged: "
+                              f"re-download or re-copy {src.path.name}.") from exc
+
+
 def _decode(sources: Sequence[_Source], image_size: int) -> dict[str, np.ndarray]:
     merged = _merge(sources)
     images, char_index, file_names = [], [], []
@@ -163,7 +173,7 @@ def _decode(sources: Sequence[_Source], image_size: int) -> dict[str, np.ndarray
             if src.is_zip and src.path not in zips:
                 zips[src.path] = zipfile.ZipFile(src.path)
             for name, _, member in files:
-                data = zips[src.path].read(member) if src.is_zip else read_file_bytes(Path(member))
+                data = _read_member(zips[src.path], src, member) if src.is_zip else read_file_bytes(Path(member))
                 images.append(255 - decode_image(data, src.where(member), "L", image_size))
                 char_index.append(k)
                 file_names.append(name)

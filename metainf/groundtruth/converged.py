@@ -7,7 +7,7 @@ convention. ``noise_floor`` retrains the same removal from a perturbed start to 
 
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,8 @@ from torch import Tensor
 
 from metainf.core.objective import MetaObjective, stacked_value_and_grad
 from metainf.train import QuasiNewtonRun, chord_newton, train_converged
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,9 +139,10 @@ def retrain_many(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, 
     for i in range(n):
         if results[i] is None:
             kind, task, point = jobs[i]
-            warnings.warn(f"batched quasi-Newton retraining of {kind} unit ({task}, {point}) stopped at gradient "
-                          f"norm {finished[i].gn:.2e} after {finished[i].evals} evaluations: falling back to the "
-                          "plain path (L-BFGS, then Newton)", RuntimeWarning, stacklevel=2)
+            # an expected, handled event (e.g. a start where F is not finite): logged for debugging, not warned
+            LOG.debug("batched quasi-Newton retraining of %s unit (%s, %s) stopped at gradient norm %.2e after %d "
+                      "evaluations: falling back to the plain path (L-BFGS, then Newton)", kind, task, point,
+                      finished[i].gn, finished[i].evals)
             results[i] = retrain(obj, lam_star, eval_obj, kind, task, point, tol, max_iter, start=starts[i],
                                  hessian=hessians[i], eval_star=base)
     return results

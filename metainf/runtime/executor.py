@@ -4,7 +4,12 @@
 with torch preloaded, else ``spawn``: torch and ``fork`` do not mix) or on a Dask cluster. Every call runs under
 :func:`deterministic_call` (one intra-op thread, deterministic algorithms), so with an ``fn`` that seeds its own
 generators the numbers are bitwise identical whatever the executor and the number of workers. With ``cache_dir``
-each finished unit is saved atomically and a restart loads it instead of recomputing it.
+each finished unit is saved atomically and a restart loads it instead of recomputing it; a unit file that does not
+load (a truncated write) is moved aside to ``<name>.corrupt`` with a one-line warning and recomputed.
+
+Pool workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent alone handles it), and each watches
+the parent: when the parent is gone (killed, even with SIGKILL) the worker exits within
+:data:`PARENT_POLL_S` seconds. When the parent stops on an exception or a signal, it terminates its workers.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,6 +37,9 @@ from tqdm.auto import tqdm
 
 EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
 MANIFEST = "_manifest.json"
+TMP_PREFIX = ".tmp-"
+#: how often a pool worker checks that its parent is still alive
+PARENT_POLL_S = 0.5
 
 
 class UnitFailedError(RuntimeError):
@@ -67,7 +79,7 @@ def unit_file_name(unit_id: str) -> str:
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Write via ``write(tmp_path)`` to a temp file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -77,13 +89,73 @@ def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
         raise
 
 
+def _set_aside(path: Path, reason: str) -> None:
+    """Move a corrupt cache file to ``<name>.corrupt`` and say so in one line on stderr."""
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    print(f"metainf-repro: warning: {reason}; moved to {target.name}, recomputing it", file=sys.stderr)
+
+
+def _load_unit(path: Path) -> tuple[bool, Any]:
+    """``(True, value)`` from a unit file, or ``(False, None)`` when it does not load (then it is set aside)."""
+    try:
+        return True, torch.load(path, weights_only=False)  # our own files, written by run_units
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, OSError) as exc:
+        _set_aside(path, f"unit cache file {path} is corrupt ({type(exc).__name__}: {exc})")
+        return False, None
+
+
+def _worker_init(parent: int) -> None:
+    """Pool worker start: ignore SIGINT, and exit as soon as process ``parent`` is gone (polled by a thread)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)  # the parent is gone: no one will read this worker's result
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _main_modules() -> list[str]:
+    """With ``python -m pkg.mod``: the modules of ``pkg`` imported so far, except ``pkg.mod`` itself. Every worker
+    re-runs the main module before its first job; with its imports preloaded in the forkserver that costs nothing
+    (the main module itself is left out: runpy warns when the module it runs is already imported)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if not name or name.endswith("__main__"):
+        return []
+    package = name.split(".")[0]
+    return sorted(m for m in list(sys.modules) if m.split(".")[0] == package and m != name)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop every worker of ``pool`` now (``shutdown`` alone would wait for the running jobs)."""
+    processes = getattr(pool, "_processes", None) or {}  # the stdlib's pid -> Process map, present since 3.2
+    for process in list(processes.values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _open_cache(cache_dir: Path, fn: Callable[..., Any], cache_key: str | None) -> None:
     """Create the cache folder and its manifest, or check that an existing manifest matches ``fn`` and the key."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"fn": f"{fn.__module__}.{fn.__qualname__}", "cache_key": cache_key}
     path = cache_dir / MANIFEST
+    for stale in cache_dir.glob(f"{TMP_PREFIX}*"):  # left by a killed run; only this process writes here now
+        stale.unlink(missing_ok=True)
+    found = None
     if path.exists():
-        found = json.loads(path.read_text())
+        try:
+            found = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            _set_aside(path, f"{path} is corrupt ({exc})")
+    if found is not None:
         if found != manifest:
             raise CacheMismatchError(f"cache folder {cache_dir} holds results of {found}, not of {manifest}; "
                                      "delete the folder or use another cache_dir")
@@ -129,10 +201,13 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
     """
     queue, suspects = deque(todo), set[str]()
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "forkserver":
-        multiprocessing.set_forkserver_preload(["torch"])  # workers, and replacements of dead ones, start fast
+    if method == "forkserver":  # workers, and replacements of dead ones, start fast
+        multiprocessing.set_forkserver_preload(["torch", *_main_modules()])
     ctx = multiprocessing.get_context(method)
-    pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+
+    pool = new_pool()
     inflight: dict[Future, str] = {}
     try:
         while queue or inflight:
@@ -155,14 +230,16 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
                     queue.append(uid)
             if lost:
                 pool.shutdown(wait=True)
-                pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+                pool = new_pool()
                 if len(lost) > 1:
                     suspects.update(lost)
                     queue.extendleft(lost)
                 elif track.error(lost[0], BrokenProcessPool(f"worker died running unit {lost[0]!r}")):
                     queue.appendleft(lost[0])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an error, Ctrl-C or SIGTERM in the parent: stop the workers, do not wait for them
+        _terminate(pool)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracker, n_workers: int,
@@ -231,7 +308,9 @@ def run_units(fn: Callable[..., Any], units: Mapping[str, tuple], *, executor: s
         for uid in units:
             path = cache / unit_file_name(uid)
             if path.exists():
-                results[uid] = torch.load(path, weights_only=False)  # our own files, written by this function
+                loaded, value = _load_unit(path)
+                if loaded:
+                    results[uid] = value
     todo = {uid: args for uid, args in units.items() if uid not in results}
 
     with tqdm(total=len(units), initial=len(results), desc=desc, disable=None if progress else True) as bar:
