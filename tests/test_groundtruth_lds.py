@@ -61,6 +61,11 @@ def test_ensemble_trainer_equals_train_stochastic_per_subset(optimizer):
         ref, _ = train_stochastic(subset_objective(obj, masks[b]), lam0, 7, 2, trainer.lr, optimizer, seed=seeds[b])
         torch.testing.assert_close(lams[b], ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(losses[b], ev.task_losses(ref), rtol=1e-12, atol=1e-12)
+    seeded = EnsembleTrainer(obj, ev, lambda s: model.init(s, dtype=DT), steps=7, batch=2, lr=trainer.lr,
+                             optimizer=optimizer)
+    ref, _ = train_stochastic(subset_objective(obj, masks[1]), model.init(12, dtype=DT), 7, 2, trainer.lr, optimizer,
+                              seed=12)
+    torch.testing.assert_close(seeded.train(masks, seeds)[1], ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="at least batch"):
         EnsembleTrainer(obj, ev, lam0, steps=1, batch=6, lr=0.1).train(masks, seeds)
 

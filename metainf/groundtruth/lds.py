@@ -171,7 +171,8 @@ class EnsembleTrainer:
 
     Run b is ``metainf.train.train_stochastic(subset_objective(objective, masks[b]), lam0, steps, batch, lr,
     optimizer, seed=seeds[b])`` (same batch order, same update arithmetic), and returns
-    ``eval_objective.task_losses`` of its final lam. The B runs step together: their parameters are stacked
+    ``eval_objective.task_losses`` of its final lam. ``lam0`` is one start for every run (only the batch order
+    depends on the seed) or a function of the seed, e.g. ``model.init``: then the initialisation varies too. The B runs step together: their parameters are stacked
     [B, P] and every step's meta-gradients are one ``vmap`` over runs of a ``vmap`` over the batch's tasks
     (unrolled inner problem; the proximal one, with data-dependent inner solves, loops over runs).
     Every subset must hold at least ``batch`` tasks.
@@ -179,7 +180,7 @@ class EnsembleTrainer:
 
     objective: MetaObjective
     eval_objective: MetaObjective
-    lam0: Tensor
+    lam0: Tensor | Callable[[int], Tensor]
     steps: int
     batch: int
     lr: float
@@ -192,7 +193,10 @@ class EnsembleTrainer:
             raise ValueError(f"every subset needs at least batch={self.batch} tasks, the smallest has "
                              f"{min(m.size for m in members)}")
         sched = np.stack([subset_schedule(m, self.steps, self.batch, int(s)) for m, s in zip(members, seeds)], 1)
-        lam = self.lam0.detach().expand(len(members), -1).clone()
+        if callable(self.lam0):
+            lam = torch.stack([self.lam0(int(s)).detach() for s in seeds])
+        else:
+            lam = self.lam0.detach().expand(len(members), -1).clone()
         m1, m2 = torch.zeros_like(lam), torch.zeros_like(lam)
         for t in range(self.steps):
             idx = torch.from_numpy(sched[t])  # [B, batch]
