@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from metainf.bilevel import UnrolledInner
+from metainf.core.bilevel import UnrolledInner
+from metainf.core.models import build_model
+from metainf.core.objective import MetaObjective
 from metainf.groundtruth.warmstart import warmstart_loo
-from metainf.models import build_model
-from metainf.objective import MetaObjective
 from metainf.train import train_stochastic
 from tests.test_groundtruth_lds import DT, INPUT, N_WAY, make_tasks
 

@@ -12,7 +12,7 @@ seeds [B]) to the evaluation losses [B, E] of B retrainings. :class:`EnsembleTra
 ``MetaObjective``: ``metainf.train.train_stochastic`` on the objective restricted to each subset, B subsets
 trained at once with ``torch.func.vmap`` over stacked parameters (each with its own batch order); :class:`PerRun`
 adapts a one-run callable ``train_on(mask, seed) -> losses``. Batches of runs fan out through
-``metainf.executor.run_units`` (serial, a local process pool, or Dask).
+``metainf.runtime.executor.run_units`` (serial, a local process pool, or Dask).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class SubsetLosses:
 
 
 def run_batch(train: TrainMany, masks: Tensor, seeds: list[int]) -> Tensor:
-    """``train(masks, seeds)`` detached: one unit of work for :func:`metainf.executor.run_units`."""
+    """``train(masks, seeds)`` detached: one unit of work for :func:`metainf.runtime.executor.run_units`."""
     return train(masks, seeds).detach()
 
 
@@ -116,7 +116,7 @@ def subset_losses(train: TrainMany, masks: Tensor, n_seeds: int = 1, seed: int =
 
     Run (subset i, estimate e, repeat r) uses seed ``seed + (e * n_seeds + r) * N + i``: all distinct, so the two
     estimates share no retraining. Runs are grouped ``batch`` at a time into calls of ``train`` (one vmapped
-    ensemble for :class:`EnsembleTrainer`), and the calls fan out through ``metainf.executor.run_units`` with
+    ensemble for :class:`EnsembleTrainer`), and the calls fan out through ``metainf.runtime.executor.run_units`` with
     ``executor`` / ``n_workers`` (``train`` must then be picklable).
     """
     if n_seeds < 1:

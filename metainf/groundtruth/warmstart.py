@@ -3,7 +3,7 @@
 From the trained lam* two runs continue for K steps of ``metainf.train.train_stochastic`` arithmetic on the same
 task schedule (epoch-wise permutations from ``numpy.random.default_rng(seed)``, batch ``|B|``) and learning rate:
 the control with every unit, and the run without unit u, whose weight is 0 in the batch slots where its task is
-visited (mask convention of ``metainf.trajloo``: the rest of the batch keeps its 1/|B|)::
+visited (mask convention of ``metainf.groundtruth.trajectory``: the rest of the batch keeps its 1/|B|)::
 
     effect(u) = L_eval(lam_K without u) - L_eval(lam_K control)        (positive: u helps)
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metainf.core.objective import MetaObjective, stacked_value_and_grad
+from metainf.core.problem import check_kind
 from metainf.groundtruth.lds import EnsembleTrainer, subset_schedule
-from metainf.methods.base import check_kind
-from metainf.objective import MetaObjective, stacked_value_and_grad
-from metainf.trajloo import Lanes, replay
+from metainf.groundtruth.trajectory import Lanes, replay
 
 Unit = tuple[int, int | None]
 
@@ -80,7 +80,7 @@ def warmstart_loo(obj: MetaObjective, eval_obj: MetaObjective, lam_star: Tensor,
                   chunk: int = 16) -> WarmStartResult:
     """Paired warm-start LOO effects of ``units`` ((task, point) pairs, point None for tasks) and the noise floor.
 
-    The paired runs are replayed side by side (``metainf.trajloo.replay``, ``chunk`` lanes at a time); the
+    The paired runs are replayed side by side (``metainf.groundtruth.trajectory.replay``, ``chunk`` lanes at a time); the
     ``2 * n_control`` control runs (seeds ``seed + 1 ...``) train at once (``EnsembleTrainer``, full pool).
     """
     if steps < 1 or n_control < 1:
