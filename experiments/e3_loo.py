@@ -12,6 +12,15 @@ For every method and unit kind: Pearson and Spearman with each ground truth over
 retraining time. The noise floor of converged retraining (a second retraining from a perturbed start) is reported
 beside the spread of the true effects.
 
+Trajectory LOO reports its chaos floor (``metainf.groundtruth.trajectory.chaos_floors``): the recorded schedule
+replayed without removal from lam_0 moved by one removal's first kick (``kick_size`` of the unit kind) in random
+directions, floor = RMS change of L_eval. Metrics ``<problem>.traj_chaos_floor.<kind>``,
+``<problem>.traj_chaos_ratio.<kind>`` (floor over the std of the kind's trajectory effects) and
+``<problem>.traj_reliable``: 1 when every kind's ratio is below ``CHAOS_RATIO`` (0.5) of
+``metainf.groundtruth.trajectory``, else 0 (its mean over seeds is the fraction of reliable seeds); the trajectory
+rows of the table carry ``chaos_floor``, ``chaos_ratio`` and ``reliable``. An unreliable trajectory ground truth is
+a chaotic replay: its correlations say nothing about the methods.
+
 Problems (:func:`problem_configs`): the primary ones are the inner problems in ``inners`` at ``k_shot`` (1 shot:
 metric keys ``unrolled.<method>.<kind>_<truth>_spearman``, ``proximal...``), with per-inner settings in
 ``by_inner``; ``variants`` adds further problems under their own key, e.g. ``unrolled_5shot`` (5-shot support points:
@@ -29,7 +38,9 @@ import torch
 
 from experiments import ground_truth, scoring, setups
 from experiments.base import Experiment, RunContext
+from metainf.core.problem import AttributionProblem
 from metainf.groundtruth.converged import noise_floor
+from metainf.groundtruth.trajectory import chaos_floors, kick_size, trajectory_reliable
 from metainf.methods import available_methods
 from metainf.metrics import correlations
 from metainf.train import DENSE_NEWTON_MAX_PARAMS, total_hessian
@@ -186,7 +197,37 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
                              "score_s": sc.seconds, "retrain_s": loo_s,
                              "speedup": loo_s / max(sc.seconds, 1e-9)})
     metrics["skipped"] = {k.replace(".", "_").replace("/", "__"): v for k, v in skipped_all.items()}
+    if cfg["trajectory_ground_truth"]:  # last, so that no cached inner state changes the numbers above
+        metrics.update(chaos_metrics(probs["trajectory"], truth, kinds, ctx.seed, gt_metrics))
+        for row in rows:
+            if row["ground_truth"] == "trajectory":
+                row.update({"chaos_floor": metrics["traj_chaos_floor"][row["unit"]],
+                            "chaos_ratio": metrics["traj_chaos_ratio"][row["unit"]],
+                            "reliable": gt_metrics[f"{row['unit']}_traj_reliable"]})
     return metrics, series, rows
+
+
+def chaos_metrics(problem: AttributionProblem, truth: dict, kinds: tuple[str, ...], seed: int,
+                  gt_metrics: dict) -> dict:
+    """The chaos floor of trajectory LOO per unit kind (one replay for all kinds), its ratio to the std of the
+    kind's trajectory effects and the reliability flag (module docstring); timing and per-kind details go into
+    ``gt_metrics``."""
+    t0 = time.perf_counter()
+    floors = chaos_floors(problem, [kick_size(problem, kind, truth[kind]["units"]) for kind in kinds], seed=seed)
+    out: dict = {"traj_chaos_floor": {}, "traj_chaos_ratio": {}}
+    flags = []
+    for kind, cf in zip(kinds, floors):
+        effects = truth[kind]["trajectory"]
+        std = float(np.std(effects, ddof=1))
+        reliable = trajectory_reliable(cf.floor, effects)
+        flags.append(reliable)
+        out["traj_chaos_floor"][kind] = cf.floor
+        out["traj_chaos_ratio"][kind] = cf.floor / std if std > 0 else float("inf")
+        gt_metrics.update({f"{kind}_traj_effect_std": std, f"{kind}_traj_kick": cf.size,
+                           f"{kind}_traj_reliable": float(reliable)})
+    out["traj_reliable"] = float(all(flags))
+    gt_metrics["traj_chaos_s"] = time.perf_counter() - t0
+    return out
 
 
 def run(ctx: RunContext) -> dict:

@@ -1,2 +1,3 @@
 """Ground truth for attribution, apart from the methods it judges: converged leave-one-out retraining
-(``converged``) and trajectory-specific leave-one-out replay (``trajectory``)."""
+(``converged``), trajectory-specific leave-one-out replay (``trajectory``), retraining on random subsets for the
+linear datamodeling score (``lds``) and warm-start leave-one-out with a paired control (``warmstart``)."""

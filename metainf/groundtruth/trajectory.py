@@ -12,6 +12,10 @@ with ``L_eval = problem.eval_objective.mean_loss``. A unit is a task (its slot w
 query point of one task (its ``ws``/``wq`` entry while that task's slot is computed). ``occurrence="all"`` removes
 the unit from every visit of its task; an integer removes it from that visit only (visits = the task's batch slots
 in schedule order). Units are replayed side by side as "lanes" (``vmap`` over lanes for the unrolled inner problem).
+
+Its own reliability: a replayed run can be chaotic, and then every removal effect is amplified noise.
+:func:`chaos_floors` replays the schedule from slightly perturbed starts without any removal, and
+:func:`trajectory_reliable` flags the effects of a unit kind as unreliable when that floor reaches half their spread.
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ class ReplayResult:
 
 def replay(obj: MetaObjective, lam0: Tensor, schedule: list[list[int]], lrs: list[float], optimizer: str = "sgd",
            lanes: Lanes | None = None, keep: bool = False) -> ReplayResult:
-    """Re-run the outer loop over a fixed ``schedule`` for every lane (one unmodified lane if ``lanes`` is None)."""
+    """Re-run the outer loop over a fixed ``schedule`` for every lane (one unmodified lane if ``lanes`` is None),
+    from ``lam0`` ([P], shared by the lanes, or [lanes, P], one start per lane)."""
     n_lanes = 1 if lanes is None else lanes.slots.shape[0]
     lam = lam0.detach().expand(n_lanes, -1).clone()
     m1, m2 = torch.zeros_like(lam), torch.zeros_like(lam)
@@ -226,3 +231,71 @@ def trajectory_loo_all(problem: AttributionProblem, kind: str, occurrence: str |
     else:
         units = [(k, j) for k in range(shape[0]) for j in range(shape[1])]
     return trajectory_loo_many(problem, kind, units, occurrence, chunk=chunk).reshape(shape)
+
+
+#: trajectory LOO of a unit kind is flagged unreliable when its chaos floor reaches this fraction of the std of
+#: the kind's effects
+CHAOS_RATIO = 0.5
+
+
+def kick_size(problem: AttributionProblem, kind: str, units: list[Unit]) -> float:
+    """The change of lam_1 when one unit is dropped from the first batch, median over ``units``:
+    lr_0 / |B_0| * median_u tau_k ||d g_k / d w_u (lam_0)||, with d g_k / d w_u = g_k for a task and the
+    derivative of the task's total gradient in the point weight for a support / query point."""
+    check_kind(kind)
+    traj = require_trajectory(problem)
+    obj, lam0 = problem.objective, traj.lams[0]
+    if kind == "task":
+        g = obj.task_grads(lam0)[[k for k, _ in units]]
+        norms = obj.tau[[k for k, _ in units]] * g.norm(dim=1)
+    else:
+        state = obj.state_at(lam0)
+        norms = []
+        for k, j in units:
+            t = TaskData(*(x[k] for x in obj.tasks))
+            es, eq = torch.zeros_like(t.ws), torch.zeros_like(t.wq)
+            (es if kind == "support" else eq)[j] = 1.0
+            norms.append(obj.tau[k] * obj.inner.dgrad_dweights(obj.model, lam0, t, state[k], es, eq).norm())
+        norms = torch.stack(norms)
+    return float(traj.lrs[0] / len(traj.schedule[0]) * norms.median())
+
+
+@dataclass
+class ChaosFloor:
+    """``floor``: root mean square over replays of L_eval(lam_T replayed from lam_0 + size * d_i) - L_eval(lam_T);
+    ``size``: the norm of the perturbation; ``diffs`` [n_replays] the individual differences."""
+
+    floor: float
+    size: float
+    diffs: Tensor
+
+
+def chaos_floors(problem: AttributionProblem, sizes: list[float], n_replays: int = 4,
+                 seed: int = 0) -> list[ChaosFloor]:
+    """How far the replayed trajectory moves L_eval without any removal, for every perturbation size in ``sizes``.
+
+    The recorded schedule is replayed (all weights kept) from lam_0 + size * d_i, d_i (i < ``n_replays``) random
+    unit directions from ``torch.Generator().manual_seed(seed)``, shared by the sizes; all lanes in one replay.
+    With ``size`` = :func:`kick_size` of a unit kind the perturbation is one removal's kick at step 0 in a random
+    direction. A removal kicks the run like this at every visit of its task: in a stable (contracting) run the
+    random kick fades while the removal's kicks add up, in a chaotic one both grow and the removal effects are
+    dominated by the amplified noise, its floor comparable to their spread (:func:`trajectory_reliable`).
+    """
+    traj = require_trajectory(problem)
+    obj, lam0 = problem.objective, traj.lams[0]
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(n_replays, lam0.numel(), generator=gen, dtype=lam0.dtype)
+    d = d / d.norm(dim=1, keepdim=True)
+    starts = torch.cat([lam0[None], *(lam0 + size * d for size in sizes)])
+    lanes = Lanes("task", torch.zeros(starts.shape[0], len(traj.schedule), max(map(len, traj.schedule)),
+                                      dtype=torch.bool))
+    lam_t = replay(obj, starts, traj.schedule, traj.lrs, problem.train_config.get("optimizer", "sgd"), lanes).lams[-1]
+    _check_reproduces(traj, traj.steps[-1], lam_t[0])
+    losses = torch.stack([problem.eval_objective.mean_loss(lam) for lam in lam_t]).detach()
+    diffs = (losses[1:] - losses[0]).reshape(len(sizes), n_replays)
+    return [ChaosFloor(float(x.pow(2).mean().sqrt()), size, x) for size, x in zip(sizes, diffs)]
+
+
+def trajectory_reliable(floor: float, effects, ratio: float = CHAOS_RATIO) -> bool:
+    """The rule: trajectory LOO is reliable when its chaos floor is below ``ratio`` x the std of its effects."""
+    return floor < ratio * float(torch.as_tensor(effects, dtype=torch.float64).std())

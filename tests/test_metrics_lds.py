@@ -1,0 +1,78 @@
+"""metainf.metrics.lds against a hand computation and against dattri's LDS."""
+
+import numpy as np
+import pytest
+import torch
+
+from metainf.metrics import column_spearman, lds, lds_ceiling
+
+SCORES = np.array([1.0, 2.0, 3.0])
+MASKS = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 0, 0]])  # summed scores 3, 5, 4, 1
+LOSSES = np.array([[0.5, 0.2], [0.3, 0.9], [0.1, 0.5], [0.9, 0.35]])
+
+
+def test_lds_hand_computed():
+    # pred = -(3, 5, 4, 1) has ranks (3, 1, 2, 4).
+    # eval task 0: losses (0.5, 0.3, 0.1, 0.9), ranks (3, 2, 1, 4): sum d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8
+    # eval task 1: losses (0.2, 0.9, 0.5, 0.35), ranks (1, 4, 3, 2): sum d^2 = 18, rho = 1 - 6*18/60 = -0.8
+    # mean loss: (0.35, 0.6, 0.3, 0.625), ranks (2, 3, 1, 4): sum d^2 = 6, rho = 1 - 36/60 = 0.4
+    out = lds(SCORES, MASKS, LOSSES)
+    assert out.mean == pytest.approx(0.4)
+    assert out.per_eval == pytest.approx(0.0)
+    assert out.n_subsets == 4 and out.alpha == pytest.approx(7 / 12)
+    one = lds(SCORES, MASKS, LOSSES[:, 0])
+    assert one.mean == pytest.approx(0.8) and one.per_eval == pytest.approx(0.8)
+
+
+def test_lds_sign_helpful_units_lower_the_loss():
+    rng = np.random.default_rng(0)
+    masks = rng.random((30, 12)) < 0.5
+    helps = rng.normal(size=12)
+    losses = 1.0 - masks @ helps  # exactly additive: each unit lowers the loss by its score
+    out = lds(helps, masks, losses)
+    assert out.mean == pytest.approx(1.0) and out.mean_ci95 == pytest.approx((1.0, 1.0))
+    assert lds(-helps, masks, losses).mean == pytest.approx(-1.0)
+
+
+def test_lds_interval_seeded_and_covers_point():
+    rng = np.random.default_rng(1)
+    masks = rng.random((40, 20)) < 0.5
+    scores = rng.normal(size=20)
+    losses = -(masks @ scores)[:, None] + rng.normal(scale=2.0, size=(40, 3))
+    a, b = lds(scores, masks, losses, seed=3), lds(scores, masks, losses, seed=3)
+    assert a == b
+    assert a.mean_ci95[0] <= a.mean <= a.mean_ci95[1]
+    assert a.per_eval_ci95[0] <= a.per_eval <= a.per_eval_ci95[1]
+    assert 0.0 < a.mean_ci95[1] - a.mean_ci95[0] < 1.0
+
+
+def test_lds_matches_dattri():
+    metric = pytest.importorskip("dattri.metric")
+    rng = np.random.default_rng(2)
+    n_units, n_subsets, n_eval = 20, 30, 5
+    indices = np.stack([rng.choice(n_units, 10, replace=False) for _ in range(n_subsets)])
+    masks = np.zeros((n_subsets, n_units))
+    np.put_along_axis(masks, indices, 1.0, axis=1)
+    scores = rng.normal(size=(n_units, n_eval))
+    losses = -(masks @ scores) + rng.normal(scale=1.5, size=(n_subsets, n_eval))
+    # dattri correlates +sum of scores with its target, which it flips to -loss (calculate_lds_ground_truth)
+    ref, _ = metric.lds(torch.tensor(scores), (torch.tensor(-losses), torch.tensor(indices)))
+    ours = column_spearman(-(masks @ scores), losses)
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-12)
+    assert lds(scores, masks, losses).per_eval == pytest.approx(float(ref.mean()))
+
+
+def test_lds_ceiling():
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(25, 4))
+    same = lds_ceiling(truth, truth.copy(), masks=np.ones((25, 3)))
+    assert same.mean == pytest.approx(1.0) and same.per_eval == pytest.approx(1.0) and same.alpha == 1.0
+    noisy = lds_ceiling(truth + rng.normal(scale=3.0, size=truth.shape), truth + rng.normal(scale=3.0, size=truth.shape))
+    assert noisy.per_eval < 0.6
+
+
+def test_lds_bad_shapes():
+    with pytest.raises(ValueError, match="n_subsets"):
+        lds(SCORES, MASKS, LOSSES[:3])
+    with pytest.raises(ValueError, match="masks must be"):
+        lds(SCORES[:2], MASKS, LOSSES)
