@@ -170,12 +170,18 @@ def aggregate(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"metrics": {path: mean_std(values) for path, values in leaves.items()}, "tables": tables}
 
 
-def _git_state() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+#: files a run writes into the repository; their changes do not make the provenance "dirty"
+OUTPUTS = ("results", "REPRODUCE.md")
+
+
+def git_state(root: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the checkout at ``root``; changes to :data:`OUTPUTS` alone are not dirty."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # the run's own outputs (results/, REPRODUCE.md) are not code: a reproduction rewriting them is still clean
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){output}" for output in OUTPUTS)], cwd=root,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -201,7 +207,7 @@ def library_versions() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "git": _git_state(),
+        "git": git_state(),
     }
 
 

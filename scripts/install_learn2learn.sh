@@ -10,6 +10,8 @@
 # Usage:  scripts/install_learn2learn.sh [--force]
 #   PYTHON   interpreter of the target environment (default: .venv/bin/python if it exists, else python3)
 #   --force  rebuild the wheel even if it is cached, and reinstall even if learn2learn 0.2.0 already imports
+#   --dry-run  print the resolved interpreter and cache, run the interpreter from inside another directory (as
+#              the build does) and print its sys.prefix; install nothing
 # The built wheel is cached in ${XDG_CACHE_HOME:-$HOME/.cache}/metainf/wheels, so re-runs take seconds.
 # All building happens in a temporary directory, removed on exit; nothing is written into the repository.
 set -euo pipefail
@@ -17,15 +19,17 @@ set -euo pipefail
 L2L_VERSION=0.2.0
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FORCE=0
+DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install_learn2learn: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
 
-abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+abspath() { realpath -m -s -- "$1"; }
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -67,6 +71,13 @@ EOF
 }
 
 command -v "$PYTHON" >/dev/null 2>&1 || fail "Python interpreter '$PYTHON' not found (set PYTHON=...)"
+if [[ $DRY_RUN -eq 1 ]]; then
+  say "dry run: PYTHON=$PYTHON cache=$CACHE_DIR"
+  elsewhere="$(mktemp -d)"
+  (cd "$elsewhere" && say "prefix from another directory: $("$PYTHON" -c 'import sys; print(sys.prefix)')")
+  rmdir "$elsewhere"
+  exit 0
+fi
 PIP=("$PYTHON" -m pip --disable-pip-version-check)
 
 if [[ $FORCE -eq 0 ]] && l2l_ok; then

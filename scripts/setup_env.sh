@@ -15,9 +15,9 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# abspath P: P made absolute against the caller's working directory, symlinks kept (a venv's bin/python is a
-# symlink to the base interpreter: resolving it would install into the wrong environment).
-abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+# abspath P: P made absolute against the caller's working directory and normalised, symlinks kept (a venv's
+# bin/python is a symlink to the base interpreter: resolving it would install into the wrong environment).
+abspath() { realpath -m -s -- "$1"; }
 PYTHON="${PYTHON:-python3}"
 # an interpreter given as a path (it holds a slash) is made absolute; a bare name is looked up on PATH
 [[ "$PYTHON" == */* ]] && PYTHON="$(abspath "$PYTHON")"
@@ -38,6 +38,14 @@ hash_of() {
     | sha256sum | cut -c1-12
 }
 STAMP="$VENV/.metainf-setup-$(hash_of)"
+
+if [[ "${METAINF_SETUP_DRY_RUN:-0}" == 1 ]]; then
+  # print the resolved paths and let the learn2learn script run the venv's interpreter from inside another
+  # directory, as its build does; install nothing (tests/test_setup_paths.py)
+  say "dry run: PYTHON=$PYTHON VENV=$VENV XDG_CACHE_HOME=${XDG_CACHE_HOME:-}"
+  PYTHON="$VENV/bin/python" bash "$REPO_ROOT/scripts/install_learn2learn.sh" --dry-run
+  exit 0
+fi
 
 if [[ -f "$STAMP" && -x "$VENV/bin/python" && "${METAINF_FORCE_SETUP:-0}" != 1 ]]; then
   say "$VENV is up to date ($(basename "$STAMP"))"

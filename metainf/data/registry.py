@@ -15,7 +15,7 @@ from metainf.data.fc100 import load_fc100
 from metainf.data.miniimagenet import load_miniimagenet
 from metainf.data.mnist import DIGITS_NAME, load_mnist
 from metainf.data.omniglot import load_omniglot
-from metainf.data.roots import DataNotFoundError, resolve_dataset_dir
+from metainf.data.roots import DataNotFoundError, portable_path, resolve_dataset_dir
 from metainf.data.tasks import ClassImages
 
 SPLITS = ("train", "val", "test")
@@ -53,10 +53,11 @@ def available_datasets(data_root: str | os.PathLike | None = None) -> dict[str, 
 
 
 def data_source(dataset: str, data_root: str | os.PathLike | None, loaded: ClassImages) -> str:
-    """The folder ``loaded`` came from, or ``DIGITS_NAME`` when MNIST fell back to scikit-learn's digits."""
+    """The folder ``loaded`` came from (:func:`portable_path`: relative to the project, never an absolute machine
+    path), or ``DIGITS_NAME`` when MNIST fell back to scikit-learn's digits."""
     if loaded.name.startswith(DIGITS_NAME):
         return DIGITS_NAME
-    return str(resolve_dataset_dir(dataset, data_root))
+    return portable_path(resolve_dataset_dir(dataset, data_root))
 
 
 def split_record(dataset: str, data_root: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:

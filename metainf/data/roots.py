@@ -142,6 +142,16 @@ def resolve_dataset_dir(dataset: str, data_root: str | os.PathLike | None) -> Pa
         + layout.how_to + ".")
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as result files record it: relative to the project (``../shared/data/omniglot``) when it lies in
+    the project or beside it, else ``<outside>/<folder name>``, so no result holds this machine's absolute paths."""
+    resolved = Path(path).expanduser().resolve()
+    rel = Path(os.path.relpath(resolved, REPO_ROOT))
+    if rel.parts[:2] != ("..", ".."):
+        return rel.as_posix()
+    return f"<outside>/{resolved.name}"
+
+
 def download_dir(dataset: str, data_root: str | os.PathLike | None) -> Path:
     """Where a ``--download`` puts ``dataset``: ``<data_root | $METAINF_DATA | ./data>/<dataset>``."""
     _layout(dataset)
