@@ -13,6 +13,11 @@ Floors file (``replication/floors.json`` by default)::
 when ``value >= floor - tolerance``, a ceiling when ``value <= ceiling + tolerance``. A claim ``A op B`` with ``op``
 one of ``> >= < <=`` compares two metrics of the same run. A missing or non-numeric metric fails. Runs go to a
 temporary folder (or ``--out``), never over ``results/``.
+
+The committed results are guarded too (``replication/committed_floors.json``, same format, at the scale of the
+default run): every ``<exp>/<dataset>-<scale>.json`` under the results folder is read, must hold only finite
+numbers, and must meet its entry's floors and claims; a file an entry names but the folder lacks fails. Plain
+``check`` does both (the smoke rerun, then ``results/``); ``check --results DIR`` checks ``DIR`` only.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from replication import capabilities, results, runner
 from replication.errors import UsageError
 
 DEFAULT_FLOORS = Path(__file__).with_name("floors.json")
+COMMITTED_FLOORS = Path(__file__).with_name("committed_floors.json")
 OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
@@ -114,13 +120,63 @@ def format_outcomes(outcomes: list[Outcome]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def run_check(floors_path: Path, out: Path | None, data_root: str | None, executor: str) -> int:
-    """Run every entry of the floors file at its scale and print the outcome; 0 if all pass, 1 otherwise."""
+def _non_finite(node: Any, path: str = "") -> list[str]:
+    """Dotted paths of the NaN / infinite numbers in a loaded result (the ``series`` are included)."""
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [path.lstrip(".")]
+    if isinstance(node, Mapping):
+        return [bad for key, value in node.items() for bad in _non_finite(value, f"{path}.{key}")]
+    if isinstance(node, list):
+        return [bad for i, value in enumerate(node) for bad in _non_finite(value, f"{path}[{i}]")]
+    return []
+
+
+def check_committed(results_dir: Path, floors_path: Path = COMMITTED_FLOORS) -> list[Outcome]:
+    """Guard the result files in ``results_dir``: finite numbers everywhere, and the committed floors."""
+    floors = load_floors(floors_path)
+    scale = floors.get("scale", "quick")
+    outcomes: list[Outcome] = []
+    for path in sorted(results_dir.glob("E*/*.json")):
+        where = path.relative_to(results_dir).as_posix()
+        try:
+            bad = _non_finite(results.read_json(path))
+        except (OSError, ValueError) as error:
+            outcomes.append(Outcome(where, "-", "readable JSON", f"unreadable: {error}", "", False))
+            continue
+        shown = "none" if not bad else f"{len(bad)}: {', '.join(bad[:3])}"
+        outcomes.append(Outcome(where, "-", "non-finite numbers", shown, "none", not bad))
+    for entry in floors["entries"]:
+        path = results_dir / entry["experiment"] / f"{entry['dataset']}-{scale}.json"
+        where = path.relative_to(results_dir).as_posix()
+        if not path.is_file():
+            outcomes.append(Outcome(where, entry["dataset"], "committed result", "missing", "present", False))
+            continue
+        try:
+            result = results.read_json(path)
+        except (OSError, ValueError):
+            continue  # already reported above
+        outcomes += [Outcome(where, o.dataset, o.check, o.value, o.bound, o.ok) for o in evaluate(entry, result)]
+    return outcomes
+
+
+def report_outcomes(outcomes: list[Outcome]) -> int:
+    """Print the outcome table and the closing count; 0 if all passed, 1 otherwise."""
+    print("\n".join(format_outcomes(outcomes)))
+    failed = sum(not o.ok for o in outcomes)
+    print(f"{len(outcomes) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def run_check(floors_path: Path, out: Path | None, data_root: str | None, executor: str,
+              committed: Path | None = Path("results")) -> int:
+    """Rerun every entry of the floors file at its scale, then guard the committed results in ``committed``
+    (skipped when ``None``); print the outcome; 0 if all pass, 1 otherwise."""
     floors = load_floors(floors_path)
     entries = floors["entries"]
+    after = check_committed(committed) if committed is not None and committed.is_dir() else []
     if not entries:
-        print(f"no floors in {floors_path}: nothing to check")
-        return 0
+        print(f"no floors in {floors_path}: nothing to rerun")
+        return report_outcomes(after)
     scale = floors.get("scale", "smoke")
     with tempfile.TemporaryDirectory(prefix="metainf-check-") as scratch:
         results_dir = Path(out) if out is not None else Path(scratch)
@@ -134,7 +190,4 @@ def run_check(floors_path: Path, out: Path | None, data_root: str | None, execut
         }
         fresh = {pair: runner.execute(run) for pair, run in prepared.items()}
     outcomes = [o for e in entries for o in evaluate(e, fresh[(e["experiment"], e["dataset"])])]
-    print("\n".join(format_outcomes(outcomes)))
-    failed = sum(not o.ok for o in outcomes)
-    print(f"{len(outcomes) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return report_outcomes(outcomes + after)

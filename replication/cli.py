@@ -8,7 +8,7 @@
     metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--jobs N] [...]
     metainf-repro figures [--results DIR]
     metainf-repro report [--results DIR] [--out REPRODUCE.md]
-    metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR]
+    metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
     metainf-repro data info DATASET [--data-root DIR]
 
 Bad input (unknown experiment, dataset, method or scale; unavailable data; a config that cannot run; an
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--out", type=Path, default=None, help="keep the fresh results here (default: a temp dir)")
     chk.add_argument("--data-root", default=None)
     chk.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
+    chk.add_argument("--results", type=Path, default=None,
+                     help="check only the result files in DIR against replication/committed_floors.json "
+                          "(default: rerun the smoke floors, then check results/)")
     chk.set_defaults(handler=_cmd_check)
 
     data = commands.add_parser("data", help="dataset information")
@@ -210,6 +213,10 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.results is not None:
+        if not args.results.is_dir():
+            raise UsageError(f"--results {args.results}: no such folder")
+        return check.report_outcomes(check.check_committed(args.results))
     return check.run_check(args.floors, args.out, args.data_root, args.executor)
 
 
