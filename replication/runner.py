@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
-from replication import capabilities, figures, results
+from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
 from replication.errors import UsageError
 from replication.wandb_mirror import WandbMirror
@@ -319,6 +319,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             "methods": list(run.methods),
             "seeds": list(run.seeds),
             "run_key": run.key,
+            "benchmark_version": benchmark.BENCHMARK_VERSION,
             "command": run.command,
             "per_seed": per_seed,
             "aggregate": results.aggregate(per_seed),
