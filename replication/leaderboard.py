@@ -116,7 +116,8 @@ def run_section(exp_id: str, method: str, dataset: str, scale: str, committed_di
     rows = [Row(method, NEW, fresh.get(key, {}))]
     note = ""
     if committed is None:
-        source = f"computed in this run (no {committed_path.as_posix()}), benchmark version {benchmark.BENCHMARK_VERSION}"
+        source = (f"computed in this run (no {committed_path.as_posix()}), "
+                  f"benchmark version {benchmark.BENCHMARK_VERSION}")
         rows += [Row(m, "this run", c) for m, c in fresh.items() if m != key]
     else:
         version = committed.get("benchmark_version", "unrecorded")

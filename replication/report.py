@@ -117,7 +117,8 @@ def paper_verdict(pairs: Sequence[tuple[Estimate, float]]) -> str:
     if inside == len(pairs):
         text = f"reproduced: all {len(pairs)} paper values lie within our 95% CIs"
     else:
-        text = (f"differs: ours − paper = {min(diffs):+.3g} to {max(diffs):+.3g} (mean {sum(diffs) / len(diffs):+.3g}); "
+        mean = sum(diffs) / len(diffs)
+        text = (f"differs: ours − paper = {min(diffs):+.3g} to {max(diffs):+.3g} (mean {mean:+.3g}); "
                 f"{inside} of {len(pairs)} paper values inside our 95% CIs")
     ordered = [(i, j) for i in range(len(pairs)) for j in range(i + 1, len(pairs)) if pairs[i][1] != pairs[j][1]]
     if ordered:
@@ -171,14 +172,13 @@ def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapp
 
 
 def _e1(found: Found) -> list[str]:
-    targets = paper_targets.targets_for
     paper_datasets = list(dict.fromkeys(d for t in paper_targets.PAPER_TARGETS.values() if t.experiment == "E1"
                                         for d in t.values))
     lines = ["## E1: accuracy after removing the 40% most harmful data (the paper's main table)", "",
              "Paper: [PN] main table (secondary source, `replication/paper_targets.py`); hardware and backbone are "
              "not stated there, so absolute accuracies and runtimes compare in shape only.", ""]
     for dataset in paper_datasets:
-        refs = targets("E1", dataset)
+        refs = paper_targets.targets_for("E1", dataset)
         result = preferred(found, "E1", dataset)
         rows = table_rows(result, lambda rs: any(PAPER_REF in r for r in rs)) if result else []
         heading = f"### E1 {dataset}" + (f" ({result['scale']} scale, {result['config'].get('model', '?')}, seeds "
@@ -378,7 +378,7 @@ def _e5(found: Found) -> list[str]:
     return lines
 
 
-def render_front_page(results_dir: Path, report_path: Path, detail_links: Mapping[str, str]) -> str:
+def render_front_page(results_dir: Path, detail_links: Mapping[str, str]) -> str:
     """The markdown text of ``REPRODUCE.md``; ``detail_links`` maps an experiment to its page's link."""
     found, titles, datasets = collect(results_dir)
     lines = [
@@ -419,5 +419,5 @@ def write_report(results_dir: Path, report_path: Path) -> Path:
         _write(page, render_page(exp_id, titles.get(exp_id, ""), datasets[exp_id], found.get(exp_id, {}),
                                  Path(results_dir), page, report_path))
         links[exp_id] = relative_link(page, report_path.resolve().parent)
-    _write(report_path, render_front_page(results_dir, report_path, links))
+    _write(report_path, render_front_page(results_dir, links))
     return report_path
