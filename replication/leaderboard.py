@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import metric_key
+from experiments.scoring import metric_key
 from replication import benchmark, capabilities, results, runner
 from replication.intervals import Estimate, basis_note, over_seeds, spearman
 from replication.markdown import markdown_table

@@ -185,6 +185,7 @@ def test_front_page_is_short_and_puts_the_paper_beside_ours(tmp_path: Path, monk
     """REPRODUCE.md stays within 300 lines and shows the paper's E1 numbers in the same rows as ours."""
     dummy = Dummy()
     monkeypatch.setattr(registry, "EXPERIMENTS", {"E1": dataclasses.replace(dummy.experiment(), id="E1")})
+    monkeypatch.setitem(FIGURES, "E1", Dummy.figures)
     out = tmp_path / "out"
     assert main(["run", "E1", "--scale", "quick", "--out", str(out)]) == 0
     report_path = tmp_path / "REPRODUCE.md"
