@@ -30,6 +30,9 @@ SCALE_PREFERENCE = ("paper", "quick", "smoke")
 #: E1 rows of ours that the paper's table has no counterpart for, shown for context: (method, unit, mode)
 E1_CONTEXT = {("none (all data)", "-", "-"): "no removal (all data)", ("oracle", "task", "retrain"): "oracle removal",
               ("random", "task", "retrain"): "random removal"}
+#: the same context read from E1's aggregate metrics ``<inner>.<name>`` when its table has no such row
+E1_CONTEXT_METRICS = {"full.acc": "no removal (all data)", "oracle.task_retrain_acc": "oracle removal",
+                      "random.task_retrain_acc": "random removal"}
 LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds$")
 LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling$")
 
@@ -197,12 +200,19 @@ def _e1(found: Found) -> list[str]:
                     accs.append(acc)
                 if runtime is not None and paper.get("runtime_s"):
                     runtimes.append(runtime.mean / paper["runtime_s"])
+        context: dict[str, Estimate] = {}
         for row in rows:
             label = E1_CONTEXT.get((row.get("method"), row.get("unit"), row.get("mode")))
             acc = estimate(row, "acc")
             if label and acc is not None and PAPER_REF not in row:
-                body.append([f"ours only: {label}" + (f" ({row['inner']})" if row.get("inner") else ""), "",
-                             acc.text(), "", ""])
+                context[f"ours only: {label}" + (f" ({row['inner']})" if row.get("inner") else "")] = acc
+        metrics = result["aggregate"]["metrics"] if result else {}
+        for name, cell in sorted(metrics.items()):
+            inner, _, rest = name.partition(".")
+            label = f"ours only: {E1_CONTEXT_METRICS.get(rest, '')} ({inner})"
+            if rest in E1_CONTEXT_METRICS and label not in context:
+                context[label] = over_seeds(cell, metrics.get(f"{name}_ci95"))
+        body += [[label, "", acc.text(), "", ""] for label, acc in context.items()]
         lines += [heading, "", *markdown_table(["row", "paper acc", "ours acc [95% CI]", "paper RT (s)",
                                                 "ours runtime (s)"], body), ""]
         if result is None:

@@ -73,3 +73,27 @@ def test_fisher_interval_for_one_seed_spearman() -> None:
     assert estimate.basis == "fisher-z"
     assert math.isclose(estimate.low, math.tanh(math.atanh(0.5) - half))
     assert math.isclose(estimate.high, math.tanh(math.atanh(0.5) + half))
+
+
+def test_e1_rows_beside_the_paper_and_context_from_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paper rows from ``paper_ref``; oracle / random context from ``<inner>.<name>`` metrics when no row has it."""
+    monkeypatch.setattr(registry, "EXPERIMENTS", {})
+    root = tmp_path / "results"
+    write_result(root, "E1", "omniglot", {
+        "conv4.full.acc": stats(0.80, 0.01, 3), "conv4.oracle.task_retrain_acc": stats(0.82, 0.01, 3),
+    }, {"removal": [
+        {"inner": "conv4", "unit": "task", "method": "task_if", "mode": "edit", "paper_ref": "main/task/task_if",
+         "acc": stats(0.78, 0.01, 3), "runtime_s": stats(60.0, 1.0, 3)},
+        {"inner": "conv4", "unit": "task", "method": "gt", "mode": "retrain", "paper_ref": "main/task/retrain",
+         "acc": stats(0.70, 0.01, 3), "runtime_s": stats(300.0, 1.0, 3)}]}, seeds=3)
+    path = tmp_path / "REPRODUCE.md"
+    report.write_report(root, path)
+    lines = path.read_text().splitlines()
+    assert any(line.startswith("| Task-level: Task-IF | 0.7804 | 0.78 [") and line.endswith("| 65.69 | 60 |")
+               for line in lines)
+    assert any(line.startswith("| ours only: oracle removal (conv4) |  | 0.82 [") for line in lines)
+    assert any(line.startswith("| ours only: no removal (all data) (conv4) |  | 0.8 [") for line in lines)
+    verdict = next(line for line in lines if "Verdict (accuracy)" in line)
+    # Task-IF 0.78 holds the paper's 0.7804; Retrain 0.70 is far below the paper's 0.7908 and below Task-IF
+    assert "differs: " in verdict and "1 of 2 paper values inside our 95% CIs" in verdict
+    assert "the paper's order kept in 0 of 1 row pairs" in verdict
