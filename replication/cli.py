@@ -10,6 +10,7 @@
     metainf-repro report [--results DIR] [--out REPRODUCE.md]
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
     metainf-repro data info DATASET [--data-root DIR]
+    metainf-repro leaderboard --method MODULE:CLASS [--scale quick] [--dataset mnist] [--results DIR] [--out DIR]
 
 Bad input (unknown experiment, dataset, method or scale; a config that breaks its schema or cannot run; a missing,
 empty or malformed data root or dataset file; an unwritable output folder; a bad floors file) and numerical
@@ -34,7 +35,7 @@ from experiments import registry
 from experiments.base import DATASETS, SCALES, ConfigError
 from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
-from replication import capabilities, check, figures, report, results, runner
+from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner
 from replication.errors import UsageError
 from replication.wandb_mirror import MODES
 
@@ -131,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check only the result files in DIR against replication/committed_floors.json "
                           "(default: rerun the smoke floors, then check results/)")
     chk.set_defaults(handler=_cmd_check)
+
+    board = commands.add_parser("leaderboard", help="a new method's row on the benchmark beside the baselines")
+    board.add_argument("--method", required=True, help="the method: module:Class, an entry point or a built-in")
+    board.add_argument("--scale", choices=SCALES, default="quick")
+    board.add_argument("--dataset", choices=DATASETS, default=benchmark.DATASET)
+    board.add_argument("--experiment", nargs="+", choices=sorted(benchmark.METRICS),
+                       default=sorted(benchmark.METRICS), help="restrict the benchmark (default: all)")
+    board.add_argument("--baseline", nargs="+", action="extend", default=[],
+                       help="baselines to run where nothing is committed (default: each experiment's methods)")
+    board.add_argument("--results", type=Path, default=Path("results"), help="committed baselines (default: results)")
+    board.add_argument("--out", type=Path, default=Path("leaderboard"))
+    board.add_argument("--data-root", default=None)
+    board.set_defaults(handler=_cmd_leaderboard)
 
     data = commands.add_parser("data", help="dataset information")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -243,6 +257,13 @@ def _cmd_check(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise UsageError(f"--results {args.results}: no such folder")
         return check.report_outcomes(check.check_committed(args.results))
     return check.run_check(args.floors, args.out, args.data_root, args.executor)
+
+
+def _cmd_leaderboard(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    for path in leaderboard.run_leaderboard(args.method, args.scale, args.dataset, args.results, args.out,
+                                            args.experiment, args.baseline, args.data_root):
+        print(f"leaderboard: {path}")
+    return 0
 
 
 def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:

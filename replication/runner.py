@@ -28,7 +28,7 @@ from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
 from metainf.runtime.device import resolve_device, resolve_dtype
 from metainf.runtime.seeding import seed_everything
-from replication import capabilities, figures, results
+from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
 from replication.errors import UsageError
 from replication.wandb_mirror import WandbMirror
@@ -378,6 +378,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             "methods": list(run.methods),
             "seeds": list(run.seeds),
             "run_key": run.key,
+            "benchmark_version": benchmark.BENCHMARK_VERSION,
             "command": run.command,
             "per_seed": per_seed,
             "aggregate": results.aggregate(per_seed),

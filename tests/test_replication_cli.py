@@ -168,7 +168,9 @@ def test_figures_and_report_come_from_json_alone(tmp_path: Path, monkeypatch: py
     report_path = tmp_path / "docs" / "REPRODUCE.md"
     report_path.parent.mkdir()
     assert main(["report", "--results", str(out), "--out", str(report_path)]) == 0
-    text = report_path.read_text()
+    detail = report_path.parent / "docs" / "results" / "E0.md"  # the detail page the front page links to
+    assert "(docs/results/E0.md)" in report_path.read_text()
+    text = detail.read_text()
     assert "metainf-repro run E0 --dataset omniglot --scale smoke" in text
     assert "| method | acc | paper acc |" in text
     assert "| task_if |" in text and "| 0.7804 |" in text  # the paper's Task-IF Omniglot accuracy beside ours
@@ -176,7 +178,29 @@ def test_figures_and_report_come_from_json_alone(tmp_path: Path, monkeypatch: py
     assert "metainf-repro run E0 --dataset miniimagenet --scale paper --data-root DIR" in text
     assert "### mnist: not run here" in text
     link = text.split("![curve](")[1].split(")")[0]
-    assert (report_path.parent / link).resolve() == png.resolve()
+    assert (detail.parent / link).resolve() == png.resolve()
+
+
+def test_front_page_is_short_and_puts_the_paper_beside_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REPRODUCE.md stays within 300 lines and shows the paper's E1 numbers in the same rows as ours."""
+    dummy = Dummy()
+    monkeypatch.setattr(registry, "EXPERIMENTS", {"E1": dataclasses.replace(dummy.experiment(), id="E1")})
+    monkeypatch.setitem(FIGURES, "E1", Dummy.figures)
+    out = tmp_path / "out"
+    assert main(["run", "E1", "--scale", "quick", "--out", str(out)]) == 0
+    report_path = tmp_path / "REPRODUCE.md"
+    assert main(["report", "--results", str(out), "--out", str(report_path)]) == 0
+    lines = report_path.read_text().splitlines()
+    assert len(lines) <= 300
+    ours = results.read_json(out / "E1" / "omniglot-quick.json")["aggregate"]["tables"]["main"]
+    task_if = next(r for r in ours if r["method"] == "task_if")["acc"]
+    row = next(line for line in lines if line.startswith("| Task-level: Task-IF | 0.7804 |"))
+    assert f"| {task_if['mean']:.3g} [" in row  # ours, with its 95% CI over the two seeds, in the paper's row
+    assert any(line.startswith("| Task-level: Retrain (GT) | 0.7908 | not run |") for line in lines)
+    assert "### E1 miniimagenet: not run" in lines
+    assert any(line.startswith("CI: t-interval over seeds (n=2). Verdict (accuracy): differs: ") for line in lines)
+    assert "E3: not run." in lines and "E5: not run." in lines  # missing experiments do not break the page
+    assert (tmp_path / "docs" / "results" / "E1.md").exists()
 
 
 def floors(tmp_path: Path, entry: dict) -> str:
@@ -262,7 +286,8 @@ def test_all_runs_available_datasets_and_reports_skips(tmp_path: Path, monkeypat
     assert not (tmp_path / "res" / "E0" / "miniimagenet-smoke.json").exists()
     out = capsys.readouterr().out
     assert "skipped E0 miniimagenet: not available offline" in out
-    assert "### mnist, smoke scale" in (tmp_path / "REPRODUCE.md").read_text()
+    assert "[E0](docs/results/E0.md) | mnist | smoke" in (tmp_path / "REPRODUCE.md").read_text()
+    assert "### mnist, smoke scale" in (tmp_path / "docs" / "results" / "E0.md").read_text()
 
 
 def test_dataset_seeds_override_the_scale_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
