@@ -146,7 +146,7 @@ def part_e5() -> None:
             problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
             obj, lam = problem.objective, problem.lam
             exact = (obj.task_grads(lam) @ dense_v(problem, obj.dense_hessian(lam))).numpy()
-            for t in (0.1, 0.075, 0.05):
+            for t in (0.1, 0.075, 0.05, 0.03):
                 runs, iters, rho = [], 0, 0.0
                 for _ in range(5):
                     method = get_method("task_if_truncated", cg_iters=100, tol=t)
