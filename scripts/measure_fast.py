@@ -17,9 +17,9 @@ It prints each candidate's Spearman minus that of dense task-IF, per problem and
 each dataset (the ``aggregate`` of E3), with the iterations used.
 
 Part ``e5`` rebuilds E5's problems at 100 tasks (digits seeds 0-1, Omniglot seed 0; hidden 8 and 16; trained as E5
-trains them) and reports, for the ``rtol`` candidates: the iterations used, the Spearman of the task scores with
-dense task-IF, and the time in meta-epochs as E5 measures it (one F value and gradient at the initial point, median
-of 3 after a warm-up, in the same process), median and IQR over 5 runs.
+trains them) and reports, for ``cg3`` and the ``rtol`` candidates: the iterations used, the Spearman of the task
+scores with dense task-IF, and the time in meta-epochs as E5 measures it (one F value and gradient at the initial
+point, median of 3 after a warm-up, timed in the same process just before each run), median and IQR over 5 runs.
 
 Usage: OMP_NUM_THREADS=1 python scripts/measure_fast.py [e3] [e5]   (e3: ~4 min, e5: ~6 min on one free core)
 """
@@ -53,6 +53,8 @@ KINDS = ("task", "support", "query")
 E3_PROBLEMS = [("mnist", 0), ("mnist", 1), ("mnist", 2), ("omniglot", 0)]
 E5_PROBLEMS = [("mnist", 0), ("mnist", 1), ("omniglot", 0)]
 RTOLS = (0.15, 0.1, 0.075, 0.05, 0.03)
+E5_CANDIDATES: dict[str, dict] = {"cg3": {"cg_iters": 3, "tol": 0.0},
+                                  **{f"rtol{t}": {"cg_iters": 100, "tol": t} for t in (0.1, 0.05, 0.03)}}
 CANDIDATES: dict[str, dict] = {
     **{f"cg{k}": {"cg_iters": k, "tol": 0.0} for k in (3, 4, 5, 6, 8, 10, 15)},
     **{f"rtol{t}": {"cg_iters": 100, "tol": t} for t in RTOLS},
@@ -142,20 +144,21 @@ def part_e5() -> None:
                    **E5_CONFIGS["quick"]["by_dataset"].get(dataset, {})}
             setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed),
                                        "unrolled")
-            epoch_s = median_time(lambda: setup.objective.value_and_grad(setup.model.init(seed)))
+            lam0 = setup.model.init(seed)
             problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
             obj, lam = problem.objective, problem.lam
             exact = (obj.task_grads(lam) @ dense_v(problem, obj.dense_hessian(lam))).numpy()
-            for t in (0.1, 0.075, 0.05, 0.03):
+            for name, opts in E5_CANDIDATES.items():
                 runs, iters, rho = [], 0, 0.0
-                for _ in range(5):
-                    method = get_method("task_if_truncated", cg_iters=100, tol=t)
+                for _ in range(5):  # each run against a meta-epoch timed just before it (the machine's load drifts)
+                    epoch_s = median_time(lambda: obj.value_and_grad(lam0))
+                    method = get_method("task_if_truncated", **opts)
                     sc = run_method(method, problem, "task")
                     runs.append(sc.seconds / epoch_s)
                     iters, rho = method.last_info.iterations, spearman(sc.values.numpy(), exact)
                 q1, med, q3 = np.percentile(runs, [25, 50, 75])
-                print(f"{dataset} s{seed} h{hidden} rtol{t}: iters {iters}  vs exact {rho:.4f}  meta-epochs {med:.2f} "
-                      f"(IQR {q1:.2f}-{q3:.2f})", flush=True)
+                print(f"{dataset} s{seed} h{hidden} {name:<9s}: iters {iters}  vs exact {rho:.4f}  meta-epochs "
+                      f"{med:.2f} (IQR {q1:.2f}-{q3:.2f})", flush=True)
 
 
 def main() -> None:
