@@ -45,8 +45,8 @@ from metainf.methods import available_methods
 from metainf.metrics import correlations
 from metainf.train import DENSE_NEWTON_MAX_PARAMS, total_hessian
 
-METHODS = ("task_if", "task_if_truncated", "direct_if", "single_level_if", "tracin", "tracin_cp", "dvemb_exact",
-           "dvemb_fisher", "grad_dot", "grad_cos", "trak", "ga_unlearn", "loss", "random")
+METHODS = ("task_if", "task_if_truncated", "task_if_fast", "direct_if", "single_level_if", "tracin", "tracin_cp",
+           "dvemb_exact", "dvemb_fisher", "grad_dot", "grad_cos", "trak", "ga_unlearn", "loss", "random")
 
 _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [8], "delta": 0.1, "tol": 1e-8,
@@ -70,13 +70,14 @@ _PROXIMAL_QUICK = {
     "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 20, "newton_cg_iters": 10, "cg_hvp": "vjp"},
     "outer_steps": 50,
     "trajectory_ground_truth": False,
-    "methods": ["task_if", "task_if_truncated", "direct_if", "grad_dot", "grad_cos", "loss", "random"],
+    "methods": ["task_if", "task_if_truncated", "task_if_fast", "direct_if", "grad_dot", "grad_cos", "loss",
+                "random"],
     "n_units": {"task": 40, "support": 40, "query": 40},
 }
 #: the second problem: removing one of K > 1 examples of a class (at 1 shot a support point is its class)
 _FIVE_SHOT = {"inner": "unrolled", "k_shot": 5, "kinds": ["support"],
-              "methods": ["task_if", "task_if_truncated", "direct_if", "dvemb_exact", "tracin", "grad_dot", "loss",
-                          "random"]}
+              "methods": ["task_if", "task_if_truncated", "task_if_fast", "direct_if", "dvemb_exact", "tracin",
+                          "grad_dot", "loss", "random"]}
 CONFIGS = {
     # smoke keeps 40 training tasks (with 8 the converged minimum is nearly singular and removal of one task
     # changes the landscape qualitatively) and scores only 8 units per kind

@@ -9,7 +9,8 @@ For each (number of training tasks M, hidden width) on the grid, measured in one
   Spearman correlation of its task scores with exact task-IF (``task_if``, CG on the exact total Hessian) at the
   same point: the accuracy side of the cheap curvatures (``task_if_fisher``: empirical-Fisher total curvature;
   ``task_if_nystrom``: a rank-3 sketch of the exact total Hessian with one block-Krylov step;
-  ``task_if_truncated``: 3 CG iterations with finite-difference total HVPs, one gradient pass each);
+  ``task_if_truncated``: 3 CG iterations with finite-difference total HVPs, one gradient pass each;
+  ``task_if_fast``: the same CG stopped at a relative residual);
 - instance-IF for every support point of every task (``task_if`` and ``task_if_truncated`` with unit kind
   ``support``, a fresh method each, so the time includes the solve for v): ``{method}_support_s``;
 - ``loo_all_s``: converged leave-one-out retraining of all M tasks, *extrapolated* as ``loo_setup_s`` (the start
@@ -38,9 +39,9 @@ from metainf.methods import get_method, run_method
 from metainf.metrics import correlations
 
 #: methods also timed on instance-IF (all M x S support points, solve included)
-INSTANCE_METHODS = ("task_if", "task_if_truncated")
-METHODS = ("task_if", "task_if_nystrom", "task_if_truncated", "task_if_fisher", "direct_if", "tracin", "dvemb_exact",
-           "trak", "grad_dot")
+INSTANCE_METHODS = ("task_if", "task_if_truncated", "task_if_fast")
+METHODS = ("task_if", "task_if_nystrom", "task_if_truncated", "task_if_fast", "task_if_fisher", "direct_if", "tracin",
+           "dvemb_exact", "trak", "grad_dot")
 _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
     "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],

@@ -33,6 +33,7 @@ BUILTIN: dict[str, str] = {
     "task_if_fisher": "metainf.methods.influence_methods:TaskIFFisher",
     "task_if_nystrom": "metainf.methods.influence_methods:TaskIFNystrom",
     "task_if_truncated": "metainf.methods.influence_methods:TaskIFTruncated",
+    "task_if_fast": "metainf.methods.influence_methods:TaskIFFast",
     "direct_if": "metainf.methods.influence_methods:DirectIF",
     "tracin": "metainf.methods.trajectory:TracIn",
     "tracin_cp": "metainf.methods.trajectory:TracInCP",
