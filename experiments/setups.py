@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from experiments.base import ConfigError, RunContext
@@ -52,15 +53,41 @@ class Fitted:
     seconds: float
 
 
-def load_opts(cfg: dict) -> dict:
-    """Dataset options of the config (``image_size`` for Omniglot / Mini-ImageNet)."""
-    return {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+def load_opts(cfg: dict, dataset: str) -> dict:
+    """Dataset options of the config: ``image_size`` (resize), and for MNIST the source ``mnist_source``
+    (``"digits"`` keeps the small MLP experiments on scikit-learn's 8x8 digits; see ``metainf.data.mnist``)."""
+    opts = {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+    if dataset == "mnist" and cfg.get("mnist_source"):
+        opts["source"] = cfg["mnist_source"]
+    return opts
+
+
+#: the config's ``dtype`` (default float64: the exact MLP experiments; float32 for Conv-4)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: config keys of the Conv-4 model (``metainf.core.models.Conv4``), honoured when present (``--set width=32``)
+CONV4_KEYS = ("width", "norm", "activation", "pool", "zero_head")
+
+
+def config_dtype(cfg: dict) -> torch.dtype:
+    """The floating type of the config's pools and parameters (``dtype``: "float32" or "float64", default 64)."""
+    name = cfg.get("dtype", "float64")
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def model_from_config(cfg: dict, input_shape: tuple[int, ...]) -> FlatModel:
+    """``cfg["model"]`` ("mlp" with ``hidden``, or "conv4" with the ``CONV4_KEYS`` present in the config)."""
+    kind = cfg.get("model", "mlp")
+    if kind == "conv4":
+        return build_model(kind, input_shape, cfg["n_way"], **{k: cfg[k] for k in CONV4_KEYS if k in cfg})
+    return build_model(kind, input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
 
 
 def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Setup:
     """Pools from the run's seed, the model and the objectives for ``inner_kind`` ("unrolled" or "proximal")."""
     cfg = ctx.config
-    opts = load_opts(cfg)
+    opts = load_opts(cfg, ctx.dataset)
     train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
     held_out = load_split(ctx.dataset, eval_split, ctx.data_root, **opts)
     try:
@@ -69,10 +96,14 @@ def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Se
                                seed=ctx.seed + 1000)
     except ValueError as error:  # more ways than classes, K+Q above the images per class: the config cannot run
         raise ConfigError(str(error)) from None
-    model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
+    try:
+        model = model_from_config(cfg, ptr.input_shape)
+    except ValueError as error:  # an unknown norm / activation / pooling, an image too small for Conv-4
+        raise ConfigError(str(error)) from None
     inner = make_inner(inner_kind, **cfg[inner_kind])
-    obj = MetaObjective(model, inner, pool_tensors(ptr), delta=cfg["delta"], chunk=cfg.get("chunk"))
-    ev = MetaObjective(model, inner, pool_tensors(pev), chunk=cfg.get("chunk"))
+    dtype = config_dtype(cfg)
+    obj = MetaObjective(model, inner, pool_tensors(ptr, dtype), delta=cfg["delta"], chunk=cfg.get("chunk"))
+    ev = MetaObjective(model, inner, pool_tensors(pev, dtype), chunk=cfg.get("chunk"))
     return Setup(ptr, pev, model, obj, ev, inner_kind)
 
 
@@ -81,7 +112,7 @@ def fit(setup: Setup, cfg: dict, seed: int) -> Fitted:
     t0 = time.perf_counter()
     tc = {"steps": cfg["outer_steps"], "batch": cfg["outer_batch"], "lr": cfg["outer_lr"],
           "optimizer": cfg.get("outer_optimizer", "sgd"), "seed": seed, "record_every": 1}
-    lam0 = setup.model.init(seed)
+    lam0 = setup.model.init(seed, config_dtype(cfg))
     lam_t, traj = train_stochastic(setup.objective, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"],
                                    seed=seed, record_every=1)
     res = train_converged(setup.objective, lam_t, tol=cfg["tol"], max_iter=cfg["max_iter"])
@@ -114,10 +145,11 @@ def build_noisy_setup(ctx: RunContext, inner_kind: str) -> tuple[Setup, MetaObje
     setup = build_setup(ctx, inner_kind)
     cfg = ctx.config
     noisy = corrupt(setup.train_pool, cfg.get("noise"), ctx.seed)
-    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy), delta=cfg["delta"],
+    dtype = config_dtype(cfg)
+    obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy, dtype), delta=cfg["delta"],
                         chunk=cfg.get("chunk"))
-    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg))
+    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg, ctx.dataset))
     ptest = sample_task_pool(test, cfg["n_test_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                              seed=ctx.seed + 2000)
-    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest), chunk=cfg.get("chunk"))
+    test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest, dtype), chunk=cfg.get("chunk"))
     return Setup(noisy, setup.eval_pool, setup.model, obj, setup.eval_objective, inner_kind), test_obj
