@@ -35,10 +35,9 @@ from experiments.base import Experiment, RunContext
 from metainf.data.registry import data_source, load_split
 from metainf.methods import AttributionProblem, available_methods
 
-#: task-IF by truncated CG; the Fisher variant; direct-IF; single-level IF with the Gauss-Newton curvature (what
+#: task-IF by truncated CG (``task_if_fisher`` etc. run with ``--method``); direct-IF; single-level IF with the Gauss-Newton curvature (what
 #: EK-FAC factorises); TRAK; TracIn at checkpoints; DVEmb (paper-faithful Fisher variant); random
-METHODS = ("task_if_truncated", "task_if_fisher", "direct_if", "single_level_if", "trak", "tracin_cp",
-           "dvemb_fisher", "random")
+METHODS = ("task_if_truncated", "direct_if", "single_level_if", "trak", "tracin_cp", "dvemb_fisher", "random")
 #: methods given the run's damping (``experiments.regime.damping_rule``)
 DAMPED = ("task_if", "task_if_truncated", "task_if_fisher", "task_if_nystrom", "direct_if", "single_level_if")
 #: (kind, method, mode) -> the paper's row
@@ -55,6 +54,7 @@ PAPER_REFS = {("task", "oracle", "retrain"): "main/task/retrain",
 _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 5, "image_size": 16, "dtype": "float32",
     "model": "conv4", "width": 16, "norm": "group", "activation": "relu", "pool": "max", "zero_head": True,
+    "chunk": 25,  # tasks per vmapped pass: all 200 at once held ~4 GB and was killed on the 2-core machine
     "delta": 0.0, "outer_steps": 500, "outer_batch": 8, "outer_lr": 1e-3, "outer_optimizer": "adam",
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4},
     "noise": {"kind": "tasks", "fraction": 0.4, "flip_rate": 0.6, "where": "query"},
