@@ -38,6 +38,7 @@ from metainf.train import train_stochastic
 PUBLISHED_OMNIGLOT_5W1S = 0.987
 
 _BASE: dict[str, Any] = {
+    "mnist_source": "digits",  # scikit-learn's 8x8 digits, as before real MNIST (metainf.data.mnist)
     "n_way": 5, "k_shot": 1, "q_query": 5, "model": "conv4", "width": 16, "hidden": [64, 32], "norm": "group",
     "image_size": 16, "rotations": [0], "inner_steps": 1, "inner_lr": 0.4, "first_order": False,
     "test_inner_steps": 1, "meta_batch": 16, "meta_lr": 3e-3, "chunk": 64,
@@ -57,6 +58,8 @@ def _load_opts(dataset: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     opts: dict[str, Any] = {"image_size": cfg["image_size"]}
     if dataset == "omniglot":
         opts["rotations"] = tuple(cfg["rotations"])
+    if dataset == "mnist" and cfg.get("mnist_source"):
+        opts["source"] = cfg["mnist_source"]
     return opts
 
 

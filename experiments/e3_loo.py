@@ -49,6 +49,7 @@ METHODS = ("task_if", "task_if_truncated", "task_if_fast", "direct_if", "single_
            "dvemb_exact", "dvemb_fisher", "grad_dot", "grad_cos", "trak", "ga_unlearn", "loss", "random")
 
 _BASE = {
+    "mnist_source": "digits",  # scikit-learn's 8x8 digits, as before real MNIST (metainf.data.mnist)
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [8], "delta": 0.1, "tol": 1e-8,
     "max_iter": 500, "outer_steps": 200, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from experiments.base import Experiment, RunContext
 from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
+from experiments.setups import load_opts
 from metainf.core.bilevel import InnerProblem, make_inner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, pool_tensors
@@ -72,6 +73,7 @@ from metainf.linalg.solvers import (
 from metainf.train import train_converged
 
 _BASE = {
+    "mnist_source": "digits",  # scikit-learn's 8x8 digits, as before real MNIST (metainf.data.mnist)
     "n_way": 3, "k_shot": 2, "q_query": 4, "hidden": 4, "image_size": 4, "delta": 5e-2, "tol": 1e-6, "max_iter": 300,
     "damping": 0.0, "inners": ["proximal", "unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 1.0},
     "inner_solvers": ["dense", "cg", "ekfac"], "cg_iters": 10,
@@ -303,7 +305,7 @@ def _local_spearman(scores: list[float], actual: np.ndarray, nonlocal_: np.ndarr
 def run(ctx: RunContext) -> dict:
     cfg = ctx.config
     torch.set_num_threads(1)  # tiny per-task kernels: more threads only cost synchronisation on 2 cores
-    data = {s: load_split(ctx.dataset, s, ctx.data_root, image_size=cfg["image_size"]) for s in ("train", "val")}
+    data = {s: load_split(ctx.dataset, s, ctx.data_root, **load_opts(cfg, ctx.dataset)) for s in ("train", "val")}
     ptr = sample_task_pool(data["train"], cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                            seed=ctx.seed)
     pev = sample_task_pool(data["val"], cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],

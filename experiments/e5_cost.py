@@ -43,6 +43,7 @@ INSTANCE_METHODS = ("task_if", "task_if_truncated", "task_if_fast")
 METHODS = ("task_if", "task_if_nystrom", "task_if_truncated", "task_if_fast", "task_if_fisher", "direct_if", "tracin",
            "dvemb_exact", "trak", "grad_dot")
 _BASE = {
+    "mnist_source": "digits",  # scikit-learn's 8x8 digits, as before real MNIST (metainf.data.mnist)
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
     "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],
     "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0}, "n_eval_tasks": 20, "loo_sample": 2,

@@ -21,6 +21,7 @@ from metainf.metrics import correlations
 
 PHASES = ("early", "middle", "late")
 _BASE = {
+    "mnist_source": "digits",  # scikit-learn's 8x8 digits, as before real MNIST (metainf.data.mnist)
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [8], "delta": 0.1, "tol": 1e-6,
     "max_iter": 300, "outer_steps": 150, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd",
     "inners": ["unrolled"], "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0},

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from experiments.base import ConfigError, RunContext
@@ -53,15 +54,41 @@ class Fitted:
     seconds: float
 
 
-def load_opts(cfg: dict) -> dict:
-    """Dataset options of the config (``image_size`` for Omniglot / Mini-ImageNet)."""
-    return {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+def load_opts(cfg: dict, dataset: str) -> dict:
+    """Dataset options of the config: ``image_size`` (resize), and for MNIST the source ``mnist_source``
+    (``"digits"`` keeps the small MLP experiments on scikit-learn's 8x8 digits; see ``metainf.data.mnist``)."""
+    opts = {"image_size": cfg["image_size"]} if cfg.get("image_size") else {}
+    if dataset == "mnist" and cfg.get("mnist_source"):
+        opts["source"] = cfg["mnist_source"]
+    return opts
+
+
+#: the config's ``dtype`` (default float64: the exact MLP experiments; float32 for Conv-4)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: config keys of the Conv-4 model (``metainf.core.models.Conv4``), honoured when present (``--set width=32``)
+CONV4_KEYS = ("width", "norm", "activation", "pool", "zero_head")
+
+
+def config_dtype(cfg: dict) -> torch.dtype:
+    """The floating type of the config's pools and parameters (``dtype``: "float32" or "float64", default 64)."""
+    name = cfg.get("dtype", "float64")
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def model_from_config(cfg: dict, input_shape: tuple[int, ...]) -> FlatModel:
+    """``cfg["model"]`` ("mlp" with ``hidden``, or "conv4" with the ``CONV4_KEYS`` present in the config)."""
+    kind = cfg.get("model", "mlp")
+    if kind == "conv4":
+        return build_model(kind, input_shape, cfg["n_way"], **{k: cfg[k] for k in CONV4_KEYS if k in cfg})
+    return build_model(kind, input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
 
 
 def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Setup:
     """Pools from the run's seed, the model and the objectives for ``inner_kind`` ("unrolled" or "proximal")."""
     cfg = ctx.config
-    opts = load_opts(cfg)
+    opts = load_opts(cfg, ctx.dataset)
     train = load_split(ctx.dataset, "train", ctx.data_root, **opts)
     held_out = load_split(ctx.dataset, eval_split, ctx.data_root, **opts)
     try:
@@ -70,10 +97,13 @@ def build_setup(ctx: RunContext, inner_kind: str, eval_split: str = "val") -> Se
                                seed=ctx.seed + 1000)
     except ValueError as error:  # more ways than classes, K+Q above the images per class: the config cannot run
         raise ConfigError(str(error)) from None
-    model = build_model(cfg.get("model", "mlp"), ptr.input_shape, cfg["n_way"], hidden=tuple(cfg["hidden"]))
+    try:
+        model = model_from_config(cfg, ptr.input_shape)
+    except ValueError as error:  # an unknown norm / activation / pooling, an image too small for Conv-4
+        raise ConfigError(str(error)) from None
     model.module.to(ctx.torch_device)
     inner = make_inner(inner_kind, **cfg[inner_kind])
-    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    dtype, device = ctx.torch_dtype(config_dtype(cfg)), ctx.torch_device  # --dtype, else the config's
     obj = MetaObjective(model, inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=cfg.get("chunk"))
     ev = MetaObjective(model, inner, pool_tensors(pev, dtype, device), chunk=cfg.get("chunk"))
     return Setup(ptr, pev, model, obj, ev, inner_kind)
@@ -135,10 +165,10 @@ def build_noisy_setup(ctx: RunContext, inner_kind: str) -> tuple[Setup, MetaObje
     setup = build_setup(ctx, inner_kind)
     cfg = ctx.config
     noisy = corrupt(setup.train_pool, cfg.get("noise"), ctx.seed)
-    dtype, device = ctx.torch_dtype(), ctx.torch_device
+    dtype, device = ctx.torch_dtype(config_dtype(cfg)), ctx.torch_device
     obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(noisy, dtype, device), delta=cfg["delta"],
                         chunk=cfg.get("chunk"))
-    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg))
+    test = load_split(ctx.dataset, "test", ctx.data_root, **load_opts(cfg, ctx.dataset))
     ptest = sample_task_pool(test, cfg["n_test_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                              seed=ctx.seed + 2000)
     test_obj = MetaObjective(setup.model, setup.objective.inner, pool_tensors(ptest, dtype, device),

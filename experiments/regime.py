@@ -1,0 +1,97 @@
+"""The learning regime of E1: a fixed Adam budget from one initialisation, removal by retraining, and the
+influence edit at that (non-stationary) point.
+
+At Conv-4 scale the meta-parameters are trained by Adam for a fixed number of steps (``outer_steps``: part of
+the protocol, since longer training overfits noisy query labels), so lam_T is *not* a stationary point of F and
+there is no converged leave-one-out to compare with. Removal is judged by retraining:
+
+- :func:`train_budget`: ``metainf.train.train_stochastic`` with Adam, ``outer_steps`` x ``outer_batch`` tasks at
+  ``outer_lr`` from lam_0, the batch order drawn from the run's seed; the recorded trajectory feeds TracIn / DVEmb.
+- :func:`retrain_without`: the same schedule (same lam_0, steps, batch size, learning rate and seed) on the
+  objective without the removed units: removed tasks leave the pool (its batches hold only kept tasks), removed
+  support / query points get weight 0 in their task's loss.
+- :func:`edit_without`: lam_T + (H_F + damping I)^-1 sum_u G_u with G_u = d(grad F)/d omega_u of the removed
+  units (the first-order change of the stationarity condition when their weights go from 1 to 0), solved by
+  ``cg_iters`` truncated CG iterations with finite-difference total HVPs. lam_T is not a minimum, so this is the
+  influence function's edit applied where its derivation does not strictly hold; it is reported as such.
+
+Damping rule (:func:`damping_rule`): ``damping_factor`` x lambda_max(H_F) at lam_T, lambda_max from
+``damping_power_iters`` power iterations on the total HVP. lam_T is not a minimum and H_F is indefinite there
+(``scripts/measure_conv4_curvature.py``: on Omniglot seed 0 at quick scale lambda_max ~ 480 and a negative
+eigenvalue ~ -0.45 after 8 power iterations, with 0.1 x the mean empirical-Fisher eigenvalue ~ 0.005), so the
+damping must exceed |lambda_min| for CG to see positive curvature: a fixed fraction of lambda_max does, with
+margin, where kronfluence's heuristic (0.1 x the mean eigenvalue of its curvature) does not. The same value goes to every curvature-based method of a run and is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from experiments.removal import weights_without
+from metainf.core.objective import MetaObjective
+from metainf.groundtruth.trajectory import batch_objective
+from metainf.influence import hessian_operator
+from metainf.linalg.finite_difference import fd_hessian_operator, supports_fd
+from metainf.linalg.neumann import power_iteration
+from metainf.linalg.nystrom import pcg
+from metainf.methods.static import unit_gradients
+from metainf.train import Trajectory, train_stochastic
+
+
+def train_config(cfg: dict, seed: int) -> dict:
+    """How :func:`train_budget` trains (the ``train_config`` of the attribution problem, recorded in results)."""
+    return {"steps": cfg["outer_steps"], "batch": cfg["outer_batch"], "lr": cfg["outer_lr"],
+            "optimizer": cfg["outer_optimizer"], "seed": seed, "record_every": 1}
+
+
+def train_budget(obj: MetaObjective, lam0: Tensor, cfg: dict, seed: int) -> tuple[Tensor, Trajectory, float]:
+    """(lam_T, trajectory, seconds) of the fixed-budget meta-training of ``obj`` from ``lam0``."""
+    tc = train_config(cfg, seed)
+    t0 = time.perf_counter()
+    lam, traj = train_stochastic(obj, lam0, tc["steps"], tc["batch"], tc["lr"], tc["optimizer"], seed=seed,
+                                 record_every=tc["record_every"])
+    return lam, traj, time.perf_counter() - t0
+
+
+def without(obj: MetaObjective, kind: str, mask: np.ndarray) -> MetaObjective:
+    """``obj`` without the units of ``kind`` where ``mask`` is True: tasks dropped from the pool, points weighted 0."""
+    if kind == "task":
+        return batch_objective(obj, np.flatnonzero(~np.asarray(mask)).tolist())
+    return weights_without(obj, kind, mask)
+
+
+def retrain_without(obj: MetaObjective, lam0: Tensor, kind: str, mask: np.ndarray, cfg: dict,
+                    seed: int) -> tuple[Tensor, float]:
+    """(lam, seconds): :func:`train_budget` of the objective without the masked units, from the same ``lam0``."""
+    lam, _, seconds = train_budget(without(obj, kind, mask), lam0, cfg, seed)
+    return lam, seconds
+
+
+def total_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
+    """u -> H_F u: a finite difference of the meta-gradient for unrolled second-order MAML, else autodiff."""
+    return fd_hessian_operator(obj, lam) if supports_fd(obj) else hessian_operator(obj, lam, "exact")
+
+
+def damping_rule(obj: MetaObjective, lam: Tensor, factor: float, power_iters: int, seed: int = 0) -> float:
+    """``factor`` x lambda_max(H_F(lam)) from ``power_iters`` power iterations (module docstring)."""
+    return factor * abs(power_iteration(total_hvp(obj, lam), lam, iters=power_iters, seed=seed))
+
+
+def edit_without(obj: MetaObjective, lam: Tensor, kind: str, mask: np.ndarray, damping: float,
+                 cg_iters: int) -> tuple[Tensor, float]:
+    """(lam + (H_F + damping I)^-1 sum_{u in mask} G_u, seconds): the influence edit (module docstring).
+
+    G_u = d(grad F)/d omega_u (``metainf.methods.static.unit_gradients``; tasks: tau_k g_k / M). H_F u is a
+    finite difference of the meta-gradient for unrolled second-order MAML, the autodiff HVP otherwise. Raises
+    ``metainf.solvers.IndefiniteHessianError`` if CG meets non-positive curvature."""
+    t0 = time.perf_counter()
+    m = torch.as_tensor(np.asarray(mask))
+    b = unit_gradients(obj, lam, kind)[m].sum(0)
+    op = total_hvp(obj, lam)
+    dlam, _ = pcg(lambda u: op(u) + damping * u, b, tol=0.0, max_iter=cg_iters)
+    return lam + dlam, time.perf_counter() - t0
