@@ -270,8 +270,8 @@ def aggregate(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"metrics": {path: mean_std(values) for path, values in leaves.items()}, "tables": tables}
 
 
-#: files a run writes into the repository; their changes do not make the provenance "dirty"
-OUTPUTS = ("results", "REPRODUCE.md")
+#: files a run or a report writes into the repository; their changes do not make the provenance "dirty"
+OUTPUTS = ("results", "REPRODUCE.md", "docs/results")
 
 
 def git_state(root: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
