@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import regime, removal, setups  # noqa: E402
@@ -29,7 +31,7 @@ def main() -> None:
     dataset = sys.argv[1] if len(sys.argv) > 1 else "omniglot"
     iters = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     cfg = dict(CONFIGS["quick"])
-    ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
     setup, test = setups.build_noisy_setup(ctx, "unrolled")
     obj = setup.objective
     lam, _, seconds = regime.train_budget(obj, setup.model.init(0, setups.config_dtype(cfg)), cfg, 0)

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -72,7 +74,7 @@ def e3_problem(dataset: str, seed: int, inner: str):
     problem."""
     stored = json.loads((ROOT / "results" / "E3" / f"{dataset}-quick.json").read_text())
     cfg = problem_configs(stored["config"])[inner]
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed), inner)
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed), inner)
     fitted = setups.fit(setup, cfg, seed)
     problem = setups.problems(setup, fitted, seed)["converged"]
     obj, lam = problem.objective, problem.lam
@@ -142,7 +144,7 @@ def part_e5() -> None:
         for hidden in (8, 16):
             cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden],
                    **E5_CONFIGS["quick"]["by_dataset"].get(dataset, {})}
-            setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed),
+            setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed),
                                        "unrolled")
             lam0 = setup.model.init(seed)
             problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import setups  # noqa: E402
@@ -39,7 +41,7 @@ GROUPS = {
 def problem(dataset: str, seed: int, hidden: int):
     cfg = {**CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden], **CONFIGS["quick"]["by_dataset"].get(
         dataset, {})}
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, seed=seed),
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed),
                                "unrolled")
     return setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
 

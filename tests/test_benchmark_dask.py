@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
+
 from experiments import ground_truth, scoring, setups
 from experiments.e3_loo import CONFIGS
 from metainf.runtime import executor
@@ -39,7 +41,7 @@ def problem():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cfg = {**CONFIGS["quick"], "n_train_tasks": N_TASKS}
-    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
     setup = setups.build_setup(ctx, "unrolled")
     fitted = setups.fit(setup, cfg, 0)
     yield setup, fitted, cfg

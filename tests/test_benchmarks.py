@@ -15,6 +15,8 @@ import types
 import pytest
 import torch
 
+CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
+
 from experiments import ground_truth, scoring, setups
 from experiments.e3_loo import CONFIGS
 from experiments.e5_cost import _loop_grads
@@ -29,7 +31,7 @@ def problem():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cfg = {**CONFIGS["quick"], "outer_steps": 50}
-    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
     setup = setups.build_setup(ctx, "unrolled")
     fitted = setups.fit(setup, cfg, 0)
     yield setup, fitted, cfg

@@ -81,13 +81,15 @@ def assert_bitwise(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) 
 
 
 def test_serial_wraps_each_call_and_restores_torch_state() -> None:
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)  # a known state before the call (an earlier run may have seeded)
     try:
         assert run_units(probe_job, {"a": ()}, progress=False) == {"a": (1, True)}
         assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def test_serial_equals_direct_deterministic_calls(reference: dict[str, torch.Tensor]) -> None:

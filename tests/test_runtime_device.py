@@ -22,7 +22,7 @@ from metainf.train import train_converged, train_stochastic
 from replication.cli import main
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CONFIG = {"n_way": 3, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [2], "delta": 0.1,
+CONFIG = {"mnist_source": "digits", "n_way": 3, "k_shot": 1, "q_query": 2, "model": "mlp", "hidden": [2], "delta": 0.1,
           "n_train_tasks": 6, "n_eval_tasks": 4, "chunk": 4,
           "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 10}}
 
