@@ -9,26 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.bilevel import UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective
 from metainf.groundtruth.lds import (EnsembleTrainer, PerRun, draw_subsets, subset_losses, subset_objective)
 from metainf.train import train_stochastic
+from tests.fixtures_tasks import DT, INPUT, N_WAY, make_tasks
 
-DT = torch.float64
-N_S, N_Q, N_WAY, INPUT = 4, 4, 3, (1, 4, 4)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def make_tasks(seed: int, n_tasks: int) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    return TaskData(
-        xs=torch.rand(n_tasks, N_S, *INPUT, generator=g, dtype=DT),
-        ys=torch.randint(0, N_WAY, (n_tasks, N_S), generator=g), ws=torch.ones(n_tasks, N_S, dtype=DT),
-        xq=torch.rand(n_tasks, N_Q, *INPUT, generator=g, dtype=DT),
-        yq=torch.randint(0, N_WAY, (n_tasks, N_Q), generator=g), wq=torch.ones(n_tasks, N_Q, dtype=DT),
-    )
 
 
 def test_draw_subsets_sizes_seeded_and_stratified():

@@ -19,22 +19,13 @@ from metainf.groundtruth.trajectory import trajectory_loo, trajectory_loo_all, t
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.trajectory import DVEmbExact, DVEmbFisher, TracIn, TracInCP, phase_contributions
 from metainf.train import train_stochastic
+from tests.fixtures_tasks import DT, INPUT, N_S, N_WAY, make_tasks
 
-DT = torch.float64
-N_TASKS, N_S, N_Q, N_WAY, INPUT = 6, 4, 4, 3, (1, 4, 4)
+N_TASKS = 6
 EPS = 1e-4
 KINDS = ("task", "support", "query")
 POINTS = [(0, 1), (3, 2), (5, 0)]  # (task, point) checked by finite differences
 
-
-def make_tasks(seed: int, n_tasks: int) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    return TaskData(
-        xs=torch.rand(n_tasks, N_S, *INPUT, generator=g, dtype=DT),
-        ys=torch.randint(0, N_WAY, (n_tasks, N_S), generator=g), ws=torch.ones(n_tasks, N_S, dtype=DT),
-        xq=torch.rand(n_tasks, N_Q, *INPUT, generator=g, dtype=DT),
-        yq=torch.randint(0, N_WAY, (n_tasks, N_Q), generator=g), wq=torch.ones(n_tasks, N_Q, dtype=DT),
-    )
 
 
 def make_problem(steps: int = 5, batch: int = 2, lr: float = 0.1, optimizer: str = "sgd", record_every: int = 1,
