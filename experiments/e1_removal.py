@@ -25,21 +25,16 @@ meta-test tasks (mean and 95% interval); ``runtime_s`` is scoring plus retrainin
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import torch
 
 from experiments import regime, removal, scoring, setups
 from experiments.base import Experiment, RunContext
 from metainf.data.registry import data_source, load_split
-from metainf.methods import AttributionProblem, available_methods
+from metainf.methods import available_methods
 
 #: task-IF by truncated CG (``task_if_fisher`` etc. run with ``--method``); direct-IF; single-level IF with the Gauss-Newton curvature (what
 #: EK-FAC factorises); TRAK; TracIn at checkpoints; DVEmb (paper-faithful Fisher variant); random
 METHODS = ("task_if_truncated", "direct_if", "single_level_if", "trak", "tracin_cp", "dvemb_fisher", "random")
-#: methods given the run's damping (``experiments.regime.damping_rule``)
-DAMPED = ("task_if", "task_if_truncated", "task_if_fisher", "task_if_nystrom", "direct_if", "single_level_if")
 #: (kind, method, mode) -> the paper's row
 PAPER_REFS = {("task", "oracle", "retrain"): "main/task/retrain",
               ("task", "task_if_truncated", "edit"): "main/task/task_if",
@@ -76,20 +71,22 @@ CONFIGS = {
 }
 
 
+#: E1's keys that only its removal protocol uses
+_REMOVAL_ONLY = ("inners", "kinds", "remove_fraction", "instance_methods", "edit_methods", "edit_cg_iters")
+
+
+def regime_config(scale: str) -> dict:
+    """E1's learning regime at ``scale`` (set-up, training budget, noise, damping rule, method options) without its
+    removal protocol: the base of the Conv-4 parts of E2 and E3."""
+    return {k: v for k, v in CONFIGS[scale].items() if k not in _REMOVAL_ONLY}
+
+
 def _row(inner: str, kind: str, method: str, mode: str, acc: tuple[float, float], runtime: float,
          removed: int) -> dict:
     row = {"inner": inner, "unit": kind, "method": method, "mode": mode, "removed": removed, "acc": acc[0],
            "acc_ci95": acc[1], "runtime_s": runtime}
     ref = PAPER_REFS.get((kind, method, mode))
     return {**row, "paper_ref": ref} if ref else row
-
-
-def _options(cfg: dict, damping: float) -> dict[str, dict]:
-    """Per-method options of the config, with the run's damping for the curvature-based methods."""
-    opts = {name: dict(o) for name, o in cfg["method_options"].items()}
-    for name in DAMPED:
-        opts.setdefault(name, {})["damping"] = damping
-    return opts
 
 
 def run(ctx: RunContext) -> dict:
@@ -99,27 +96,22 @@ def run(ctx: RunContext) -> dict:
     metrics: dict = {"data_source": data_source(ctx.dataset, ctx.data_root, train)}
     rows: list[dict] = []
     for inner_kind in cfg["inners"]:
-        setup, test_obj = setups.build_noisy_setup(ctx, inner_kind)
-        obj, pool = setup.objective, setup.train_pool
-        lam0 = setup.model.init(ctx.seed, setups.config_dtype(cfg))
-        lam, traj, t_train = regime.train_budget(obj, lam0, cfg, ctx.seed)
-        full = removal.accuracy(test_obj, lam)
-        damping = regime.damping_rule(obj, lam, cfg["damping_factor"], cfg["damping_power_iters"], ctx.seed)
-        m = metrics.setdefault(inner_kind, {"full": {"acc": full[0], "acc_ci95": full[1], "train_s": t_train},
+        fit = regime.fit_regime(ctx, inner_kind)
+        setup, test_obj, lam0, lam, damping = fit.setup, fit.test_objective, fit.lam0, fit.lam, fit.damping
+        obj, pool, full = setup.objective, setup.train_pool, fit.acc
+        m = metrics.setdefault(inner_kind, {"full": {"acc": full[0], "acc_ci95": full[1], "train_s": fit.train_s},
                                             "n_params": setup.model.n_params, "dtype": cfg["dtype"],
                                             "damping": damping})
-        rows.append(_row(inner_kind, "-", "none (all data)", "-", full, t_train, 0))
+        rows.append(_row(inner_kind, "-", "none (all data)", "-", full, fit.train_s, 0))
         corrupted = {"task": pool.task_corrupted, "support": pool.support_corrupted,
                      "query": pool.query_corrupted}
         lam_o, t_o = regime.retrain_without(obj, lam0, "task", corrupted["task"].numpy(), cfg, ctx.seed)
         acc = removal.accuracy(test_obj, lam_o)
         m["oracle"] = {"task_retrain_acc": acc[0], "task_retrain_acc_ci95": acc[1], "task_retrain_runtime_s": t_o}
         rows.append(_row(inner_kind, "task", "oracle", "retrain", acc, t_o, int(corrupted["task"].sum())))
-        problem = AttributionProblem(lam=lam, objective=obj, eval_objective=setup.eval_objective, trajectory=traj,
-                                     train_config=regime.train_config(cfg, ctx.seed), task_ids=pool.task_ids,
-                                     seed=ctx.seed)
+        problem = fit.problem
         kinds = tuple(cfg["kinds"])
-        scores, skipped = scoring.score_all(ctx.methods, problem, kinds, _options(cfg, damping))
+        scores, skipped = scoring.score_all(ctx.methods, problem, kinds, regime.method_options(cfg, damping))
         for method, by_kind in scores.items():
             for kind, sc in by_kind.items():
                 if kind != "task" and method not in cfg["instance_methods"]:

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from experiments import removal, setups
+from experiments.base import RunContext
 from experiments.removal import weights_without
 from metainf.core.objective import MetaObjective
+from metainf.core.problem import AttributionProblem
 from metainf.groundtruth.trajectory import batch_objective
 from metainf.influence import hessian_operator
 from metainf.linalg.finite_difference import fd_hessian_operator, supports_fd
@@ -41,6 +45,54 @@ from metainf.linalg.neumann import power_iteration
 from metainf.linalg.nystrom import pcg
 from metainf.methods.static import unit_gradients
 from metainf.train import Trajectory, train_stochastic
+
+
+#: the attribution methods that scale to Conv-4 (the Conv-4 parts of E2 and E3): E1's, task_if_fast and grad_cos
+SCALABLE_METHODS = ("task_if_truncated", "task_if_fast", "direct_if", "single_level_if", "trak", "tracin_cp",
+                    "dvemb_fisher", "grad_cos", "random")
+#: curvature-based methods given the run's damping (:func:`damping_rule`)
+DAMPED = ("task_if", "task_if_truncated", "task_if_fast", "task_if_fisher", "task_if_nystrom", "direct_if",
+          "single_level_if")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One seed's model in the learning regime: the set-up (noisy training pool, clean validation tasks), the clean
+    meta-test objective, lam_0, lam_T with its trajectory and training time, the full-data meta-test accuracy (mean,
+    95% half-width), the damping of :func:`damping_rule`, and the attribution problem at lam_T."""
+
+    setup: setups.Setup
+    test_objective: MetaObjective
+    lam0: Tensor
+    lam: Tensor
+    train_s: float
+    acc: tuple[float, float]
+    damping: float
+    problem: AttributionProblem
+
+
+def fit_regime(ctx: RunContext, inner_kind: str) -> Trained:
+    """Build the noisy set-up of ``ctx.config``, train it by :func:`train_budget` from ``model.init(seed)``, measure
+    its meta-test accuracy and the damping at lam_T (:class:`Trained`)."""
+    cfg = ctx.config
+    setup, test_obj = setups.build_noisy_setup(ctx, inner_kind)
+    obj = setup.objective
+    lam0 = setup.model.init(ctx.seed, setups.config_dtype(cfg))
+    lam, traj, t_train = train_budget(obj, lam0, cfg, ctx.seed)
+    acc = removal.accuracy(test_obj, lam)
+    damping = damping_rule(obj, lam, cfg["damping_factor"], cfg["damping_power_iters"], ctx.seed)
+    problem = AttributionProblem(lam=lam, objective=obj, eval_objective=setup.eval_objective, trajectory=traj,
+                                 train_config=train_config(cfg, ctx.seed), task_ids=setup.train_pool.task_ids,
+                                 seed=ctx.seed)
+    return Trained(setup, test_obj, lam0, lam, t_train, acc, damping, problem)
+
+
+def method_options(cfg: dict, damping: float) -> dict[str, dict]:
+    """The config's ``method_options``, with ``damping`` for every curvature-based method (:data:`DAMPED`)."""
+    opts = {name: dict(o) for name, o in cfg["method_options"].items()}
+    for name in DAMPED:
+        opts.setdefault(name, {})["damping"] = damping
+    return opts
 
 
 def train_config(cfg: dict, seed: int) -> dict:

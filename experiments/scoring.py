@@ -25,6 +25,13 @@ def choose_units(obj: MetaObjective, kind: str, n: int, seed: int) -> list[Unit]
     return [(int(i) // width, int(i) % width) for i in sorted(flat)]
 
 
+def part_methods(run_methods: tuple[str, ...], part: list[str] | tuple[str, ...],
+                 defaults: tuple[str, ...]) -> tuple[str, ...]:
+    """The methods one part of an experiment runs: those of the run (``--method`` or the experiment's
+    ``defaults``) that the part names, plus any the user added beyond the defaults (a plug-in runs in every part)."""
+    return tuple(m for m in run_methods if m in part or m not in defaults)
+
+
 def metric_key(method: str) -> str:
     """A method name usable as a metric key (no dots: ``pkg.mod:Cls`` -> ``pkg_mod:Cls``)."""
     return method.replace(".", "_")

@@ -17,6 +17,8 @@ adapts a one-run callable ``train_on(mask, seed) -> losses``. Batches of runs fa
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -111,13 +113,15 @@ def run_batch(train: TrainMany, masks: Tensor, seeds: list[int]) -> Tensor:
 
 
 def subset_losses(train: TrainMany, masks: Tensor, n_seeds: int = 1, seed: int = 0, batch: int = 8,
-                  executor: str = "serial", n_workers: int | None = None, progress: bool = False) -> SubsetLosses:
+                  executor: str = "serial", n_workers: int | None = None, progress: bool = False,
+                  cache_dir: str | os.PathLike | None = None) -> SubsetLosses:
     """Retrain every subset ``2 * n_seeds`` times and average each half into an estimate (:class:`SubsetLosses`).
 
     Run (subset i, estimate e, repeat r) uses seed ``seed + (e * n_seeds + r) * N + i``: all distinct, so the two
     estimates share no retraining. Runs are grouped ``batch`` at a time into calls of ``train`` (one vmapped
     ensemble for :class:`EnsembleTrainer`), and the calls fan out through ``metainf.runtime.executor.run_units`` with
-    ``executor`` / ``n_workers`` (``train`` must then be picklable).
+    ``executor`` / ``n_workers`` (``train`` must then be picklable). With ``cache_dir`` every finished call is
+    saved there, so an interrupted run resumes where it stopped (the folder is bound to the masks and seeds).
     """
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
@@ -127,7 +131,9 @@ def subset_losses(train: TrainMany, masks: Tensor, n_seeds: int = 1, seed: int =
     units = {f"runs{b:04d}": (train, masks[[i for i, _ in jobs[b:b + batch]]], [s for _, s in jobs[b:b + batch]])
              for b in range(0, len(jobs), batch)}
     t0 = time.perf_counter()
-    out = run_units(run_batch, units, executor=executor, n_workers=n_workers, progress=progress, desc="LDS subsets")
+    key = hashlib.sha256(masks.numpy().tobytes() + seeds.tobytes()).hexdigest()[:16] if cache_dir else None
+    out = run_units(run_batch, units, executor=executor, n_workers=n_workers, progress=progress, desc="LDS subsets",
+                    cache_dir=cache_dir, cache_key=key)
     losses = torch.cat([out[k] for k in units]).reshape(2 * n_seeds, n, -1)
     seconds = time.perf_counter() - t0
     return SubsetLosses(masks, losses[:n_seeds].mean(0), losses[n_seeds:].mean(0), seeds[:n_seeds].T,

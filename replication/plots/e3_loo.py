@@ -43,4 +43,44 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                     ax.legend(fontsize=7)
                 fig.suptitle(f"E3 {dataset} {problem}, seed {seed}")
                 paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{problem}-{gt_name}-seed{seed}.png"))
+            if "losses_a" in by_kind:
+                metrics = payload["metrics"][problem]
+                paths.append(lds_figure(metrics, by_kind, out_dir / f"e3-{dataset}-{problem}-lds-seed{seed}.png",
+                                        f"E3 {dataset} {problem} (Conv-4), seed {seed}"))
     return paths
+
+
+def lds_figure(metrics: dict, series: dict, path: Path, title: str) -> Path:
+    """Left: every method's LDS with its 95% interval, against the ceiling (Spearman of the two retraining
+    estimates, shaded with its interval). Right: each subset's measured evaluation loss against its number of
+    corrupted tasks, the two estimates joined by a line (their gap is the retraining noise)."""
+    fig, axes = new_figure(ncols=2, width=5.0, height=3.6)
+    left, right = np.ravel(axes)
+    methods = sorted((k for k, v in metrics.items() if isinstance(v, dict) and "task_lds" in v),
+                     key=lambda k: metrics[k]["task_lds"])
+    y = np.arange(len(methods))
+    lds = np.array([metrics[m]["task_lds"] for m in methods])
+    err = np.array([[lds[i] - metrics[m]["task_lds_ci95_low"], metrics[m]["task_lds_ci95_high"] - lds[i]]
+                    for i, m in enumerate(methods)]).T
+    left.errorbar(lds, y, xerr=err, fmt="o", color="0.2", ecolor="0.5", capsize=2)
+    for i, m in enumerate(methods):
+        left.plot(lds[i], i, "o", color=method_color(m))
+    ceiling = metrics["lds"]
+    left.axvspan(ceiling["lds_ceiling_ci95_low"], ceiling["lds_ceiling_ci95_high"], color="0.85", zorder=0)
+    left.axvline(ceiling["lds_ceiling"], color="0.4", lw=1, label=f"ceiling {ceiling['lds_ceiling']:.2f}")
+    left.axvline(0, color="0.7", lw=0.8)
+    left.set_yticks(y, methods, fontsize=7)
+    left.set_xlabel("LDS (Spearman over subsets)")
+    left.legend(fontsize=7, loc="lower right")
+    masks = np.array(series["masks"], dtype=float)
+    n_bad = masks @ np.array(series["corrupted"], dtype=float)
+    a, b = np.array(series["losses_a"]).mean(1), np.array(series["losses_b"]).mean(1)
+    for x, ya, yb in zip(n_bad, a, b):
+        right.plot([x, x], [ya, yb], color="0.75", lw=1, zorder=0)
+    right.scatter(n_bad, a, s=12, label="estimate A")
+    right.scatter(n_bad, b, s=12, label="estimate B")
+    right.set_xlabel("corrupted tasks in the subset")
+    right.set_ylabel("evaluation loss after retraining")
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)

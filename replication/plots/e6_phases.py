@@ -10,18 +10,25 @@ from replication.plots.style import new_figure, save_figure
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Early vs late contributions per unit (exact DVEmb), one panel per unit kind."""
+    """Early vs late contributions per unit, one panel per unit kind: exact Meta-DVEmb on the MLP, and DVEmb-Fisher
+    on Conv-4 where the result has that part (corrupted tasks in red)."""
     dataset = result.get("dataset", "")
     seed, payload = next(iter(result["per_seed"].items()))
-    by_kind = payload["series"].get("dvemb_exact", {})
-    fig, axes = new_figure(ncols=max(1, len(by_kind)))
-    for ax, (kind, parts) in zip(np.ravel(axes), by_kind.items()):
+    panels = [(f"MLP, exact Meta-DVEmb: {kind}", parts, None)
+              for kind, parts in payload["series"].get("dvemb_exact", {}).items()]
+    conv4 = payload["series"].get("conv4", {}).get("dvemb_fisher", {})
+    flags = payload.get("series", {}).get("conv4_corrupted")
+    panels += [(f"Conv-4, DVEmb-Fisher: {kind}", parts, flags) for kind, parts in conv4.items()]
+    fig, axes = new_figure(ncols=max(1, len(panels)))
+    for ax, (title, parts, bad) in zip(np.ravel(axes), panels):
         parts = np.array(parts)
-        ax.scatter(parts[0], parts[-1], s=10)
+        colors = None if bad is None else np.where(np.array(bad, dtype=bool), "tab:red", "tab:blue")
+        ax.scatter(parts[0], parts[-1], s=10, c=colors)
         ax.axhline(0, color="0.7", lw=0.8)
         ax.axvline(0, color="0.7", lw=0.8)
+        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
         ax.set_xlabel("early-phase contribution")
         ax.set_ylabel("late-phase contribution")
-        ax.set_title(f"{kind} units")
-    fig.suptitle(f"E6 {dataset}: exact Meta-DVEmb by phase, seed {seed}")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"E6 {dataset}: influence by training phase, seed {seed}")
     return [save_figure(fig, out_dir / f"e6-{dataset}.png")]

@@ -1,0 +1,58 @@
+"""E3's Conv-4 part (experiments.e3_conv4) end to end at a tiny size: the LDS numbers it reports are recomputed
+from its own series with scipy, the ceiling is the Spearman of the two estimates, and an interrupted run resumes
+from the saved retraining batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import e3_conv4, scoring
+from experiments.base import RunContext
+from experiments.e3_loo import CONV4_PROBLEM, EXPERIMENT as E3
+from replication.config import resolve_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _ctx(tmp_path: Path) -> tuple[RunContext, dict]:
+    cfg = resolve_config(E3, "smoke", "omniglot", {})
+    ctx = RunContext("E3", "omniglot", "smoke", cfg, 0, ("task_if_truncated", "tracin_cp", "random"), tmp_path,
+                     None, "serial", None, tmp_path / "cache", lambda metrics, step=None: None)
+    return ctx, cfg["conv4"]
+
+
+def test_conv4_part_reports_lds_it_can_back_up(tmp_path: Path) -> None:
+    ctx, cfg = _ctx(tmp_path)
+    assert cfg["model"] == "conv4" and cfg["dtype"] == "float32"
+    methods = scoring.part_methods(ctx.methods, cfg["methods"], E3.default_methods)
+    metrics, series, rows = e3_conv4.run_conv4(ctx, CONV4_PROBLEM, cfg, methods)
+    masks = np.array(series["masks"], dtype=float)
+    a, b = np.array(series["losses_a"]), np.array(series["losses_b"])
+    assert masks.shape == (cfg["lds"]["n_subsets"], cfg["n_train_tasks"])
+    assert np.allclose(masks.sum(1), round(cfg["lds"]["alpha"] * cfg["n_train_tasks"]))
+    # the ceiling is Spearman(A, B) of the mean evaluation loss over subsets
+    assert metrics["lds"]["lds_ceiling"] == pytest.approx(stats.spearmanr(a.mean(1), b.mean(1))[0])
+    truth = 0.5 * (a + b)
+    for method in ("task_if_truncated", "tracin_cp", "random", "oracle"):
+        s = np.array(series["scores"][method])
+        expected = stats.spearmanr(-(masks @ s), truth.mean(1))[0]
+        assert metrics[method]["task_lds"] == pytest.approx(expected), method
+        assert metrics[method]["task_lds_ci95_low"] <= metrics[method]["task_lds_ci95_high"]
+    assert series["scores"]["oracle"] == [-float(c) for c in series["corrupted"]]
+    assert metrics["warmstart"]["noise_floor"] > 0 and len(series["warmstart_effects"]) == cfg["warmstart"]["n_units"]
+    assert {r["method"] for r in rows} == {*methods, "oracle"}
+    assert metrics["n_params"] > 0 and metrics["full"]["acc"] >= 0
+
+
+def test_conv4_part_resumes_its_retrainings(tmp_path: Path) -> None:
+    """The LDS retraining batches are saved under the seed's cache folder; a rerun loads them, same numbers."""
+    ctx, cfg = _ctx(tmp_path)
+    first, series, _ = e3_conv4.run_conv4(ctx, CONV4_PROBLEM, cfg, ("random",))
+    saved = sorted((tmp_path / "cache" / f"{CONV4_PROBLEM}-lds").glob("*.pt"))
+    assert len(saved) == cfg["lds"]["n_subsets"] * 2 // cfg["lds"]["batch"]
+    again, series_again, _ = e3_conv4.run_conv4(ctx, CONV4_PROBLEM, cfg, ("random",))
+    assert series_again["losses_a"] == series["losses_a"] and again["lds"]["lds_ceiling"] == first["lds"]["lds_ceiling"]
