@@ -71,6 +71,10 @@ def _result_section(result: Mapping[str, Any], path: Path, results_dir: Path, pa
         f"result: [{link}]({link})",
         "",
     ]
+    reused = provenance.get("reused_seeds", [])
+    if reused:
+        lines[-1:-1] = [f"Seeds {', '.join(map(str, reused))} were computed by an earlier run of the same command "
+                        "and config (kept from the result file, `provenance.reused_seeds`).", ""]
     order = result.get("table_columns", {})
     first_seed = next(iter(result["per_seed"].values()), {"tables": {}})
     for name, pooled in sorted(result["aggregate"]["tables"].items()):

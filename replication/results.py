@@ -13,7 +13,8 @@ with the same config compare byte-for-byte outside ``provenance``)::
                    "tables": {name: rows with numeric cells as {"mean", "std", "n"}, or null if seeds disagree}}
     table_columns {name: column names in the experiment's order} (rows themselves are stored with sorted keys)
     figures       PNG paths relative to the results folder
-    provenance    {"argv", "versions", "runtime_s": {"seeds": {...}, "total"}, "resumed_seeds", "finished_utc"}
+    provenance    {"argv", "versions", "runtime_s": {"seeds": {...}, "total"}, "resumed_seeds", "pooled_seeds",
+                  "reused_seeds", "finished_utc"}
 
 Only ``provenance`` varies between identical re-runs; ``check`` and ``report`` never compare numbers in it.
 ``std`` is the sample standard deviation (ddof=1), 0 for one seed. Non-finite floats are stored as the strings

@@ -276,6 +276,28 @@ def _seed_file(run: PreparedRun, seed: int) -> Path:
     return run.cache_dir / f"seed-{seed}.json"
 
 
+def adopt_result_seeds(run: PreparedRun) -> list[int]:
+    """Seeds that the run's existing result file already holds for the same run key (experiment, dataset, scale,
+    config and methods) become seed files, so that a run asking for more seeds (``--seed 0 1 2`` after ``--seed 0
+    1``) computes only the new ones. Returns the seeds adopted; ``provenance.reused_seeds`` lists them."""
+    if not Path(run.path).exists():
+        return []
+    previous = results.read_or_set_aside(Path(run.path))
+    if previous is None or previous.get("run_key") != run.key:
+        return []
+    runtimes = previous.get("provenance", {}).get("runtime_s", {}).get("seeds", {})
+    adopted = []
+    for seed in run.seeds:
+        payload = previous.get("per_seed", {}).get(str(seed))
+        if payload is None or _seed_file(run, seed).exists():
+            continue
+        results.write_json(_seed_file(run, seed), {"payload": payload, "runtime_s": runtimes.get(str(seed), 0.0),
+                                                   "columns": previous.get("table_columns", {}),
+                                                   "from_result": True})
+        adopted.append(seed)
+    return adopted
+
+
 def _pooled_seed(request: RunRequest, availability: Mapping[str, tuple[bool, str]], seed: int, jobs: int) -> float:
     """Pool worker: prepare ``request`` again (a prepared run holds unpicklable parts), run one seed and save it
     as the seed file :func:`execute` resumes from, with the rows it logged and the pool size ``jobs``; returns
@@ -314,6 +336,7 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     for run in runs:
         _make_cache_dir(run)
         results.sweep_tmp(run.cache_dir)
+        adopt_result_seeds(run)
         for seed in run.seeds:
             if results.read_or_set_aside(_seed_file(run, seed)) is None:
                 uid = f"{run.experiment.id} {run.request.dataset} {run.request.scale} seed {seed}"
@@ -334,12 +357,14 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     """Run (or resume) every seed, write the result JSON and figures, mirror to W&B; returns the result.
 
     Seeds already saved in the run's cache folder are loaded, not rerun: those of an interrupted run
-    (``provenance.resumed_seeds``) and those run by :func:`run_seeds_in_pool` (``provenance.pooled_seeds``).
+    (``provenance.resumed_seeds``), those run by :func:`run_seeds_in_pool` (``provenance.pooled_seeds``) and those
+    the existing result file holds for the same run key (:func:`adopt_result_seeds`, ``provenance.reused_seeds``).
     """
     request = run.request
     name = f"{run.experiment.id}-{request.dataset}-{request.scale}"
     _make_cache_dir(run)
     results.sweep_tmp(run.cache_dir)
+    adopt_result_seeds(run)
     mirror = WandbMirror(request.wandb_mode, Path(request.results_dir))  # runs go to <results>/wandb/
     mirror.start(name=name, group=run.experiment.id, config={
         "experiment": run.experiment.id, "dataset": request.dataset, "scale": request.scale,
@@ -349,6 +374,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         runtimes: dict[str, float] = {}
         resumed: list[int] = []
         pooled: list[int] = []
+        reused: list[int] = []
         jobs = 1
         columns: dict[str, list[str]] = {}
         for seed in tqdm(run.seeds, desc=f"{name} seeds", leave=False, disable=None):
@@ -356,7 +382,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
             saved = results.read_or_set_aside(partial)
             if saved is not None:
                 payload, runtime, seed_columns = saved["payload"], saved["runtime_s"], saved["columns"]
-                (pooled if saved.get("pooled") else resumed).append(seed)
+                (reused if saved.get("from_result") else pooled if saved.get("pooled") else resumed).append(seed)
                 jobs = max(jobs, int(saved.get("pooled", 1)))
                 for row in saved.get("logged", []):
                     mirror.log(row)
@@ -391,6 +417,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
                 "runtime_s": {"seeds": runtimes, "total": sum(runtimes.values())},
                 "resumed_seeds": resumed,
                 "pooled_seeds": pooled,
+                "reused_seeds": reused,
                 "jobs": jobs,
                 "executor": request.executor,
                 "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -155,6 +155,28 @@ def test_interrupted_run_resumes_finished_seeds_and_units(tmp_path: Path, monkey
     assert without_provenance(path) == without_provenance(tmp_path / "fresh" / "E0" / "omniglot-quick.json")
 
 
+def test_more_seeds_reuse_those_the_result_already_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run asking for more seeds than its result holds (same run key) computes only the new ones; a changed
+    config (another run key) computes everything again."""
+    dummy = use(monkeypatch, Dummy())
+    out = tmp_path / "out"
+    assert main(["run", "E0", "--scale", "quick", "--seed", "0", "--out", str(out)]) == 0
+    assert dummy.seeds == [0]
+    dummy.seeds.clear()
+    assert main(["run", "E0", "--scale", "quick", "--out", str(out)]) == 0
+    assert dummy.seeds == [1]
+    path = out / "E0" / "omniglot-quick.json"
+    data = results.read_json(path)
+    assert data["provenance"]["reused_seeds"] == [0] and data["seeds"] == [0, 1]
+    assert data["command"] == "metainf-repro run E0 --dataset omniglot --scale quick"
+    use(monkeypatch, Dummy())
+    assert main(["run", "E0", "--scale", "quick", "--out", str(tmp_path / "fresh")]) == 0
+    assert without_provenance(path) == without_provenance(tmp_path / "fresh" / "E0" / "omniglot-quick.json")
+    dummy = use(monkeypatch, Dummy())
+    assert main(["run", "E0", "--scale", "quick", "--set", "ways=3", "--out", str(out)]) == 0
+    assert dummy.seeds == [0, 1]
+
+
 def test_figures_and_report_come_from_json_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dummy = use(monkeypatch, Dummy())
     out = tmp_path / "out"
