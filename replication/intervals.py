@@ -79,6 +79,18 @@ def over_seeds(cell: Any, per_run_half: Any = None) -> Estimate:
     return Estimate(mean, basis="none", n=n)
 
 
+def bootstrap(cell: Any, low: Any, high: Any) -> Estimate:
+    """An LDS cell: the t-interval over seeds, or with one seed the run's bootstrap interval ``[low, high]``
+    (aggregate cells of ``<metric>_ci95_low`` / ``_high``)."""
+    estimate = over_seeds(cell)
+    if estimate.has_interval or low is None or high is None:
+        return estimate
+    lo, hi = as_float(over_seeds(low).mean), as_float(over_seeds(high).mean)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return estimate
+    return Estimate(estimate.mean, lo, hi, "bootstrap", estimate.n)
+
+
 def spearman(cell: Any, n_units: Any = None) -> Estimate:
     """A Spearman correlation: t-interval over seeds clipped to [-1, 1], or with one seed the Fisher-z interval
     over ``n_units``."""
@@ -112,6 +124,7 @@ BASIS_TEXT = {
     "seeds": "t-interval over seeds",
     "per-run": "one seed: the run's own 95% CI (over test tasks)",
     "fisher-z": "one seed: Fisher-z interval over the units",
+    "bootstrap": "one seed: bootstrap percentile interval over the LDS subsets",
     "none": "one seed: no interval",
 }
 

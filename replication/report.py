@@ -19,7 +19,8 @@ from typing import Any
 from experiments import registry
 from replication import paper_targets, results
 from replication.detail import PAPER_REF, Run, not_run_command, relative_link, render_page
-from replication.intervals import Estimate, as_float, basis_note, indistinguishable, over_seeds, separated, spearman
+from replication.intervals import (Estimate, as_float, basis_note, bootstrap, indistinguishable, over_seeds, separated,
+                                   spearman)
 from replication.markdown import markdown_table
 
 MAX_LINES = 300
@@ -33,6 +34,8 @@ E1_CONTEXT = {("none (all data)", "-", "-"): "no removal (all data)", ("oracle",
 #: the same context read from E1's aggregate metrics ``<inner>.<name>`` when its table has no such row
 E1_CONTEXT_METRICS = {"full.acc": "no removal (all data)", "oracle.task_retrain_acc": "oracle removal",
                       "random.task_retrain_acc": "random removal"}
+#: the task-IF rows an LDS verdict reads, in order of preference (exact, then the fast and truncated estimators)
+TASK_IF_ROWS = ("task_if", "task_if_fast", "task_if_truncated")
 LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds$")
 LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling$")
 
@@ -328,18 +331,31 @@ def _lds(found: Found) -> list[str]:
                 column = f"{exp_id} {dataset} {parts['inner']} {parts.get('unit', 'task')}"
                 label = parts["method"] if "method" in parts else f"ceiling ({parts['truth']})"
                 columns.append(column)
-                rows.setdefault(label, {})[column] = over_seeds(cell, metrics.get(f"{name}_ci95"))
+                rows.setdefault(label, {})[column] = bootstrap(cell, metrics.get(f"{name}_ci95_low"),
+                                                               metrics.get(f"{name}_ci95_high"))
     if not rows:
         return [*lines, f"LDS: {NOT_RUN} (no `<inner>.<method>.task_lds` metric in the results).", ""]
     columns = list(dict.fromkeys(columns))
-    body = [[label, *[by_column[c].text() if c in by_column else "" for c in columns]]
-            for label, by_column in rows.items()]
+
+    def order(label: str) -> tuple[int, float]:  # the ceiling, the oracle, then by the first column's LDS
+        first = next((rows[label][c].mean for c in columns if c in rows[label]), 0.0)
+        return (0 if label.startswith("ceiling") else 1 if label == "oracle" else 2, -first)
+
+    body = [[label, *[rows[label][c].text() if c in rows[label] else "" for c in columns]]
+            for label in sorted(rows, key=order)]
     verdicts = []
     for column in columns:
         ceiling = next((v[column] for k, v in rows.items() if k.startswith("ceiling") and column in v), None)
-        ours = rows.get("task_if", {}).get(column)
+        name = next((m for m in TASK_IF_ROWS if column in rows.get(m, {})), None)
+        ours = rows[name][column] if name else None
         if ceiling is not None and ours is not None and ceiling.mean:
-            verdicts.append(f"{column}: task-IF reaches {ours.mean / ceiling.mean:.0%} of the ceiling")
+            best = max((v[column] for k, v in rows.items() if column in v and not k.startswith("ceiling")
+                        and not k.startswith("task_if") and k != "oracle"), key=lambda e: e.mean, default=None)
+            versus = "" if best is None else (
+                f", {'above' if ours.mean > best.mean else 'not above'} the best baseline"
+                f"{' beyond both CIs' if separated(ours, best) else ' (within the CIs)'}")
+            label = "task-IF" if name == "task_if" else name
+            verdicts.append(f"{column}: {label} reaches {ours.mean / ceiling.mean:.0%} of the ceiling{versus}")
     estimates = [e for v in rows.values() for e in v.values()]
     return [*lines, *markdown_table(["method", *columns], body), "",
             f"CI: {basis_note(estimates)}. Verdict: {'; '.join(verdicts) or 'no task-IF row beside a ceiling'}.", ""]

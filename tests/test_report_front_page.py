@@ -67,6 +67,13 @@ def test_verdicts_say_when_rows_cannot_be_told_apart(front: list[str]) -> None:
     assert "E5: not run." in front and "### E1 omniglot: not run" in front
 
 
+def test_one_seed_lds_keeps_its_bootstrap_interval() -> None:
+    estimate = intervals.bootstrap({"mean": 0.4, "std": 0.0, "n": 1}, {"mean": 0.1, "std": 0.0, "n": 1}, 0.6)
+    assert (estimate.mean, estimate.low, estimate.high, estimate.basis) == (0.4, 0.1, 0.6, "bootstrap")
+    over = intervals.bootstrap({"mean": 0.4, "std": 0.1, "n": 3}, 0.1, 0.6)  # seeds: the t-interval wins
+    assert over.basis == "seeds"
+
+
 def test_fisher_interval_for_one_seed_spearman() -> None:
     estimate = intervals.spearman(0.5, 40)
     half = 1.959963984540054 * math.sqrt(1.06 / 37)
