@@ -68,7 +68,7 @@ CONFIGS = {
     # paper: full-size Omniglot images and the paper-scale width; only the smaller outer L2 is kept from the
     # quick-scale Omniglot set-up (chosen there so that lam = 0 is not a strict minimum; unverified at this size)
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "n_test_tasks": 600, "hidden": [32],
-              "by_dataset": {"omniglot": {"delta": 0.03}},
+              "by_dataset": {"omniglot": {"delta": 0.03, "conv4": conv4_config("paper")}},
               "outer_steps": 2000},
 }
 

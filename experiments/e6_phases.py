@@ -56,7 +56,7 @@ CONFIGS = {
               "by_dataset": _with_conv4("smoke")},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "by_dataset": _with_conv4("quick")},
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "outer_steps": 2000,
-              "by_dataset": {"omniglot": {"delta": 0.03}}},
+              "by_dataset": {"omniglot": {"delta": 0.03, "conv4": conv4_config("paper")}}},
 }
 
 
