@@ -205,10 +205,14 @@ def _estimate_gate(runs: list[runner.PreparedRun],
     if warn:
         print(f"{PROG}: warning: --scale paper is the GPU scale (--device cuda); estimated on this CPU:", file=out)
     estimated = []
+    hours = 0.0
     for run in runs:
         est = runner.estimate(run)
         print("\n".join(format_estimate(est)), file=out, flush=True)
         estimated.append(dataclasses.replace(run, estimate=est.as_dict()))
+        hours += est.hours
+    if len(runs) > 1:
+        print(f"all {len(runs)} runs: {hours:.3g} h estimated (the runs above with an estimate)", file=out)
     if args.estimate_only:
         return estimated, 0
     if warn and not args.yes:

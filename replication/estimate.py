@@ -3,9 +3,9 @@
 An experiment declares its outer steps per seed (``Experiment.train_steps`` -> :class:`~experiments.base.Workload`
 per Conv-4 model). For each workload :func:`measure_step` builds the config's real model at full size on the run's
 device and dtype, with random inputs of the dataset's shape (the cost of a step does not depend on pixel values),
-takes one warm-up step, then times one more step on ``batch`` tasks (wall time, the device synchronised) and
-records its peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set size,
-``metainf.runtime.memory.PeakSampler``). Then
+takes one warm-up step, then times one more step on ``batch`` tasks (wall time, the device synchronised; one torch
+thread, as the experiments set) and records its peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
+process's peak resident set size, ``metainf.runtime.memory.PeakSampler``). Then
 
     hours = step seconds x steps per seed x seeds / 3600   (seeds one after another, one device)
     memory = peak of one step + recorded trajectories (recorded x n_params x bytes per number)
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from experiments.base import Experiment, Workload
-from experiments.setups import DTYPES, model_from_config
+from experiments.setups import CONV4_KEYS, DTYPES, model_from_config
 from metainf.core.bilevel import make_inner
 from metainf.core.objective import MetaObjective
 from metainf.core.taskdata import TaskData
@@ -117,24 +117,37 @@ def measure_step(workload: Workload, dataset: str, device: torch.device, dtype: 
     tasks = synthetic_tasks(workload.batch, cfg["n_way"], cfg["k_shot"], cfg["q_query"], shape, dtype, device)
     obj = MetaObjective(model, inner, tasks, delta=cfg.get("delta", 0.0), chunk=cfg.get("chunk"))
     lam0 = model.init(0, dtype).to(device)
-    train_stochastic(obj, lam0, 1, workload.batch, 1e-3, "adam", record_every=1)  # warm-up: kernels, allocator
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the experiments run (each sets one torch thread)
+    try:
+        return _timed_step(obj, lam0, workload.batch, device, model.n_params)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _timed_step(obj: MetaObjective, lam0: torch.Tensor, batch: int, device: torch.device, n_params: int) -> StepCost:
+    train_stochastic(obj, lam0, 1, batch, 1e-3, "adam", record_every=1)  # warm-up: kernels, allocator
     _sync(device)
     with PeakSampler(device=device) as peak:
         start = time.perf_counter()
-        train_stochastic(obj, lam0, 1, workload.batch, 1e-3, "adam", record_every=1)
+        train_stochastic(obj, lam0, 1, batch, 1e-3, "adam", record_every=1)
         _sync(device)
         seconds = time.perf_counter() - start
     if peak.gpu_peak is not None:
-        return StepCost(seconds, peak.gpu_peak, "CUDA max allocated", model.n_params)
-    return StepCost(seconds, peak.peak, "process RSS", model.n_params)
+        return StepCost(seconds, peak.gpu_peak, "CUDA max allocated", n_params)
+    return StepCost(seconds, peak.peak, "process RSS", n_params)
 
 
+#: the config keys that determine one step's cost (with ``config[inner]``)
+STEP_KEYS = ("model", *CONV4_KEYS, "n_way", "k_shot", "q_query", "image_size", "dtype", "delta", "chunk")
 _MEASURED: dict[str, StepCost] = {}
 
 
 def cached_step(workload: Workload, dataset: str, device: torch.device, dtype: torch.dtype) -> StepCost:
-    """:func:`measure_step`, measured once per model, batch, input shape, device and dtype in this process."""
-    key = json.dumps([workload.config, workload.batch, workload.inner, CHANNELS[dataset], str(device), str(dtype)],
+    """:func:`measure_step`, measured once per model and step (:data:`STEP_KEYS` and the inner problem's section),
+    batch, input shape, device and dtype in this process (E1 and the Conv-4 parts of E2, E3, E6 share one)."""
+    model = {k: workload.config.get(k) for k in (*STEP_KEYS, workload.inner)}
+    key = json.dumps([model, workload.batch, workload.inner, CHANNELS[dataset], str(device), str(dtype)],
                      sort_keys=True, default=str)
     if key not in _MEASURED:
         _MEASURED[key] = measure_step(workload, dataset, device, dtype)
@@ -169,15 +182,16 @@ def estimate_run(experiment: Experiment, dataset: str, config: Mapping[str, Any]
 
 def format_estimate(est: Estimate) -> list[str]:
     """The block printed before a run: device, params, step time, steps, hours, memory, per part."""
+    if not est.parts:
+        return [f"estimate for {est.exp_id} on {est.dataset}: {est.note}"]
     lines = [f"estimate for {est.exp_id} on {est.dataset}, {est.seeds} seed(s), device {est.device}, "
              f"dtype {est.dtype}:"]
     for p in est.parts:
         lines.append(f"  {p.part}: Conv-4 {p.n_params:,} params; one step of {p.batch} tasks {p.step_s:.3g} s; "
                      f"{p.steps_per_seed:,} steps per seed -> {p.hours:.3g} h; memory {p.peak_mb:,.0f} MiB "
                      f"({p.memory_kind}, one step) + {p.trajectory_mb:,.0f} MiB recorded trajectory")
-    if est.parts:
-        lines.append(f"  total: {est.hours:.3g} h of training and retraining (scoring and evaluation not "
-                     f"included), about {est.memory_mb:,.0f} MiB at most; measured in {est.measure_s:.1f} s")
+    lines.append(f"  total: {est.hours:.3g} h of training and retraining (scoring and evaluation not included), "
+                 f"about {est.memory_mb:,.0f} MiB at most; estimated in {est.measure_s:.1f} s")
     if est.note:
         lines.append(f"  {est.note}")
     return lines

@@ -27,9 +27,9 @@ def _run(ctx: RunContext) -> dict:
     return {"metrics": {"value": {"x": float(ctx.config["steps"])}}}
 
 
-def _dummy(hook: bool) -> Experiment:
+def _dummy(hook: bool, exp_id: str = "E9") -> Experiment:
     config = {"steps": 7}
-    return Experiment(id="E9", title="tiny", datasets=("omniglot",), configs={"smoke": config, "paper": config},
+    return Experiment(id=exp_id, title="tiny", datasets=("omniglot",), configs={"smoke": config, "paper": config},
                       run=_run, default_methods=("random",), seeds={"smoke": (0,), "paper": (0, 1)},
                       train_steps=(lambda cfg, methods: (Workload("E9 conv4", TINY, cfg["steps"], 3, "unrolled", 5),))
                       if hook else None)
@@ -105,3 +105,16 @@ def test_e1_paper_estimate_counts_every_retraining(monkeypatch: pytest.MonkeyPat
     assert calls == [(32, 84, 32, torch.float32)]
     estimate.estimate_run(E1, "miniimagenet", cfg, methods, 3, torch.device("cpu"), None)
     assert len(calls) == 1  # measured once per model, batch and device
+
+
+def test_all_estimates_every_run_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    """``all --scale paper``: every run's estimate (or why there is none) before anything runs."""
+    monkeypatch.setattr(registry, "EXPERIMENTS", {"E8": _dummy(hook=False, exp_id="E8"), "E9": _dummy(hook=True)})
+    common = ["all", "--scale", "paper", "--out", str(tmp_path / "out"), "--report", str(tmp_path / "R.md")]
+    assert main([*common, "--estimate-only"]) == 0
+    out = capsys.readouterr().out
+    assert "no estimate available for E8" in out and "E9 conv4: Conv-4" in out and "all 2 runs:" in out
+    assert main(common) == 2
+    assert "add --yes" in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists() and not any((tmp_path / "out").rglob("*.json"))
