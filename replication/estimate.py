@@ -188,8 +188,9 @@ def format_estimate(est: Estimate) -> list[str]:
              f"dtype {est.dtype}:"]
     for p in est.parts:
         lines.append(f"  {p.part}: Conv-4 {p.n_params:,} params; one step of {p.batch} tasks {p.step_s:.3g} s; "
-                     f"{p.steps_per_seed:,} steps per seed -> {p.hours:.3g} h; memory {p.peak_mb:,.0f} MiB "
-                     f"({p.memory_kind}, one step) + {p.trajectory_mb:,.0f} MiB recorded trajectory")
+                     f"{p.steps_per_seed:,} steps per seed x {est.seeds} -> {p.hours:.3g} h; memory "
+                     f"{p.peak_mb:,.0f} MiB ({p.memory_kind}, one step) + {p.trajectory_mb:,.0f} MiB recorded "
+                     "trajectory")
     lines.append(f"  total: {est.hours:.3g} h of training and retraining (scoring and evaluation not included), "
                  f"about {est.memory_mb:,.0f} MiB at most; estimated in {est.measure_s:.1f} s")
     if est.note:
