@@ -14,6 +14,7 @@ from experiments.e1_removal import EXPERIMENT as E1
 from replication import estimate, results
 from replication.cli import main
 from replication.config import resolve_config
+from replication.detail import render_page
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,6 +69,10 @@ def test_yes_runs_and_records_the_estimate(dummy: Path) -> None:
     assert part["hours"] == pytest.approx(part["step_s"] * 7 * 2 / 3600, rel=1e-4)  # JSON keeps 6 digits
     assert part["trajectory_mb"] == pytest.approx(5 * part["n_params"] * 4 / 2**20, rel=1e-4)
     assert est["hours"] == pytest.approx(part["hours"], rel=1e-4) and est["seeds"] == 2
+    path = dummy / "E9" / "omniglot-paper.json"
+    page = render_page("E9", "tiny", ["omniglot"], {"omniglot": [(path, results.read_json(path))]}, dummy,
+                       dummy / "E9.md", dummy / "R.md")
+    assert "Estimated before the run on cpu (`provenance.estimate`" in page
 
 
 def test_smaller_scales_run_without_an_estimate(dummy: Path, capsys: pytest.CaptureFixture) -> None:
