@@ -123,3 +123,20 @@ def test_all_estimates_every_run_first(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert main(common) == 2
     assert "add --yes" in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists() and not any((tmp_path / "out").rglob("*.json"))
+
+
+@pytest.mark.parametrize(("exp_id", "runs", "extra"), [
+    # training, then removal retrainings: task_if_truncated, tracin_cp, random on tasks; task_if_truncated on query
+    ("E2", 1 + 3 + 1, 0),
+    # training, 2 estimates x 2 seeds x 100 LDS subsets; warm-start: 100 paired lanes + the full one + 2 x 8
+    # controls, 200 steps each
+    ("E3", 1 + 2 * 2 * 100, (100 + 1 + 2 * 8) * 200),
+    ("E6", 1, 0),  # one recorded training
+])
+def test_conv4_parts_count_their_steps(exp_id: str, runs: int, extra: int) -> None:
+    experiment = registry.EXPERIMENTS[exp_id]
+    cfg = resolve_config(experiment, "paper", "omniglot", {})
+    (w,) = experiment.train_steps(cfg, experiment.default_methods)
+    assert w.steps == runs * 5000 + extra and w.batch == 32
+    assert (w.config["image_size"], w.config["width"]) == (28, 64)
+    assert experiment.train_steps(resolve_config(experiment, "paper", "mnist", {}), experiment.default_methods) == ()
