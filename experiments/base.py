@@ -40,6 +40,11 @@ An experiment module (``experiments/e1_removal.py`` ...) defines one module-leve
 ``validate(scale, config)``
     Optional; raises :class:`ConfigError` for a config that cannot run (e.g. more ways than classes). Called
     before anything runs, with the resolved config.
+``train_steps(config, methods) -> tuple[Workload, ...]``
+    Optional; the outer meta-gradient steps one seed takes on each Conv-4 model of the resolved ``config`` with
+    the run's ``methods`` (:class:`Workload`), from which ``metainf-repro`` estimates a paper-scale run's time and
+    memory before it starts (``replication.estimate``). Empty for a config without Conv-4 parts; an experiment
+    without the hook (MLP only) gets no estimate.
 
 :class:`RunContext` is what ``run`` receives; see its docstring.
 """
@@ -67,6 +72,27 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the CLI reports it in one line and exits with status 2."""
 
 
+@dataclass(frozen=True)
+class Workload:
+    """The outer meta-gradient steps one seed of a run takes on one Conv-4 model: the input of a cost estimate.
+
+    ``config`` describes the model and one step in E1's regime keys: ``model`` and the Conv-4 keys (``width``,
+    ``norm``, ``activation``, ``pool``, ``zero_head``), ``n_way``, ``k_shot``, ``q_query``, ``image_size``,
+    ``dtype``, ``delta``, ``chunk`` and the ``inner`` problem's section (``config[inner]``). One step is the
+    meta-gradient over ``batch`` tasks and the optimiser's update. ``steps`` counts the seed's training and every
+    retraining or replay on that model (B vmapped runs of T steps count B * T); ``recorded`` is the number of
+    parameter vectors the seed holds at once in recorded trajectories. Scoring, evaluation and data loading are
+    not counted.
+    """
+
+    part: str
+    config: Mapping[str, Any]
+    steps: int
+    batch: int
+    inner: str = "unrolled"
+    recorded: int = 0
+
+
 def _default_seeds() -> Mapping[str, tuple[int, ...]]:
     return MappingProxyType({"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)})
 
@@ -86,6 +112,7 @@ class Experiment:
     reproduce_datasets: tuple[str, ...] | None = None
     dataset_seeds: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
     undefined_ok: frozenset[str] = frozenset()
+    train_steps: Callable[[Mapping[str, Any], tuple[str, ...]], tuple[Workload, ...]] | None = None
 
     def __post_init__(self) -> None:
         unknown = [d for d in (*self.datasets, *(self.reproduce_datasets or ()), *self.dataset_seeds)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from experiments.base import ConfigError, Experiment, RunContext
+from experiments.base import ConfigError, Experiment, RunContext, Workload
 from metainf.core.bilevel import UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, pool_tensors
@@ -74,6 +74,17 @@ def validate(scale: str, cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"E0 {scale}: {key} must be >= 1, got {cfg[key]}")
     if cfg["meta_batch"] > cfg["n_train_tasks"]:
         raise ConfigError(f"E0 {scale}: meta_batch {cfg['meta_batch']} exceeds n_train_tasks {cfg['n_train_tasks']}")
+
+
+def train_steps(cfg: Mapping[str, Any], methods: tuple[str, ...]) -> tuple[Workload, ...]:
+    """``steps`` Adam steps of ``meta_batch`` tasks on the config's model (nothing recorded but lam_0 and lam_T)."""
+    if cfg["model"] != "conv4":
+        return ()
+    model = {"model": "conv4", "width": cfg["width"], "norm": cfg["norm"], "n_way": cfg["n_way"],
+             "k_shot": cfg["k_shot"], "q_query": cfg["q_query"], "image_size": cfg["image_size"], "dtype": "float32",
+             "delta": 0.0, "chunk": cfg["chunk"], "mnist_source": cfg["mnist_source"],
+             "unrolled": {"steps": cfg["inner_steps"], "lr": cfg["inner_lr"], "first_order": cfg["first_order"]}}
+    return (Workload("E0", model, cfg["steps"], cfg["meta_batch"], "unrolled", 2),)
 
 
 def run(ctx: RunContext) -> dict:
@@ -145,5 +156,5 @@ EXPERIMENT = Experiment(
     id="E0", title="MAML sanity run: 5-way 1-shot meta-test accuracy", datasets=("omniglot", "mnist"),
     configs=CONFIGS, run=run, default_methods=("maml",),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)}, validate=validate,
-    reproduce_datasets=("omniglot",),
+    reproduce_datasets=("omniglot",), train_steps=train_steps,
 )

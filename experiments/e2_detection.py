@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from experiments import regime, removal, scoring, setups
-from experiments.base import Experiment, RunContext
+from experiments.base import Experiment, RunContext, Workload
 from experiments.e1_removal import regime_config
 from metainf.methods import Scores, available_methods
 
@@ -68,7 +68,7 @@ CONFIGS = {
     # paper: full-size Omniglot images and the paper-scale width; only the smaller outer L2 is kept from the
     # quick-scale Omniglot set-up (chosen there so that lam = 0 is not a strict minimum; unverified at this size)
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "n_test_tasks": 600, "hidden": [32],
-              "by_dataset": {"omniglot": {"delta": 0.03}},
+              "by_dataset": {"omniglot": {"delta": 0.03, "conv4": conv4_config("paper")}},
               "outer_steps": 2000},
 }
 
@@ -172,9 +172,23 @@ def run(ctx: RunContext) -> dict:
             "tables": {"Label-flip detection": rows}}
 
 
+def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
+    """The Conv-4 setting's outer steps (the MLP settings are not estimated): training, then one retraining per
+    removal method on tasks and per removal-and-instance method on every other kind (``outer_steps`` each)."""
+    conv4 = cfg["conv4"]
+    if not conv4:
+        return ()
+    part = scoring.part_methods(methods, conv4["methods"], EXPERIMENT.default_methods)
+    removed = [m for m in part if m in conv4["removal_methods"]]
+    others = len([k for k in conv4["kinds"] if k != "task"]) * len([m for m in removed
+                                                                     if m in conv4["instance_methods"]])
+    runs = 1 + len(removed) + others
+    return (regime.workload("E2 conv4", conv4, runs * conv4["outer_steps"], 2, conv4["inner"]),)
+
+
 EXPERIMENT = Experiment(
     id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
-    reproduce_datasets=("mnist", "omniglot"),
+    reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

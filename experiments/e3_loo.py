@@ -36,8 +36,8 @@ import time
 import numpy as np
 import torch
 
-from experiments import e3_conv4, ground_truth, scoring, setups
-from experiments.base import Experiment, RunContext
+from experiments import e3_conv4, ground_truth, regime, scoring, setups
+from experiments.base import Experiment, RunContext, Workload
 from experiments.e1_removal import regime_config
 from experiments.regime import SCALABLE_METHODS
 from metainf.core.problem import AttributionProblem
@@ -296,11 +296,25 @@ def _validate(scale: str, config: dict) -> None:
         raise ConfigError("E3: leave-one-out needs at least 2 training tasks")
 
 
+def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
+    """The Conv-4 part's outer steps (the MLP part is not estimated; ``experiments.e3_conv4``): training, the LDS's
+    ``2 * n_seeds * n_subsets`` retrainings (``outer_steps`` each), and warm-start LOO's paired replays (one per
+    unit plus the full-data lane) and ``2 * n_control`` controls (``warmstart.steps`` each)."""
+    conv4 = cfg["conv4"]
+    if not conv4:
+        return ()
+    lds, warm = conv4["lds"], conv4["warmstart"]
+    runs = 1 + 2 * lds["n_seeds"] * lds["n_subsets"]
+    lanes = min(warm["n_units"], conv4["n_train_tasks"]) + 1 + 2 * warm["n_control"]
+    steps = runs * conv4["outer_steps"] + lanes * warm["steps"]
+    return (regime.workload("E3 conv4", conv4, steps, 1, conv4["inner"]),)
+
+
 EXPERIMENT = Experiment(
     id="E3", title="Agreement of every method with converged and trajectory-specific leave-one-out retraining",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     # five quick seeds for the distribution of exact task-IF over seeds (issue "Fast task-IF"); one on Omniglot,
     # whose Conv-4 part retrains 2 x 24 subsets
     seeds={"smoke": (0,), "quick": (0, 1, 2, 3, 4), "paper": (0, 1, 2)}, validate=_validate,
-    reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},
+    reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}}, train_steps=train_steps,
 )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from experiments import regime, scoring, setups
-from experiments.base import Experiment, RunContext
+from experiments.base import Experiment, RunContext, Workload
 from experiments.e1_removal import regime_config
 from metainf.core.problem import AttributionProblem
 from metainf.methods.trajectory import phase_contributions
@@ -56,7 +56,7 @@ CONFIGS = {
               "by_dataset": _with_conv4("smoke")},
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "by_dataset": _with_conv4("quick")},
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "hidden": [32], "outer_steps": 2000,
-              "by_dataset": {"omniglot": {"delta": 0.03}}},
+              "by_dataset": {"omniglot": {"delta": 0.03, "conv4": conv4_config("paper")}}},
 }
 
 
@@ -128,9 +128,15 @@ def run(ctx: RunContext) -> dict:
     return {"metrics": metrics, "series": series, "tables": tables}
 
 
+def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
+    """The Conv-4 part's outer steps (the MLP part is not estimated): one recorded training."""
+    conv4 = cfg["conv4"]
+    return (regime.workload("E6 conv4", conv4, conv4["outer_steps"], 1, conv4["inner"]),) if conv4 else ()
+
+
 EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
     datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=(*MLP_METHODS, "dvemb_fisher", "tracin_cp"),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
-    reproduce_datasets=("mnist", "omniglot"),
+    reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

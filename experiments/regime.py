@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from experiments import removal, setups
-from experiments.base import RunContext
+from experiments.base import RunContext, Workload
 from experiments.removal import weights_without
 from metainf.core.objective import MetaObjective
 from metainf.core.problem import AttributionProblem
@@ -85,6 +85,12 @@ def fit_regime(ctx: RunContext, inner_kind: str) -> Trained:
                                  train_config=train_config(cfg, ctx.seed), task_ids=setup.train_pool.task_ids,
                                  seed=ctx.seed)
     return Trained(setup, test_obj, lam0, lam, t_train, acc, damping, problem)
+
+
+def workload(part: str, cfg: dict, steps: int, recorded_runs: int, inner: str = "unrolled") -> Workload:
+    """``steps`` outer steps on ``cfg``'s model at batch ``outer_batch``, with ``recorded_runs`` trajectories of
+    :func:`train_budget` held at once (it records every step: ``outer_steps + 1`` vectors each)."""
+    return Workload(part, cfg, steps, cfg["outer_batch"], inner, recorded_runs * (cfg["outer_steps"] + 1))
 
 
 def method_options(cfg: dict, damping: float) -> dict[str, dict]:

@@ -5,7 +5,9 @@
     metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
                          [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
                          [--scheduler ADDR] [--wandb offline|online|disabled] [--jobs N]
-    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--jobs N] [...]
+                         [--device cpu|cuda|auto] [--estimate-only] [--yes]
+    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--jobs N]
+                      [--estimate-only] [--yes] [...]
     metainf-repro figures [--results DIR]
     metainf-repro report [--results DIR] [--out REPRODUCE.md]
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
@@ -18,11 +20,17 @@ failures (non-finite or exploded numbers, divergence) print one line on stderr a
 traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
 the next run resumes. A failed ``check`` exits with 1, as does ``all`` when an experiment failed for another
 reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
+
+At ``--scale paper`` (the GPU scale) ``run`` and ``all`` print each run's estimated time and memory before anything
+runs (``replication.estimate``: one measured outer step of each Conv-4 model, times the steps the run takes) and
+record it in the result's ``provenance.estimate``. With ``--device cpu`` the estimate is a warning and the run goes
+on only with ``--yes`` (else exit 2). ``--estimate-only`` (any scale) prints the estimate and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -35,7 +43,9 @@ from experiments import registry
 from experiments.base import DATASETS, SCALES, ConfigError
 from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
+from metainf.runtime.device import resolve_device
 from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner
+from replication.estimate import format_estimate
 from replication.errors import UsageError
 from replication.wandb_mirror import MODES
 
@@ -90,6 +100,10 @@ def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                         help="floating-point type (default: each experiment's own, float64 for the influence "
                              "experiments, float32 for E0)")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the estimated time and memory (one measured outer step x the run's steps), exit")
+    parser.add_argument("--yes", action="store_true",
+                        help="run the paper (GPU) scale on a CPU anyway, after its estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,11 +193,43 @@ def _print_result(run: runner.PreparedRun, result: dict) -> None:
     print(f"result: {run.path}")
 
 
+def _estimate_gate(runs: list[runner.PreparedRun],
+                   args: argparse.Namespace) -> tuple[list[runner.PreparedRun], int | None]:
+    """At paper scale or with ``--estimate-only``: print every run's estimate and attach it to the run (its
+    provenance). Returns the runs and the status to stop with: 0 for ``--estimate-only``, 2 for the paper scale on a
+    CPU without ``--yes`` (the estimate printed as a warning), None to go on."""
+    if not (args.estimate_only or args.scale == "paper"):
+        return runs, None
+    on_cpu = resolve_device(args.device).type == "cpu"
+    warn = args.scale == "paper" and on_cpu and not args.estimate_only
+    out = sys.stderr if warn else sys.stdout
+    if warn:
+        print(f"{PROG}: warning: --scale paper is the GPU scale (--device cuda); estimated on this CPU:", file=out)
+    estimated = []
+    hours = 0.0
+    for run in runs:
+        est = runner.estimate(run)
+        print("\n".join(format_estimate(est)), file=out, flush=True)
+        estimated.append(dataclasses.replace(run, estimate=est.as_dict()))
+        hours += est.hours
+    if len(runs) > 1:
+        print(f"all {len(runs)} runs: {hours:.3g} h estimated (the runs above with an estimate)", file=out)
+    if args.estimate_only:
+        return estimated, 0
+    if warn and not args.yes:
+        print(f"{PROG}: error: not started: rerun with --device cuda, or add --yes to run the paper scale on this "
+              "CPU anyway", file=sys.stderr)
+        return estimated, 2
+    return estimated, None
+
+
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     experiment = runner.get_experiment(args.experiment)
     request = _request(args, experiment.id, args.dataset or experiment.datasets[0], argv)
     availability = capabilities.dataset_status(args.data_root)
-    prepared = runner.prepare(request, availability)
+    (prepared,), stop = _estimate_gate([runner.prepare(request, availability)], args)
+    if stop is not None:
+        return stop
     if args.jobs > 1:
         failures = runner.run_seeds_in_pool([prepared], args.jobs, availability)
         for error in failures.values():
@@ -219,6 +265,9 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 print(f"{exp_id} {dataset} {args.scale}: up to date, skipped")
                 continue
             todo.append(prepared)
+    todo, stop = _estimate_gate(todo, args)
+    if stop is not None:
+        return stop
     pool_failures = runner.run_seeds_in_pool(todo, args.jobs, availability) if args.jobs > 1 else {}
     for prepared in todo:
         name = f"{prepared.experiment.id} {prepared.request.dataset}"

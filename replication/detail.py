@@ -71,6 +71,10 @@ def _result_section(result: Mapping[str, Any], path: Path, results_dir: Path, pa
         f"result: [{link}]({link})",
         "",
     ]
+    estimate = provenance.get("estimate")
+    if estimate and estimate.get("parts"):
+        lines[-1:-1] = [f"Estimated before the run on {estimate['device']} (`provenance.estimate`, training and "
+                        f"retraining only): {estimate['hours']:.3g} h, about {estimate['memory_mb']:,.0f} MiB.", ""]
     reused = provenance.get("reused_seeds", [])
     if reused:
         lines[-1:-1] = [f"Seeds {', '.join(map(str, reused))} were computed by an earlier run of the same command "

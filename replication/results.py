@@ -14,7 +14,7 @@ with the same config compare byte-for-byte outside ``provenance``)::
     table_columns {name: column names in the experiment's order} (rows themselves are stored with sorted keys)
     figures       PNG paths relative to the results folder
     provenance    {"argv", "versions", "runtime_s": {"seeds": {...}, "total"}, "resumed_seeds", "pooled_seeds",
-                  "reused_seeds", "finished_utc"}
+                  "reused_seeds", "finished_utc", and at paper scale "estimate" (``replication.estimate``)}
 
 Only ``provenance`` varies between identical re-runs; ``check`` and ``report`` never compare numbers in it.
 ``std`` is the sample standard deviation (ddof=1), 0 for one seed. Non-finite floats are stored as the strings

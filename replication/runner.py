@@ -31,6 +31,7 @@ from metainf.runtime.seeding import seed_everything
 from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
 from replication.errors import UsageError
+from replication.estimate import Estimate, estimate_run
 from replication.wandb_mirror import WandbMirror
 
 EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
@@ -73,6 +74,7 @@ class PreparedRun:
     path: Path
     cache_dir: Path
     data: dict[str, Any]
+    estimate: dict[str, Any] | None = None  # the cost estimate printed before the run (provenance.estimate)
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -171,6 +173,12 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         cache_dir=results_dir / CACHE / experiment.id / f"{request.dataset}-{request.scale}-{key}",
         data=data_record(request.dataset, note),
     )
+
+
+def estimate(run: PreparedRun) -> Estimate:
+    """The run's cost estimate (``replication.estimate``): its Conv-4 steps per seed, measured on its device."""
+    return estimate_run(run.experiment, run.request.dataset, run.config, run.methods, len(run.seeds),
+                        resolve_device(run.request.device), run.request.dtype)
 
 
 def check_data_root(data_root: str) -> None:
@@ -420,6 +428,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
                 "reused_seeds": reused,
                 "jobs": jobs,
                 "executor": request.executor,
+                **({"estimate": run.estimate} if run.estimate is not None else {}),
                 "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
         }

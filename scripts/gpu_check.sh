@@ -2,7 +2,8 @@
 # GPU smoke check of the device path, end to end (about 5 minutes on one GPU; at most 8):
 #   1. the device and dtype tests (tests/test_runtime_device.py) run for cuda as well as cpu;
 #   2. E0 (MAML, float32) and E3 (influence vs leave-one-out, float64 and float32) run at smoke scale with
-#      --device cuda into a temporary results folder.
+#      --device cuda into a temporary results folder;
+#   3. the paper-scale estimate of E1 on Omniglot on the GPU (--estimate-only: one measured outer step, seconds).
 # Usage: scripts/gpu_check.sh [python]   (default: .venv/bin/python if present, else python3). Exit 2 without CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +20,7 @@ start=$SECONDS
 "$PY" -m replication.cli run E0 --scale smoke --device cuda --out "$OUT" --wandb disabled
 "$PY" -m replication.cli run E3 --dataset mnist --scale smoke --device cuda --out "$OUT" --wandb disabled
 "$PY" -m replication.cli run E3 --dataset mnist --scale smoke --device cuda --dtype float32 --out "$OUT/f32" \
+  --wandb disabled
+"$PY" -m replication.cli run E1 --dataset omniglot --scale paper --device cuda --estimate-only --out "$OUT" \
   --wandb disabled
 echo "gpu_check: OK in $((SECONDS - start)) s"
