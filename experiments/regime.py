@@ -42,7 +42,7 @@ from metainf.groundtruth.trajectory import batch_objective
 from metainf.influence import hessian_operator
 from metainf.linalg.finite_difference import fd_hessian_operator, supports_fd
 from metainf.linalg.neumann import power_iteration
-from metainf.linalg.nystrom import pcg
+from metainf.linalg.cg import cg
 from metainf.methods.static import unit_gradients
 from metainf.train import Trajectory, train_stochastic
 
@@ -151,5 +151,5 @@ def edit_without(obj: MetaObjective, lam: Tensor, kind: str, mask: np.ndarray, d
     m = torch.as_tensor(np.asarray(mask))
     b = unit_gradients(obj, lam, kind)[m].sum(0)
     op = total_hvp(obj, lam)
-    dlam, _ = pcg(lambda u: op(u) + damping * u, b, tol=0.0, max_iter=cg_iters)
+    dlam, _ = cg(lambda u: op(u) + damping * u, b, tol=0.0, max_iter=cg_iters)
     return lam + dlam, time.perf_counter() - t0

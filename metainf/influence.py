@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp
 
 from metainf.core.bilevel import TaskData, parse_hprime, query_loss
 from metainf.core.objective import MetaObjective
-from metainf.linalg.chunked import chunks
+from metainf.linalg.chunked import map_chunked
 from metainf.linalg.gamma import check_gamma
 from metainf.linalg.solvers import SolveInfo, solve
 
@@ -79,14 +79,10 @@ def instance_scores(obj: MetaObjective, lam: Tensor, v: Tensor, variant: str = "
     """(support scores [M, S], query scores [M, Q]) = v^T d(grad F)/d(ws, wq)."""
     state = obj.state_at(lam)
     inner, model = obj.inner, obj.model
-    outs_s, outs_q = [], []
-    for sl in chunks(obj.n_tasks, obj.chunk):
-        t = TaskData(*(x[sl] for x in obj.tasks))
-        s, q = vmap(lambda tk, st: inner.weight_scores(model, lam, tk, st, v, variant))(t, state[sl])
-        outs_s.append(s)
-        outs_q.append(q)
+    s, q = map_chunked(lambda tk, st: inner.weight_scores(model, lam, tk, st, v, variant), (obj.tasks, state),
+                       size=obj.chunk)
     tau = obj.tau.unsqueeze(1)
-    return tau * torch.cat(outs_s) / obj.n_tasks, tau * torch.cat(outs_q) / obj.n_tasks
+    return tau * s / obj.n_tasks, tau * q / obj.n_tasks
 
 
 def edit_tasks(obj: MetaObjective, lam: Tensor, removed: list[int], cfg: InfluenceConfig) -> Tensor:
@@ -117,15 +113,14 @@ def direct_task_scores(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective,
     gfun = grad(query_loss, argnums=1)
 
     def partial_grads(o: MetaObjective, th: Tensor) -> Tensor:
-        return torch.cat([vmap(lambda t, s: gfun(model, s, t))(TaskData(*(x[sl] for x in o.tasks)), th[sl])
-                          for sl in chunks(o.n_tasks, o.chunk)])
+        return map_chunked(lambda t, s: gfun(model, s, t), (o.tasks, th), size=o.chunk)
 
     g = partial_grads(obj, thetas)
     b = partial_grads(eval_obj, eval_thetas).mean(0)
 
     def hvp(u: Tensor) -> Tensor:
-        hk = torch.cat([vmap(lambda t, s: jvp(lambda z: gfun(model, z, t), (s,), (u,))[1])(
-            TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in chunks(obj.n_tasks, obj.chunk)])
+        hk = map_chunked(lambda t, s: jvp(lambda z: gfun(model, z, t), (s,), (u,))[1], (obj.tasks, thetas),
+                         size=obj.chunk)
         return obj.tau @ hk / obj.n_tasks + obj.delta * u
 
     v, _ = solve(hvp, b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)

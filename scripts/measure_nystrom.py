@@ -41,7 +41,7 @@ from experiments import setups  # noqa: E402
 from experiments.base import RunContext  # noqa: E402
 from experiments.e5_cost import CONFIGS as E5_CONFIGS  # noqa: E402
 from experiments.e5_cost import _median_time  # noqa: E402
-from metainf.linalg.nystrom import pcg  # noqa: E402
+from metainf.linalg.cg import cg  # noqa: E402
 from metainf.methods import AttributionProblem, get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
 
@@ -90,7 +90,7 @@ class TruncatedCG:
     def score(self, problem: AttributionProblem, kind: str) -> torch.Tensor:
         obj, lam = problem.objective, problem.lam
         grads, b = obj.task_grads(lam), problem.eval_objective.mean_loss_grad(lam)
-        v, self.last_info = pcg(lambda u: obj.hvp(lam, u), b, tol=0.0, max_iter=self.n_hvp)
+        v, self.last_info = cg(lambda u: obj.hvp(lam, u), b, tol=0.0, max_iter=self.n_hvp)
         return grads @ v / obj.n_tasks
 
 

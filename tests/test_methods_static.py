@@ -34,7 +34,8 @@ from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.tasks import ClassImages, sample_task_pool
 from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.influence_methods import TaskIF
-from metainf.methods.single_level import SingleLevelIF, gauss_newton_hvp
+from metainf.linalg.gauss_newton import gn_hvp
+from metainf.methods.single_level import SingleLevelIF
 from metainf.methods.static import GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, unit_gradients
 from metainf.methods.trak import TRAK, gaussian_projection
 from metainf.train import train_converged
@@ -244,13 +245,13 @@ def test_gauss_newton_matches_dense_ggn(unrolled: AttributionProblem):
         ggn += jac.T @ lam_k @ jac / m
     ggn += obj.delta * torch.eye(lam.numel(), dtype=DT)
     u = torch.randn(lam.numel(), generator=torch.Generator().manual_seed(0), dtype=DT)
-    err = rel(gauss_newton_hvp(obj, lam)(u), ggn @ u)
+    err = rel(gn_hvp(obj, lam)(u), ggn @ u)
     print(f"\nGauss-Newton hvp vs dense J^T Lambda J: rel err {err:.1e}")
     assert err <= 1e-12
 
 
 def test_gauss_newton_proximal_is_symmetric_psd(proximal: AttributionProblem):
-    hvp = gauss_newton_hvp(proximal.objective, proximal.lam)
+    hvp = gn_hvp(proximal.objective, proximal.lam)
     gen = torch.Generator().manual_seed(1)
     u, w = (torch.randn(proximal.lam.numel(), generator=gen, dtype=DT) for _ in range(2))
     assert abs(float(u @ hvp(w) - w @ hvp(u))) <= 1e-8 * float(u.norm() * w.norm())

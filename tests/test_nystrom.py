@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.linalg.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, pcg, probe_matrix,
+from metainf.linalg.cg import cg
+from metainf.linalg.nystrom import (build_curvature, lowrank_matvec, lowrank_solve, nystrom_solve, probe_matrix,
                                    sketch)
 from metainf.core.bilevel import UnrolledInner
 from metainf.core.models import build_model
@@ -102,7 +103,7 @@ def test_pcg_with_low_rank_preconditioner_converges(prob: AttributionProblem, de
     assert info.converged and 0 < info.iterations < 200
     assert rel(v, dense["x"]) < 1e-8
     # the preconditioner helps: plain CG to the same tolerance takes more iterations
-    _, plain = pcg(lambda u: dense["a"] @ u, dense["b"], tol=1e-11, max_iter=500)
+    _, plain = cg(lambda u: dense["a"] @ u, dense["b"], tol=1e-11, max_iter=500)
     assert plain.converged and info.iterations < plain.iterations
     print(f"{approx}: PCG (rank {c.rank}) {info.iterations} iterations vs plain CG {plain.iterations}")
     # the rank-k model alone is not yet the solution on this problem: the test of PCG is not vacuous
@@ -119,7 +120,7 @@ def test_pcg_start_residual_is_free_for_ritz(prob: AttributionProblem, dense: di
 
     v, info, c = nystrom_solve(obj, lam, dense["b"], 6, DAMPING, dense["grads"])
     assert c.au is not None and abs(info.rel_residual - rel(dense["a"] @ v, dense["b"])) < 1e-10
-    x, info2 = pcg(counting_hvp, dense["b"], lambda r: lowrank_solve(c, r), v, c.au @ (c.basis.T @ v), 0.0, 3)
+    x, info2 = cg(counting_hvp, dense["b"], lambda r: lowrank_solve(c, r), v, c.au @ (c.basis.T @ v), 0.0, 3)
     assert len(calls) == 3 and info2.iterations == 3 and rel(x, dense["x"]) < rel(v, dense["x"])
 
 

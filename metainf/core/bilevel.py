@@ -46,6 +46,7 @@ from torch.func import grad, hessian, jacrev, jvp, vjp
 
 from metainf.core.models import FlatModel
 from metainf.core.taskdata import TaskData
+from metainf.linalg.cg import cg_fixed
 from metainf.linalg.ekfac import ekfac_solve
 
 
@@ -90,25 +91,6 @@ def parse_hprime(hprime: str) -> tuple[str, float]:
 def gamma_coefficient(model: FlatModel, theta: Tensor, t: TaskData) -> Tensor:
     """||grad_theta L_O(theta)||_1: one task's term of the paper's Gamma (Theorem 5.1)."""
     return grad(query_loss, argnums=1)(model, theta, t).abs().sum()
-
-
-def cg_fixed(matvec, b: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
-    """Conjugate gradient with a fixed iteration count (so it can run under ``vmap``); safe once converged."""
-    x = torch.zeros_like(b) if x0 is None else x0
-    r = b - matvec(x) if x0 is not None else b
-    p, rs = r, r @ r
-    tiny = torch.finfo(b.dtype).tiny
-    for _ in range(iters):
-        ap = matvec(p)
-        pap = p @ ap
-        alpha = torch.where(pap.abs() > tiny, rs / torch.where(pap.abs() > tiny, pap, 1.0), 0.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = r @ r
-        beta = torch.where(rs > tiny, rs_new / torch.where(rs > tiny, rs, 1.0), 0.0)
-        p = r + beta * p
-        rs = rs_new
-    return x
 
 
 class InnerProblem(Protocol):

@@ -21,7 +21,7 @@ from torch.func import vmap
 from metainf.core.bilevel import InnerProblem, TaskData, query_loss
 from metainf.core.models import FlatModel
 from metainf.data.tasks import TaskPool
-from metainf.linalg.chunked import chunks
+from metainf.linalg.chunked import chunks, map_chunked
 
 
 class NonFiniteError(FloatingPointError):
@@ -170,28 +170,23 @@ class MetaObjective:
     # -- per-task batched primitives -----------------------------------------------------------------------
     def map_tasks(self, fn, *args, in_dims=None) -> Tensor:
         """vmap ``fn(task, state, *args)`` over tasks in chunks of ``chunk`` (the inner state at the last lam
-        solved) and concatenate along dim 0; ``in_dims`` for ``args`` (default: not batched)."""
-        outs = []
+        solved) and concatenate along dim 0 (``metainf.linalg.chunked.map_chunked``). ``in_dims`` for ``args``: 0 for
+        a per-task argument [M, ...] (sliced with the tasks), None for one shared by all tasks (the default)."""
         state = self.state_at(self._state_lam) if self._state_lam is not None else None
-        for sl in chunks(self.n_tasks, self.chunk):
-            t = TaskData(*(x[sl] for x in self.tasks))
-            st = state[sl] if state is not None else torch.zeros(sl.stop - sl.start, 1, device=self.tasks.xs.device)
-            outs.append(vmap(fn, in_dims=(0, 0, *(in_dims or (None,) * len(args))))(t, st, *args))
-        return torch.cat(outs) if isinstance(outs[0], Tensor) else tuple(torch.cat(z) for z in zip(*outs))
+        if state is None:
+            state = torch.zeros(self.n_tasks, 1, device=self.tasks.xs.device)
+        return map_chunked(fn, (self.tasks, state, *args), (0, 0, *(in_dims or (None,) * len(args))), self.chunk)
 
     def state_at(self, lam: Tensor) -> Tensor:
         """Per-task inner state at ``lam`` (the proximal solutions theta_k; adapted params for unrolled)."""
         if self._state_lam is not None and self._state_lam.shape == lam.shape and torch.equal(self._state_lam, lam):
             return self._state
         warm = self._state if self._state is not None else None
-        outs = []
-        for sl in chunks(self.n_tasks, self.chunk):
-            t = TaskData(*(x[sl] for x in self.tasks))
-            if warm is None:
-                outs.append(vmap(lambda tk: self.inner.prepare(self.model, lam, tk))(t))
-            else:
-                outs.append(vmap(lambda tk, s: self.inner.prepare(self.model, lam, tk, s))(t, warm[sl]))
-        state = torch.cat(outs)
+        if warm is None:
+            state = map_chunked(lambda tk: self.inner.prepare(self.model, lam, tk), (self.tasks,), size=self.chunk)
+        else:
+            state = map_chunked(lambda tk, s: self.inner.prepare(self.model, lam, tk, s), (self.tasks, warm),
+                                size=self.chunk)
         if self.inner.stationary:
             state = self._polish(lam, state)
         self._state_lam, self._state = lam.detach().clone(), state.detach()
@@ -206,11 +201,8 @@ class MetaObjective:
             check_finite(res, "proximal inner residual")
             if float(res.max()) <= tol:
                 return state
-            state = torch.cat([
-                vmap(lambda tk, s: inner.newton(self.model, lam, tk, s, 2))(TaskData(*(x[sl] for x in self.tasks)),
-                                                                             state[sl])
-                for sl in chunks(self.n_tasks, self.chunk)
-            ])
+            state = map_chunked(lambda tk, s: inner.newton(self.model, lam, tk, s, 2), (self.tasks, state),
+                                size=self.chunk)
         warnings.warn(f"proximal inner problem reached stationarity {float(res.max()):.2e} > tol {tol:.1e}: raise "
                       "beta (better conditioning), cg_iters or newton_steps", RuntimeWarning, stacklevel=2)
         return state
@@ -218,11 +210,8 @@ class MetaObjective:
     def inner_residuals(self, lam: Tensor, state: Tensor) -> Tensor:
         """||stationarity||_2 per task (proximal only)."""
         inner = self.inner
-        out = []
-        for sl in chunks(self.n_tasks, self.chunk):
-            t = TaskData(*(x[sl] for x in self.tasks))
-            out.append(vmap(lambda tk, s: inner.stationarity(self.model, lam, tk, s).norm())(t, state[sl]))
-        return torch.cat(out)
+        return map_chunked(lambda tk, s: inner.stationarity(self.model, lam, tk, s).norm(), (self.tasks, state),
+                           size=self.chunk)
 
     def task_losses(self, lam: Tensor) -> Tensor:
         """L_O^k(lam) for every task (weights applied inside each task, tau not applied)."""
@@ -293,7 +282,7 @@ class MetaObjective:
         def column(u: Tensor) -> Tensor:
             return combine(self.map_tasks(lambda t, s, w: self.inner.total_hvp(self.model, lam, t, s, w, hprime), u), u)
 
-        return torch.cat([vmap(column)(rows[i:i + block]) for i in range(0, rows.shape[0], block)])
+        return map_chunked(column, (rows,), size=block)
 
     def data_hvps(self, lam: Tensor, vectors: Tensor, hprime: str = "exact", block: int = 64) -> Tensor:
         """(1/M) sum_k tau_k D^2 L_O^k u for every row u of ``vectors`` [n, P] (delta NOT applied), ``block`` rows
@@ -357,8 +346,7 @@ class MetaObjective:
         thetas = self.adapted_params(lam)
         def acc(t: TaskData, th: Tensor) -> Tensor:
             return (self.model(th, t.xq).argmax(-1) == t.yq).to(lam.dtype).mean()
-        return torch.cat([vmap(acc)(TaskData(*(x[sl] for x in self.tasks)), thetas[sl])
-                          for sl in chunks(self.n_tasks, self.chunk)])
+        return map_chunked(acc, (self.tasks, thetas), size=self.chunk)
 
 
 class Stacked(NamedTuple):

@@ -29,6 +29,7 @@ from torch.func import vmap
 from metainf.core.bilevel import TaskData
 from metainf.core.problem import AttributionProblem, check_kind
 from metainf.core.objective import MetaObjective
+from metainf.linalg.chunked import chunks
 from metainf.train import Trajectory
 
 Unit = tuple[int, int | None]
@@ -207,8 +208,8 @@ def trajectory_loo_many(problem: AttributionProblem, kind: str, units: list[Unit
     slots = torch.cat([torch.zeros_like(lanes.slots[:1]), lanes.slots])  # lane 0: the unmodified run
     onehot = None if lanes.onehot is None else torch.cat([torch.zeros_like(lanes.onehot[:1]), lanes.onehot])
     finals = []
-    for start in range(0, slots.shape[0], chunk):
-        part = Lanes(kind, slots[start:start + chunk], None if onehot is None else onehot[start:start + chunk], scale)
+    for sl in chunks(slots.shape[0], chunk):
+        part = Lanes(kind, slots[sl], None if onehot is None else onehot[sl], scale)
         finals.append(replay(problem.objective, traj.lams[0], traj.schedule, traj.lrs, optimizer, part).lams[-1])
     lam_t = torch.cat(finals)
     _check_reproduces(traj, traj.steps[-1], lam_t[0])

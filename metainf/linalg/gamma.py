@@ -16,21 +16,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
-from torch.func import vmap
 
-from metainf.core.bilevel import TaskData, gamma_coefficient, parse_hprime
+from metainf.core.bilevel import gamma_coefficient, parse_hprime
 from metainf.core.objective import MetaObjective
-from metainf.linalg.chunked import chunks
+from metainf.linalg.chunked import map_chunked
 from metainf.linalg.neumann import power_iteration
 
 
 def gamma_coefficients(obj: MetaObjective, lam: Tensor) -> Tensor:
     """||grad_theta L_O^k(theta_k(lam))||_1 for every task, [M]."""
     thetas = obj.adapted_params(lam)
-    return torch.cat([vmap(lambda t, th: gamma_coefficient(obj.model, th, t))(
-        TaskData(*(x[sl] for x in obj.tasks)), thetas[sl]) for sl in chunks(obj.n_tasks, obj.chunk)])
+    return map_chunked(lambda t, th: gamma_coefficient(obj.model, th, t), (obj.tasks, thetas), size=obj.chunk)
 
 
 def gamma_value(obj: MetaObjective, lam: Tensor, hprime: str = "gamma") -> float:

@@ -22,37 +22,43 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import jvp, vjp
 
-from metainf.core.bilevel import InnerProblem, TaskData, weighted_ce
+from metainf.core.bilevel import InnerProblem, TaskData
 from metainf.core.models import FlatModel
 from metainf.core.objective import MetaObjective, check_finite
+from metainf.linalg.chunked import map_chunked
 
 
-def gn_task_hvp(inner: InnerProblem, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor,
+def gn_task_hvp(inner: InnerProblem, model: FlatModel, lam: Tensor, t: TaskData, state: Tensor, theta: Tensor,
                 u: Tensor) -> Tensor:
-    """GN_k u = J_k^T J_f^T H_out J_f J_k u for one task (unbatched; ``state`` as in ``MetaObjective``)."""
-    theta, z = inner.adapted(model, lam, t, state), inner.jvp_theta(model, lam, t, state, u)
-    logits, jz = jvp(lambda th: model(th, t.xq), (theta,), (z,))
-    h_jz = jvp(grad(lambda o: weighted_ce(o, t.yq, t.wq)), (logits,), (jz,))[1]
-    return inner.jac_t(model, lam, t, state, vjp(lambda th: model(th, t.xq), theta)[1](h_jz)[0])
+    """GN_k u = J_k^T J_f^T H_out J_f J_k u for one task (unbatched; ``state`` as in ``MetaObjective``, ``theta`` =
+    theta_k(lam)). H_out in closed form: per query point j, (wq_j / |Q|) (diag(p_j) - p_j p_j^T) with p_j the
+    softmax of its logits (the Hessian of ``weighted_ce`` in the logits)."""
+    ju = inner.jvp_theta(model, lam, t, state, u)
+    logits, jo = jvp(lambda x: model(x, t.xq), (theta,), (ju,))
+    p = torch.softmax(logits, dim=-1)
+    h_jo = (p * jo - p * (p * jo).sum(-1, keepdim=True)) * (t.wq / t.wq.shape[-1]).unsqueeze(-1)
+    w = vjp(lambda x: model(x, t.xq), theta)[1](h_jo)[0]
+    return inner.jac_t(model, lam, t, state, w)
 
 
-def _gn_mean(obj: MetaObjective, lam: Tensor, u: Tensor) -> Tensor:
-    hk = obj.map_tasks(lambda t, s, w: gn_task_hvp(obj.inner, obj.model, lam, t, s, w), u)
+def _gn_mean(obj: MetaObjective, lam: Tensor, states: Tensor, thetas: Tensor, u: Tensor) -> Tensor:
+    hk = map_chunked(lambda t, st, th, w: gn_task_hvp(obj.inner, obj.model, lam, t, st, th, w),
+                     (obj.tasks, states, thetas, u), (0, 0, 0, None), obj.chunk)
     return obj.tau @ hk / obj.n_tasks + obj.delta * u
 
 
 def gn_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
     """u -> GN_F u = (1/M) sum_k tau_k GN_k u + delta u (inner problems solved once, at ``lam``)."""
-    obj.state_at(lam)
-    return lambda u: check_finite(_gn_mean(obj, lam, u), "a Gauss-Newton total HVP")
+    states, thetas = obj.state_at(lam), obj.adapted_params(lam)
+    return lambda u: check_finite(_gn_mean(obj, lam, states, thetas, u), "a Gauss-Newton total HVP")
 
 
 def gn_dense(obj: MetaObjective, lam: Tensor, block: int = 64) -> Tensor:
     """GN_F as a dense matrix, ``block`` HVPs batched with vmap (small models only)."""
-    obj.state_at(lam)
+    states, thetas = obj.state_at(lam), obj.adapted_params(lam)
     eye = torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device)
-    h = torch.cat([vmap(lambda u: _gn_mean(obj, lam, u))(eye[i:i + block]) for i in range(0, lam.numel(), block)])
+    h = map_chunked(lambda u: _gn_mean(obj, lam, states, thetas, u), (eye,), size=block)
     check_finite(h, "the dense Gauss-Newton total Hessian")
     return 0.5 * (h + h.T)

@@ -26,7 +26,7 @@ H_data: nothing is clipped, and a model whose damped eigenvalue w_i + r is not p
 ``ritz`` (Rayleigh-Ritz / Galerkin in span(Omega), one pass)
     Q = orth(Omega), Y = H_data Q, T = sym(Q^T Y) = V diag(w) V^T, U = Q V. The w are Rayleigh quotients of H_data,
     so w_i + r lies in the spectrum range of A: if A is positive definite, so is A_hat. Since A U = (Y + r Q) V is
-    known, A x is free for every x in span(Q) (used by ``pcg`` to start without an extra HVP).
+    known, A x is free for every x in span(Q) (used by the preconditioned CG to start without an extra HVP).
 ``nystrom`` (Nystrom of the positive definite A, Tropp et al. 2017, stabilised)
     Y_A = A Omega + nu Omega (nu = eps ||Y_A|| shift), C = chol(Omega^T Y_A), B = Y_A C^-T = U S W^T (thin SVD);
     A ~ U diag(S^2 - nu) U^T on range(Y), so w = S^2 - nu - r. A failing Cholesky means Omega^T A Omega is not
@@ -38,20 +38,20 @@ H_data: nothing is clipped, and a model whose damped eigenvalue w_i + r is not p
 Probes (``probes``): ``gauss`` (i.i.d. normal columns) or ``span``: b and random combinations G^T R of the task
 gradients (R [M, k-1] normal; Gaussian columns beyond rank M), since the scores only need v along b and the g_k.
 
-The model is also a preconditioner: ``pcg`` runs preconditioned CG on the exact A (one total HVP per iteration)
+The model is also a preconditioner: ``metainf.linalg.cg.cg`` runs preconditioned CG on the exact A (one total HVP per iteration)
 with M^-1 = A_hat^-1 (Nystrom-PCG, Frangella, Tropp & Udell 2021).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from metainf.core.objective import MetaObjective, check_finite
-from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
+from metainf.linalg.cg import cg
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo
 
 APPROXIMATIONS: tuple[str, ...] = ("ritz", "nystrom")
 PROBES: tuple[str, ...] = ("gauss", "span")
@@ -71,6 +71,17 @@ class LowRankCurvature:
     @property
     def rank(self) -> int:
         return self.basis.shape[1]
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """A_hat v (``metainf.linalg.curvature.Curvature``)."""
+        return lowrank_matvec(self, v)
+
+    def solve(self, b: Tensor) -> tuple[Tensor, SolveInfo]:
+        """A_hat^-1 b by Woodbury (exact for the model; residual against the model, 0 up to rounding)."""
+        x = lowrank_solve(self, b)
+        rel = float((lowrank_matvec(self, x) - b).norm()) / (float(b.norm()) or 1.0)
+        lo = float((self.eigenvalues + self.reg).min()) if self.rank else self.reg
+        return x, SolveInfo("lowrank", 0, rel, lo)
 
 
 def probe_matrix(n_params: int, k: int, kind: str = "span", b: Tensor | None = None, grads: Tensor | None = None,
@@ -221,47 +232,6 @@ def known_product(c: LowRankCurvature, x: Tensor, rtol: float = 1e-12) -> Tensor
     return c.au @ coef
 
 
-def pcg(matvec: Callable[[Tensor], Tensor], b: Tensor, precond: Callable[[Tensor], Tensor] | None = None,
-        x0: Tensor | None = None, ax0: Tensor | None = None, tol: float = 1e-10, max_iter: int = 100,
-        strict: bool = False) -> tuple[Tensor, SolveInfo]:
-    """Preconditioned CG for A x = b (A = ``matvec``, symmetric positive definite; M^-1 = ``precond``).
-
-    Starts at ``x0`` (default 0) with A x0 = ``ax0`` if given (saves one matvec). Stops when ||r|| / ||b|| <= tol or
-    after ``max_iter`` iterations (one matvec each); ``SolveInfo.iterations`` counts the iterations, ``converged``
-    whether tol was met (``strict``: raise ``SolverNotConvergedError`` otherwise). Non-positive curvature raises
-    ``IndefiniteHessianError``."""
-    pre = precond if precond is not None else (lambda r: r)
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b.clone() if x0 is None else b - (matvec(x) if ax0 is None else ax0)
-    bnorm = float(b.norm()) or 1.0
-    rel = float(r.norm()) / bnorm
-    if rel <= tol:
-        return x, SolveInfo("pcg", 0, rel)
-    z = pre(r)
-    p, rz = z.clone(), r @ z
-    for it in range(1, max_iter + 1):
-        ap = matvec(p)
-        curv = float(p @ ap)
-        if curv <= 0:
-            raise IndefiniteHessianError(
-                f"PCG met non-positive curvature p'Ap/p'p = {curv / max(float(p @ p), 1e-300):.3e} at iteration "
-                f"{it}: the damped total Hessian is indefinite; raise the damping or the outer L2 delta")
-        alpha = rz / curv
-        x = x + alpha * p
-        r = r - alpha * ap
-        rel = float(r.norm()) / bnorm
-        if rel <= tol:
-            return x, SolveInfo("pcg", it, rel)
-        z = pre(r)
-        rz_new = r @ z
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-    if strict:
-        raise SolverNotConvergedError(f"PCG reached relative residual {rel:.2e} > tol {tol:.1e} after {max_iter} "
-                                      "iterations: raise the sketch rank k, max_iter or the damping")
-    return x, SolveInfo("pcg", max_iter, rel, converged=False)
-
-
 def nystrom_solve(obj: MetaObjective, lam: Tensor, b: Tensor, k: int, damping: float = 0.0,
                   grads: Tensor | None = None, probes: str = "span", approx: str = "ritz", power: int = 0,
                   pcg_iters: int = 0, pcg_tol: float = 1e-10, hprime: str = "exact", chunk: int | None = 32,
@@ -285,5 +255,5 @@ def nystrom_solve(obj: MetaObjective, lam: Tensor, b: Tensor, k: int, damping: f
     def matvec(u: Tensor) -> Tensor:
         return obj.hvp(lam, u, hprime) + damping * u
 
-    x, info = pcg(matvec, b, lambda r: lowrank_solve(c, r), x0, ax0, pcg_tol, pcg_iters)
+    x, info = cg(matvec, b, lambda r: lowrank_solve(c, r), x0, ax0, pcg_tol, pcg_iters)
     return x, SolveInfo(f"nystrom-{approx}-pcg", info.iterations, info.rel_residual, lo, info.converged), c

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metainf.linalg.cg import cg
 from metainf.linalg.neumann import lissa_solve, neumann_solve
-from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo
 
 
 def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", damping: float = 0.0, tol: float = 1e-10,
@@ -54,27 +55,5 @@ def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", dampin
         res = float((op(x) - b).norm() / b.norm().clamp_min(1e-300))
         return x, SolveInfo("dense", b.numel(), res, lo)
     if method == "cg":
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p, rs = r.clone(), r @ r
-        bnorm = float(b.norm()) or 1.0
-        for it in range(1, max_iter + 1):
-            ap = op(p)
-            curv = float(p @ ap)
-            if curv <= 0:
-                rayleigh = curv / max(float(p @ p), 1e-300)
-                raise IndefiniteHessianError(
-                    f"CG met non-positive curvature p'Hp/p'p = {rayleigh:.3e} at iteration {it}: the damped total Hessian is "
-                    "indefinite; raise the damping or the outer L2 delta, or use method='dense' to see the spectrum")
-            alpha = rs / curv
-            x = x + alpha * p
-            r = r - alpha * ap
-            rs_new = r @ r
-            if float(rs_new.sqrt()) / bnorm <= tol:
-                return x, SolveInfo("cg", it, float(rs_new.sqrt()) / bnorm)
-            p = r + (rs_new / rs) * p
-            rs = rs_new
-        raise SolverNotConvergedError(
-            f"CG reached relative residual {float(rs.sqrt()) / bnorm:.2e} > tol {tol:.1e} after {max_iter} iterations: "
-            "raise max_iter, raise the damping (better conditioning) or loosen tol")
+        return cg(op, b, tol=tol, max_iter=max_iter, strict=True)
     raise ValueError(f"unknown solver {method!r}: choose 'dense', 'cg', 'neumann' or 'lissa'")

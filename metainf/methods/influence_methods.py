@@ -15,7 +15,8 @@ from torch import Tensor
 
 from metainf.linalg.finite_difference import HVP_MODES, fd_hessian_operator, supports_fd, task_and_eval_grads
 from metainf.linalg.fisher import fisher_curvature, fisher_inverse, fisher_solve
-from metainf.linalg.nystrom import nystrom_solve, pcg
+from metainf.linalg.cg import cg
+from metainf.linalg.nystrom import nystrom_solve
 from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
                                task_scores)
 from metainf.linalg.types import SolveInfo
@@ -161,7 +162,7 @@ class TaskIFTruncated(TaskIF):
         if self.precond == "fisher":
             curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
             pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
-        v, self.last_info = pcg(lambda u: op(u) + self.damping * u if self.damping else op(u), b, pre, tol=self.tol,
+        v, self.last_info = cg(lambda u: op(u) + self.damping * u if self.damping else op(u), b, pre, tol=self.tol,
                                 max_iter=self.cg_iters)
         return v, grads
 

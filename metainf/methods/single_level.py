@@ -32,46 +32,14 @@ Tasks only: a support or query point is not a datum of this objective.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
 
-from metainf.core.bilevel import TaskData
-from metainf.core.objective import MetaObjective, check_finite
 from metainf.influence import hessian_operator, task_scores
-from metainf.linalg.chunked import chunks
-from metainf.linalg.solvers import solve
+from metainf.linalg.gauss_newton import gn_hvp
+from metainf.linalg.curvature import OperatorCurvature
 from metainf.methods.base import AttributionProblem
-
-
-def gauss_newton_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
-    """u -> G u with G = (1/M) sum_k tau_k J_k^T Lambda_k J_k + delta I (see the module docstring).
-
-    J_k u = d model(theta_k, xq)/d theta . (d theta_k/d lam . u); the transpose uses the symmetric IFT Jacobian
-    beta A^-1 for a proximal inner problem and a vjp through the unrolled steps otherwise.
-    """
-    inner, model = obj.inner, obj.model
-    states, thetas = obj.state_at(lam), obj.adapted_params(lam)
-    n_q = obj.tasks.wq.shape[1]
-
-    def per_task(t: TaskData, st: Tensor, th: Tensor, u: Tensor) -> Tensor:
-        ju = inner.jvp_theta(model, lam, t, st, u)
-        logits, jo = jvp(lambda x: model(x, t.xq), (th,), (ju,))
-        p = torch.softmax(logits, dim=-1)
-        lam_jo = (p * jo - p * (p * jo).sum(-1, keepdim=True)) * (t.wq / n_q).unsqueeze(-1)
-        w = vjp(lambda x: model(x, t.xq), th)[1](lam_jo)[0]
-        return inner.jac_t(model, lam, t, st, w)
-
-    def hvp(u: Tensor) -> Tensor:
-        hk = torch.cat([vmap(per_task, in_dims=(0, 0, 0, None))(TaskData(*(x[sl] for x in obj.tasks)), states[sl],
-                                                                 thetas[sl], u)
-                        for sl in chunks(obj.n_tasks, obj.chunk)])
-        return check_finite(obj.tau @ hk / obj.n_tasks + obj.delta * u, "a Gauss-Newton-vector product")
-
-    return hvp
 
 
 @dataclass
@@ -94,6 +62,6 @@ class SingleLevelIF:
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
         obj, lam = problem.objective, problem.lam
         b = problem.eval_objective.mean_loss_grad(lam)
-        hvp = hessian_operator(obj, lam, "exact") if self.hessian == "exact" else gauss_newton_hvp(obj, lam)
-        v, _ = solve(hvp, b, self.solver, self.damping, self.tol, self.max_iter)
+        hvp = hessian_operator(obj, lam, "exact") if self.hessian == "exact" else gn_hvp(obj, lam)
+        v, _ = OperatorCurvature(hvp, self.damping, self.solver, self.tol, self.max_iter).solve(b)
         return task_scores(obj, lam, v)

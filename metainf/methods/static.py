@@ -26,7 +26,7 @@ from torch.func import vmap
 from metainf.core.bilevel import TaskData, query_loss
 from metainf.core.objective import MetaObjective
 from metainf.influence import instance_scores, task_scores
-from metainf.linalg.chunked import chunks
+from metainf.linalg.chunked import chunks, map_chunked
 from metainf.methods.base import AttributionProblem
 
 ALL_KINDS: tuple[str, ...] = ("task", "support", "query")
@@ -61,9 +61,7 @@ def unit_gradients(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
     def per_task(t: TaskData, st: Tensor) -> Tensor:
         return vmap(lambda a, b: inner.dgrad_dweights(model, lam, t, st, a, b))(es, eq)
 
-    blocks = [vmap(per_task)(TaskData(*(x[sl] for x in obj.tasks)), state[sl]) for sl in chunks(obj.n_tasks,
-                                                                                                   obj.chunk)]
-    return obj.tau[:, None, None] * torch.cat(blocks) / obj.n_tasks
+    return obj.tau[:, None, None] * map_chunked(per_task, (obj.tasks, state), size=obj.chunk) / obj.n_tasks
 
 
 @dataclass
@@ -114,8 +112,7 @@ def _point_losses(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
         x, y = (t.xs, t.ys) if kind == "support" else (t.xq, t.yq)
         return F.cross_entropy(model(th, x), y, reduction="none")
 
-    return torch.cat([vmap(losses)(TaskData(*(x[sl] for x in obj.tasks)), thetas[sl])
-                      for sl in chunks(obj.n_tasks, obj.chunk)])
+    return map_chunked(losses, (obj.tasks, thetas), size=obj.chunk)
 
 
 @dataclass
@@ -190,8 +187,7 @@ class GradientAscentUnlearning:
         def eval_loss(lam_u: Tensor) -> Tensor:
             def one(t: TaskData, st: Tensor) -> Tensor:
                 return query_loss(model, inner.resolve(model, lam_u, t, st, self.newton_steps), t)
-            return torch.cat([vmap(one)(TaskData(*(x[sl] for x in ev.tasks)), ev_state[sl])
-                              for sl in chunks(ev.n_tasks, ev.chunk)]).mean()
+            return map_chunked(one, (ev.tasks, ev_state), size=ev.chunk).mean()
 
         def unlearn(t: TaskData, st: Tensor, es: Tensor, eq: Tensor, scale: Tensor) -> Tensor:
             lam_u = lam
