@@ -8,7 +8,8 @@ drifts), medians in meta-epochs (one F value and total gradient at the initial p
 - ``summed pass``: task losses, base meta-gradient and grad L_eval in one summed-loss pass (``losses_and_gradients``);
 - ``fd hvp``: one finite-difference total HVP (one summed-loss pass at lam + eps u);
 - ``before``: the previous ``task_if_fast``: per-task pass + CG on FD HVPs to relative residual 0.05 + G v;
-- ``after``: ``task_if_fast`` now (summed pass + the same CG; G v from the HVP passes' losses), via ``run_method``.
+- ``after``: ``task_if_fast`` now (summed pass + the same CG; G v from the HVP passes' losses);
+- ``run_method``: the same through ``run_method`` (as E5 times it: with the peak-memory sampler thread).
 
 It also prints the CG iterations and the Spearman correlation of the two score vectors (they agree to about 1e-7).
 
@@ -63,13 +64,14 @@ def profile(n_tasks: int, hidden: int, seed: int) -> None:
 
     def after() -> torch.Tensor:
         method = get_method("task_if_fast")
-        scores = run_method(method, problem, "task").values
+        scores = method.score(problem, "task")
         after_info["iters"] = method.last_info.iterations
         return scores
 
     fns = {"meta-epoch": lambda: obj.value_and_grad(lam0), "per-task pass": lambda: task_and_eval_grads(obj, ev, lam),
            "summed pass": lambda: losses_and_gradients(obj, ev, lam), "fd hvp": lambda: hvp(u),
-           "before": before, "after": after}
+           "before": before, "after": after,
+           "run_method": lambda: run_method(get_method("task_if_fast"), problem, "task")}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
