@@ -5,7 +5,10 @@ For each (number of training tasks M, hidden width) on the grid, measured in one
 - ``epoch_s``: one meta-epoch, i.e. one full-batch F value and total gradient over all M tasks (median of 3);
 - ``train_s``: the meta-training that produces lam* (recorded stochastic phase, then full-batch convergence): the
   unit of the retraining cost, measured on the training the methods explain (no second training);
-- every method's scoring time for all tasks and its peak resident memory (``metainf.methods.run_method``), and the
+- every method's scoring time for all tasks (the median over up to ``timing_repeats`` runs, repeated while they take
+  under ``timing_budget_s`` in all, so that only cheap methods, whose single timings the machine's load dominates, are
+  repeated; each run's time is also divided by a meta-epoch timed just before it, and the reported meta-epochs are the
+  median of these ratios) and its peak resident memory (``metainf.methods.run_method``), and the
   Spearman correlation of its task scores with exact task-IF (``task_if``, CG on the exact total Hessian) at the
   same point: the accuracy side of the cheap curvatures (``task_if_fisher``: empirical-Fisher total curvature;
   ``task_if_nystrom``: a rank-3 sketch of the exact total Hessian with one block-Krylov step;
@@ -47,6 +50,7 @@ _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
     "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],
     "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0}, "n_eval_tasks": 20, "loo_sample": 2,
+    "timing_repeats": 5, "timing_budget_s": 0.5,
     "by_dataset": {"omniglot": {"image_size": 8}},
 }
 CONFIGS = {
@@ -90,13 +94,24 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     problem = setups.problems(setup, fitted, ctx.seed)["converged"]
 
     def timed(name: str, kind: str, prefix: str) -> None:
-        """Score ``kind`` units with a fresh ``name``: ``{prefix}_s``, ``{prefix}_peak_mb`` (or ``{prefix}_error``)."""
-        try:
-            sc = run_method(get_method(name), problem, kind)
-        except Exception as error:  # noqa: BLE001 - recorded as this method's error; the others' results are kept
-            out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
-            return
-        out[f"{prefix}_s"], out[f"{prefix}_peak_mb"] = sc.seconds, sc.peak_rss_mb
+        """Score ``kind`` units with a fresh ``name``: ``{prefix}_s``, ``{prefix}_peak_mb`` (or ``{prefix}_error``),
+        and ``{prefix}_epoch_ratios``: its time over a meta-epoch timed just before it, for each of up to
+        ``timing_repeats`` runs (fresh instances; repeated while the runs so far took under ``timing_budget_s``)."""
+        runs: list = []
+        repeats, budget = cfg.get("timing_repeats", 1), cfg.get("timing_budget_s", 0.0)
+        while not runs or (len(runs) < repeats and sum(r[1].seconds for r in runs) < budget):
+            t0 = time.perf_counter()
+            obj.value_and_grad(lam0)
+            epoch = time.perf_counter() - t0
+            try:
+                runs.append((epoch, run_method(get_method(name), problem, kind)))
+            except Exception as error:  # noqa: BLE001 - recorded as this method's error; the others' results are kept
+                out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
+                return
+        sc = runs[0][1]
+        out[f"{prefix}_s"] = statistics.median(r[1].seconds for r in runs)
+        out[f"{prefix}_peak_mb"] = max(r[1].peak_rss_mb for r in runs)
+        out[f"{prefix}_epoch_ratios"] = [r[1].seconds / r[0] for r in runs]
         if kind == "task":
             scores[name] = sc.values.numpy()
 
@@ -120,6 +135,13 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     return out
 
 
+def _ratio(p: dict, prefix: str) -> float:
+    """A method's time in meta-epochs: the median of its runs' ratios to a meta-epoch timed just before each run
+    (older results without them: its time over the grid point's meta-epoch)."""
+    ratios = p.get(f"{prefix}_epoch_ratios")
+    return statistics.median(ratios) if ratios else p[f"{prefix}_s"] / p["epoch_s"]
+
+
 def _slope(x: list[float], y: list[float]) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0]) if len(x) > 1 else float("nan")
 
@@ -138,7 +160,7 @@ def run(ctx: RunContext) -> dict:
         for name in ctx.methods:
             if f"{name}_s" in p:
                 mk = scoring.metric_key(name)
-                entry[f"{mk}_epochs"] = p[f"{name}_s"] / p["epoch_s"]
+                entry[f"{mk}_epochs"] = _ratio(p, name)
                 entry[f"{mk}_grad_passes"] = p[f"{name}_s"] / p["batched_grads_s"]
                 entry[f"{mk}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
                 rho = p.get(f"{name}_spearman_vs_task_if", 1.0 if name == "task_if" else float("nan"))
@@ -150,7 +172,7 @@ def run(ctx: RunContext) -> dict:
                              "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"], "spearman_vs_task_if": rho})
         for name in (m for m in INSTANCE_METHODS if f"{m}_support_s" in p):
             mk = scoring.metric_key(name)
-            entry[f"{mk}_support_epochs"] = p[f"{name}_support_s"] / p["epoch_s"]
+            entry[f"{mk}_support_epochs"] = _ratio(p, f"{name}_support")
             rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": f"{name} (all support points)",
                          "time_s": p[f"{name}_support_s"], "meta_epochs": entry[f"{mk}_support_epochs"],
                          "grad_passes": p[f"{name}_support_s"] / p["batched_grads_s"],

@@ -26,6 +26,7 @@ Usage: OMP_NUM_THREADS=1 python scripts/measure_fast.py [e3] [e5]   (e3: ~4 min,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -73,13 +74,15 @@ def e3_problem(dataset: str, seed: int, inner: str):
     """(problem, its dense total Hessian, stored series of ``inner``, committed task_if metrics) of one E3 quick
     problem."""
     stored = json.loads((ROOT / "results" / "E3" / f"{dataset}-quick.json").read_text())
-    cfg = problem_configs(stored["config"])[inner]
+    # results written before real MNIST was added store no mnist_source: they used scikit-learn's 8x8 digits
+    cfg = {"mnist_source": "digits", **problem_configs(stored["config"])[inner]}
     setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed), inner)
     fitted = setups.fit(setup, cfg, seed)
     problem = setups.problems(setup, fitted, seed)["converged"]
     obj, lam = problem.objective, problem.lam
     if isinstance(obj.inner, ProximalInner):  # as E3: HVPs from the dense block Hessian
-        h = obj.use_block_hessian(lam, "exact", block_curvature(obj, lam)[0])
+        h = block_curvature(obj, lam)[0]
+        problem = dataclasses.replace(problem, objective=obj.with_dense_hessian(lam, "exact", h))
     else:
         h = obj.dense_hessian(lam)
     per_seed = stored["per_seed"][str(seed)]

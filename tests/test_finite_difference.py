@@ -14,7 +14,8 @@ CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 from metainf.core.bilevel import ProximalInner, UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective
-from metainf.linalg.finite_difference import data_gradient, fd_hessian_operator, supports_fd, task_and_eval_grads
+from metainf.linalg.finite_difference import (FDHessian, data_gradient, fd_hessian_operator, losses_and_gradients,
+                                              supports_fd, task_and_eval_grads)
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
 from tests.test_fisher import random_tasks, rel
 from tests.test_nystrom import make_problem
@@ -65,6 +66,39 @@ def test_one_pass_gradients_equal_the_separate_passes(prob: AttributionProblem) 
     obj, ev, lam = prob.objective, prob.eval_objective, prob.lam
     grads, b = task_and_eval_grads(obj, ev, lam)
     assert rel(grads, obj.task_grads(lam)) < 1e-12 and rel(b, ev.mean_loss_grad(lam)) < 1e-12
+
+
+def test_one_summed_pass_gives_the_losses_the_data_gradient_and_the_eval_gradient(prob: AttributionProblem) -> None:
+    """Fused (the two task sets share one pass, chunked by 3) and fallback (eval tasks of another shape): against
+    ``task_losses``, tau @ G / M from ``task_grads`` and ``mean_loss_grad``."""
+    obj, lam = prob.objective, prob.lam
+    g = torch.Generator().manual_seed(8)
+    other_shape = MetaObjective(obj.model, obj.inner, random_tasks(2, g, s=4, q=2))
+    for ev in (prob.eval_objective, other_shape):
+        losses, d, b = losses_and_gradients(obj, ev, lam)
+        assert rel(losses, obj.task_losses(lam)) < 1e-12
+        assert rel(d, obj.tau @ obj.task_grads(lam) / obj.n_tasks) < 1e-12
+        assert rel(b, ev.mean_loss_grad(lam)) < 1e-12
+
+
+def test_the_recorded_task_losses_give_g_on_the_span_of_the_hvp_directions(prob: AttributionProblem) -> None:
+    """G P (P: projector onto the span of the directions the operator was applied to) equals G on that span, to
+    the accuracy of a forward difference, and is 0 on its orthogonal complement; the HVPs are unchanged."""
+    obj, lam = prob.objective, prob.lam
+    losses, d, _ = losses_and_gradients(obj, prob.eval_objective, lam)
+    op = FDHessian(obj, lam, d, losses)
+    assert float(op.projected_task_grads().abs().max()) == 0.0  # no direction yet
+    g = torch.Generator().manual_seed(9)
+    us = torch.randn(3, lam.numel(), generator=g, dtype=DT) * torch.tensor([[1.0], [1e-3], [1e3]], dtype=DT)
+    for u in us:
+        assert rel(op(u), obj.hvp(lam, u)) < 1e-6
+    grads, proj = obj.task_grads(lam), op.projected_task_grads()
+    w = torch.tensor([0.3, -200.0, 1e-3], dtype=DT) @ us
+    assert rel(proj @ w, grads @ w) < 1e-6
+    q, _ = torch.linalg.qr(torch.cat([us.T, torch.randn(lam.numel(), 1, generator=g, dtype=DT)], 1))
+    assert float((proj @ q[:, 3]).abs().max()) < 1e-10 * float(proj.abs().max())
+    with pytest.raises(ValueError, match="needs the task losses"):
+        fd_hessian_operator(obj, lam).projected_task_grads()
 
 
 def test_one_pass_gradients_fall_back_for_a_proximal_inner_problem() -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
-from metainf.linalg.finite_difference import HVP_MODES, fd_hessian_operator, supports_fd, task_and_eval_grads
+from metainf.linalg.finite_difference import (HVP_MODES, FDHessian, fd_hessian_operator, losses_and_gradients,
+                                              supports_fd, task_and_eval_grads)
 from metainf.linalg.fisher import fisher_curvature, fisher_inverse, fisher_solve
 from metainf.linalg.cg import cg
 from metainf.linalg.nystrom import nystrom_solve
@@ -122,9 +124,13 @@ class TaskIFTruncated(TaskIF):
 
     ``hvp``: ``fd`` takes each total HVP as a difference quotient of the meta-gradient (one batched gradient pass,
     ``metainf.linalg.finite_difference``; unrolled second-order MAML only), ``autodiff`` the exact forward-over-reverse
-    HVP, ``auto`` (default) ``fd`` where it applies and ``autodiff`` elsewhere. The task gradients and grad L_eval
-    come from one batched pass (``task_and_eval_grads``). Cost: one gradient pass plus ``cg_iters`` HVPs, i.e. about
-    four meta-gradients with the defaults. ``last_info`` holds the ``SolveInfo`` of the latest solve.
+    HVP, ``auto`` (default) ``fd`` where it applies and ``autodiff`` elsewhere. With ``fd``, no preconditioner and
+    float64, no per-task gradient is formed: one reverse pass of summed losses gives grad L_eval and the base
+    meta-gradient (``losses_and_gradients``), and the task scores G v / M come from the task losses of the HVP passes
+    (``FDHessian.projected_task_grads``: v lies in the span of the CG directions). Otherwise the task gradients and
+    grad L_eval come from one batched per-task pass (``task_and_eval_grads``; lower precision keeps it because a
+    difference of losses loses sqrt(machine eps) of relative accuracy). Cost: one gradient pass plus one HVP per
+    iteration. ``last_info`` holds the ``SolveInfo`` of the latest solve.
 
     ``precond``: ``none`` (plain CG) or ``fisher``: preconditioned CG with the empirical-Fisher curvature of the task
     gradients, C = (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, applied by Woodbury in O(M P) per iteration
@@ -153,18 +159,23 @@ class TaskIFTruncated(TaskIF):
         if use_fd and self.hprime != "exact":
             raise ValueError(f"hvp='fd' differentiates the exact meta-gradient: it has no hprime={self.hprime!r} "
                              "variant; use hvp='autodiff' for the H' approximations")
-        grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
-        if use_fd:
-            op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
-        else:
-            op = hessian_operator(obj, lam, self.hprime)
         pre = None
-        if self.precond == "fisher":
-            curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
-            pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
+        if use_fd and self.precond == "none" and lam.dtype == torch.float64:
+            losses, data_grad, b = losses_and_gradients(obj, problem.eval_objective, lam)
+            op = FDHessian(obj, lam, data_grad, losses, self.rel_step)
+            grads = None
+        else:
+            grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
+            if use_fd:
+                op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
+            else:
+                op = hessian_operator(obj, lam, self.hprime)
+            if self.precond == "fisher":
+                curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
+                pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
         v, self.last_info = cg(lambda u: op(u) + self.damping * u if self.damping else op(u), b, pre, tol=self.tol,
                                 max_iter=self.cg_iters)
-        return v, grads
+        return v, (op.projected_task_grads() if grads is None else grads)
 
 
 @dataclass
@@ -173,8 +184,9 @@ class TaskIFFast(TaskIFTruncated):
     apply, one gradient pass each; see ``TaskIFTruncated``), stopped at the first iteration whose relative residual
     ||b - A v|| / ||b|| is <= ``tol``, after at most ``cg_iters`` iterations.
 
-    Cost: one batched gradient pass (G and grad L_eval) plus one total HVP (about half a meta-epoch) per iteration;
-    the number of iterations follows the conditioning of H_F instead of being fixed.
+    Cost (finite-difference HVPs, float64): one reverse pass of summed losses (grad L_eval and the base meta-gradient)
+    plus one per iteration (the HVP, whose task losses also give the task scores); the number of iterations follows
+    the conditioning of H_F instead of being fixed.
 
     The rule behind the settings, from ``scripts/measure_fast.py`` (E3's quick problems rebuilt, scored against the
     committed converged-LOO effects; Spearman gaps to dense task-IF):
