@@ -345,7 +345,7 @@ def test_data_used_is_recorded_without_machine_paths(tmp_path: Path, capsys, cac
                        omniglot_tree({f"A{i}": 5 for i in range(6)}, drawers=4))
     out = tmp_path / "out"
     code, err = cli_run(capsys, *E6, "--dataset", "omniglot", "--data-root", str(root), "--out", str(out), *FAST,
-                        "n_train_tasks=5", "n_eval_tasks=3", "hidden=[2]")
+                        "n_train_tasks=5", "n_eval_tasks=3", "hidden=[2]", "conv4.q_query=3")  # 4 images a class
     assert code == 0, err
     text = (out / "E6" / "omniglot-smoke.json").read_text()
     data = json.loads(text)
