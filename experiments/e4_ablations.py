@@ -64,12 +64,8 @@ from metainf.linalg.gauss_newton import gn_dense, gn_hvp
 from metainf.linalg.neumann import power_iteration
 from metainf.metrics import correlations
 from metainf.runtime.memory import PeakSampler
-from metainf.linalg.solvers import (
-    IndefiniteHessianError,
-    SolveInfo,
-    SolverNotConvergedError,
-    solve,
-)
+from metainf.linalg.solvers import solve
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
 from metainf.train import train_converged
 
 _BASE = {

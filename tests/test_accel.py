@@ -31,7 +31,8 @@ from metainf.core.bilevel import (
 )
 from metainf.core.models import FlatModel, build_model
 from metainf.core.objective import MetaObjective
-from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
+from metainf.linalg.solvers import solve
+from metainf.linalg.types import IndefiniteHessianError, SolverNotConvergedError
 from metainf.methods import AttributionProblem, get_method
 
 DT = torch.float64

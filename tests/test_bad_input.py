@@ -45,7 +45,8 @@ from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, NonFiniteError
 from metainf.data.tasks import TaskPool
 from metainf.influence import InfluenceConfig, eval_vector, task_scores
-from metainf.linalg.solvers import IndefiniteHessianError, SolverNotConvergedError, solve
+from metainf.linalg.solvers import solve
+from metainf.linalg.types import IndefiniteHessianError, SolverNotConvergedError
 from metainf.methods import AttributionProblem
 from metainf.runtime.executor import run_units, unit_file_name
 from metainf.train import train_converged, train_stochastic

@@ -1,13 +1,16 @@
 """The linear-algebra layer: inverse total-Hessian-vector products and the curvature models behind them, the
 paper's acceleration strategies (section 4) and the ablation alternatives.
 
-- ``solvers``: ``solve(hvp, b, method)`` (dense, CG, Neumann, LiSSA); ``types``: ``SolveInfo`` and the two solver
-  errors; ``chunked``: memory-bounded slices over tasks.
+- ``curvature``: the ``Curvature`` protocol (``matvec``, ``solve``) that every curvature below implements, and
+  ``OperatorCurvature`` for one given by its products.
+- ``cg``: the one conjugate gradient (tolerance mode with preconditioner and warm start; vmap-safe fixed-iteration
+  mode). ``solvers``: ``solve(hvp, b, method)`` (dense, CG, Neumann, LiSSA); ``types``: ``SolveInfo`` and the two
+  solver errors; ``chunked``: ``map_chunked``, the memory-bounded ``vmap`` over tasks.
 - ``neumann``: truncated Neumann series and LiSSA for (damping I + H)^-1 b (``metainf.linalg.solvers.solve`` methods
   ``"neumann"`` / ``"lissa"``); ``batches``: mini-batch total HVPs over task subsets for LiSSA.
 - ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``).
 - ``gamma``: the Gamma surrogate for H' (``hprime="gamma"`` / ``"gamma_scaled:c"``) and its dominance check.
-- ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian.
+- ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian (the one GN HVP: ``gn_hvp``, ``gn_dense``).
 - ``fisher``: the empirical-Fisher total curvature (1/M) G^T G + delta I from the per-task total gradients, solved
   by Woodbury (``TaskIF(solver="fisher")``, method ``task_if_fisher``).
 - ``nystrom``: a low-rank model of the exact total Hessian from one batched pass of total HVPs on probe directions

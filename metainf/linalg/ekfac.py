@@ -38,6 +38,7 @@ from torch.func import grad, jacrev, vjp, vmap
 
 from metainf.core.models import FlatModel
 from metainf.core.taskdata import TaskData
+from metainf.linalg.types import SolveInfo
 
 FISHERS = ("ggn", "empirical")
 
@@ -137,16 +138,17 @@ def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "g
     return factors
 
 
-def ekfac_apply(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float) -> Tensor:
-    """(G_W + damping I)^-1 b with the EK-FAC factors; damping (beta + rho) > 0 on every coordinate."""
-    if damping <= 0:
-        raise ValueError(f"EK-FAC needs a positive damping (beta + rho), got {damping}")
+def _ekfac_map(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float, inverse: bool) -> Tensor:
+    """(G_W + damping I)^-1 b (``inverse``) or (G_W + damping I) b in the EK-FAC eigenbases."""
+    def scale(v: Tensor, s: Tensor | float) -> Tensor:
+        return v / s if inverse else v * s
+
     parts = model.unflatten(b)
-    out = {name: v / damping for name, v in parts.items()}
+    out = {name: scale(v, damping) for name, v in parts.items()}
     for f in factors:
         wmat = parts[f.weight].reshape(f.q_g.shape[0], -1)
         v = torch.cat([wmat, parts[f.bias].unsqueeze(-1)], dim=-1) if f.bias else wmat
-        x = f.q_g @ ((f.q_g.T @ v @ f.q_a) / (f.eigenvalues + damping)) @ f.q_a.T
+        x = f.q_g @ scale(f.q_g.T @ v @ f.q_a, f.eigenvalues + damping) @ f.q_a.T
         if f.bias:
             out[f.bias] = x[:, -1]
             x = x[:, :-1]
@@ -154,7 +156,37 @@ def ekfac_apply(model: FlatModel, factors: list[LayerFactors], b: Tensor, dampin
     return model.flatten(out)
 
 
+def ekfac_apply(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float) -> Tensor:
+    """(G_W + damping I)^-1 b with the EK-FAC factors; damping (beta + rho) > 0 on every coordinate."""
+    if damping <= 0:
+        raise ValueError(f"EK-FAC needs a positive damping (beta + rho), got {damping}")
+    return _ekfac_map(model, factors, b, damping, inverse=True)
+
+
 def ekfac_solve(model: FlatModel, t: TaskData, theta: Tensor, b: Tensor, beta: float, rho: float = 0.0,
                 fisher: str = "ggn") -> Tensor:
     """EK-FAC approximation of (Hess L_S(theta) + beta I)^-1 b, with extra damping ``rho``."""
     return ekfac_apply(model, ekfac_factors(model, t, theta, fisher), b, beta + rho)
+
+
+@dataclass(frozen=True)
+class EKFACCurvature:
+    """The EK-FAC model G_W + damping I of one task's inner Hessian Hess L_S(theta) + beta I (damping = beta + rho)
+    as a ``metainf.linalg.curvature.Curvature``: ``solve`` is ``ekfac_solve``'s division in the eigenbases."""
+
+    model: FlatModel
+    factors: list[LayerFactors]
+    damping: float
+
+    @classmethod
+    def at(cls, model: FlatModel, t: TaskData, theta: Tensor, beta: float, rho: float = 0.0,
+           fisher: str = "ggn") -> "EKFACCurvature":
+        return cls(model, ekfac_factors(model, t, theta, fisher), beta + rho)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return _ekfac_map(self.model, self.factors, v, self.damping, inverse=False)
+
+    def solve(self, b: Tensor) -> tuple[Tensor, SolveInfo]:
+        x = ekfac_apply(self.model, self.factors, b, self.damping)
+        rel = float((self.matvec(x) - b).norm()) / (float(b.norm()) or 1.0)
+        return x, SolveInfo("ekfac", 0, rel, self.damping)

@@ -42,6 +42,16 @@ class FisherCurvature:
     def n_tasks(self) -> int:
         return self.rows.shape[0]
 
+    def matvec(self, v: Tensor) -> Tensor:
+        """C v (``metainf.linalg.curvature.Curvature``)."""
+        return fisher_matvec(self, v)
+
+    def solve(self, b: Tensor) -> tuple[Tensor, SolveInfo]:
+        """C^-1 b by Woodbury, with its relative residual (``metainf.linalg.curvature.Curvature``)."""
+        x = fisher_inverse(self, b)
+        rel = float((fisher_matvec(self, x) - b).norm()) / (float(b.norm()) or 1.0)
+        return x, SolveInfo("fisher", 1, rel, self.reg)
+
 
 def fisher_curvature(grads: Tensor, reg: float, tau: Tensor | None = None) -> FisherCurvature:
     """Factor C = (1/M) sum_k tau_k g_k g_k^T + reg I from the per-task total gradients ``grads`` [M, P].
@@ -87,7 +97,4 @@ def fisher_solve(grads: Tensor, b: Tensor, reg: float, tau: Tensor | None = None
 
     ``SolveInfo.min_eigenvalue`` is r, the smallest eigenvalue of C when M < P (a lower bound otherwise).
     """
-    c = fisher_curvature(grads, reg, tau)
-    x = fisher_inverse(c, b)
-    rel = float((fisher_matvec(c, x) - b).norm()) / (float(b.norm()) or 1.0)
-    return x, SolveInfo("fisher", 1, rel, c.reg)
+    return fisher_curvature(grads, reg, tau).solve(b)

@@ -44,7 +44,6 @@ with M^-1 = A_hat^-1 (Nystrom-PCG, Frangella, Tropp & Udell 2021).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +71,17 @@ class LowRankCurvature:
     @property
     def rank(self) -> int:
         return self.basis.shape[1]
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """A_hat v (``metainf.linalg.curvature.Curvature``)."""
+        return lowrank_matvec(self, v)
+
+    def solve(self, b: Tensor) -> tuple[Tensor, SolveInfo]:
+        """A_hat^-1 b by Woodbury (exact for the model; residual against the model, 0 up to rounding)."""
+        x = lowrank_solve(self, b)
+        rel = float((lowrank_matvec(self, x) - b).norm()) / (float(b.norm()) or 1.0)
+        lo = float((self.eigenvalues + self.reg).min()) if self.rank else self.reg
+        return x, SolveInfo("lowrank", 0, rel, lo)
 
 
 def probe_matrix(n_params: int, k: int, kind: str = "span", b: Tensor | None = None, grads: Tensor | None = None,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from metainf.linalg.cg import cg
 from metainf.linalg.neumann import lissa_solve, neumann_solve
-from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError  # noqa: F401 (re-exported errors)
+from metainf.linalg.types import IndefiniteHessianError, SolveInfo
 
 
 def solve(hvp: Callable[[Tensor], Tensor], b: Tensor, method: str = "cg", damping: float = 0.0, tol: float = 1e-10,
