@@ -7,8 +7,10 @@ the initial point. Both are timed ``REPEATS`` times, interleaved in the same pro
 the ratio is median / median. The growth exponent is the least-squares slope of log(seconds) on log(M) (also of
 log(meta-epochs), which is 0 for a method that costs a fixed number of meta-epochs).
 
-- ``test_fast_task_if_growth_in_tasks`` (``slow``): M = 10, 30, 100, 300 at hidden width 16;
-- ``test_fast_task_if_growth_in_parameters`` (``slow``): MLP hidden widths 8, 16, 32, 64 at M = 100;
+- ``test_fast_task_if_growth_in_tasks`` (``slow``, opt-in: ``METAINF_BENCH_GROWTH=1``, about 3 min): M = 10, 30,
+  100, 300 at hidden width 16;
+- ``test_fast_task_if_growth_in_parameters`` (``slow``, opt-in as above, about 3 min): MLP hidden widths 8, 16, 32, 64
+  at M = 100;
 - ``test_fast_task_if_cost_short`` (``benchmark_short``, for CI): M = 10 and 30 at width 8, a few seconds.
 
 Ratios, CG iterations and exponents are printed and stored in ``benchmark.extra_info``; no timing is asserted.
@@ -18,6 +20,7 @@ problem (not attempted in the session that wrote this benchmark).
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import types
@@ -32,6 +35,8 @@ from metainf.methods import get_method, run_method
 
 CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 REPEATS = 5
+opt_in = pytest.mark.skipif(os.environ.get("METAINF_BENCH_GROWTH") != "1",
+                            reason="opt-in benchmark (6 min): set METAINF_BENCH_GROWTH=1")
 
 
 @pytest.fixture(autouse=True)
@@ -93,12 +98,14 @@ def sweep(benchmark, points: list[tuple[int, int]], along: str) -> list[dict]:
     return rows
 
 
+@opt_in
 @pytest.mark.slow
 def test_fast_task_if_growth_in_tasks(benchmark) -> None:
     rows = sweep(benchmark, [(m, 16) for m in (10, 30, 100, 300)], "n_tasks")
     assert all(r["cg_iters"] >= 1 for r in rows)
 
 
+@opt_in
 @pytest.mark.slow
 def test_fast_task_if_growth_in_parameters(benchmark) -> None:
     rows = sweep(benchmark, [(100, h) for h in (8, 16, 32, 64)], "n_params")
