@@ -62,7 +62,7 @@ CONFIGS = {
 }
 
 
-def _median_time(fn, repeats: int = 3) -> float:
+def median_time(fn, repeats: int = 3) -> float:
     fn()  # warm-up: first calls pay for tracing and allocation
     times = []
     for _ in range(repeats):
@@ -87,10 +87,10 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     x = setup.objective.tasks.xs  # the run's dtype and device
     lam0 = setup.model.init(ctx.seed, x.dtype).to(x.device)
     out: dict = {"n_tasks": n_tasks, "hidden": hidden, "n_params": setup.model.n_params}
-    out["epoch_s"] = _median_time(lambda: obj.value_and_grad(lam0))
-    out["batched_grads_s"] = _median_time(lambda: obj.task_grads(lam0))
+    out["epoch_s"] = median_time(lambda: obj.value_and_grad(lam0))
+    out["batched_grads_s"] = median_time(lambda: obj.task_grads(lam0))
     if cfg["inners"][0] == "unrolled":
-        out["loop_grads_s"] = _median_time(lambda: _loop_grads(obj, lam0))
+        out["loop_grads_s"] = median_time(lambda: _loop_grads(obj, lam0))
     fitted = setups.fit(setup, cfg, ctx.seed)
     out["train_s"] = fitted.seconds
     problem = setups.problems(setup, fitted, ctx.seed)["converged"]

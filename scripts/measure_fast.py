@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import sys
-import time
 import types
 import warnings
 from pathlib import Path
@@ -47,7 +45,7 @@ from experiments import setups  # noqa: E402
 from experiments.ground_truth import block_curvature  # noqa: E402
 from experiments.scoring import unit_values  # noqa: E402
 from experiments.e3_loo import problem_configs  # noqa: E402
-from experiments.e5_cost import CONFIGS as E5_CONFIGS  # noqa: E402
+from experiments.e5_cost import CONFIGS as E5_CONFIGS, median_time  # noqa: E402
 from metainf.core.bilevel import ProximalInner  # noqa: E402
 from metainf.methods import get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
@@ -130,16 +128,6 @@ def part_e3() -> None:
         for name, rows in by_name.items():
             m = np.mean(np.array(rows), axis=0)
             print(f"{dataset:<9s} {inner:<9s} {name:<10s} {m[0]:+.3f}/{m[1]:+.3f}/{m[2]:+.3f}  iters {m[3]:.1f}")
-
-
-def median_time(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def part_e5() -> None:

@@ -3,7 +3,7 @@
 Part 1, the E5 set-up (``experiments/e5_cost.py``, config ``quick``: MNIST digits 8x8, 5-way 1-shot 2-query,
 unrolled MAML 1 step, delta 0.1), 100 training tasks, hidden 8 and 16, seeds 0 and 1, all in this one process:
 
-- ``epoch_s``: one meta-epoch (F value + gradient over the 100 tasks; E5's ``_median_time``, at lam*);
+- ``epoch_s``: one meta-epoch (F value + gradient over the 100 tasks; E5's ``median_time``, at lam*);
 - exact task-IF (``task_if``: CG on the exact total Hessian, E5's reference) time and scores, the dense-solve
   scores (sanity: Spearman of CG vs dense) and ``task_if_fisher`` for reference;
 - ``task_if_nystrom`` for k in {10, 20, 40, 80}, power 0/1, PCG iterations 0/2/5, probes ``span`` with the
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import setups  # noqa: E402
 from experiments.base import RunContext  # noqa: E402
 from experiments.e5_cost import CONFIGS as E5_CONFIGS  # noqa: E402
-from experiments.e5_cost import _median_time  # noqa: E402
+from experiments.e5_cost import median_time  # noqa: E402
 from metainf.linalg.cg import cg  # noqa: E402
 from metainf.methods import AttributionProblem, get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
@@ -150,7 +150,7 @@ def e5_point(seed: int, hidden: int, cfgs: list[dict], repeats: int) -> dict:
     fitted = setups.fit(setup, ctx.config, seed)
     problem = setups.problems(setup, fitted, seed)["converged"]
     obj, lam = problem.objective, problem.lam
-    epoch_s = _median_time(lambda: obj.value_and_grad(lam), 5)
+    epoch_s = median_time(lambda: obj.value_and_grad(lam), 5)
     out: dict = {"seed": seed, "hidden": hidden, "n_params": lam.numel(), "epoch_s": epoch_s,
                  "converged": fitted.converged, "grad_norm": fitted.grad_norm}
     exact, t_exact, _ = timed_scores(lambda: get_method("task_if"), problem, repeats)
@@ -166,10 +166,10 @@ def e5_point(seed: int, hidden: int, cfgs: list[dict], repeats: int) -> dict:
     out["h_data_negative_eigs"] = int((evals < obj.delta - 1e-3).sum())
     sk = torch.randn(lam.numel(), 20, dtype=lam.dtype)
     from metainf.linalg.nystrom import sketch
-    out["sketch20_epochs"] = _median_time(lambda: sketch(obj, lam, sk), 3) / epoch_s
-    out["hvp_epochs"] = _median_time(lambda: obj.hvp(lam, sk[:, 0]), 3) / epoch_s
-    out["task_grads_epochs"] = _median_time(lambda: obj.task_grads(lam), 3) / epoch_s
-    out["eval_grad_epochs"] = _median_time(lambda: problem.eval_objective.mean_loss_grad(lam), 3) / epoch_s
+    out["sketch20_epochs"] = median_time(lambda: sketch(obj, lam, sk), 3) / epoch_s
+    out["hvp_epochs"] = median_time(lambda: obj.hvp(lam, sk[:, 0]), 3) / epoch_s
+    out["task_grads_epochs"] = median_time(lambda: obj.task_grads(lam), 3) / epoch_s
+    out["eval_grad_epochs"] = median_time(lambda: problem.eval_objective.mean_loss_grad(lam), 3) / epoch_s
     print(f"== E5 seed {seed} hidden {hidden} (P={lam.numel()}): epoch {epoch_s * 1e3:.1f} ms, task_if "
           f"{out['task_if_epochs']:.1f} ep, HVP {out['hvp_epochs']:.2f} ep, sketch(20) {out['sketch20_epochs']:.2f} "
           f"ep, task grads {out['task_grads_epochs']:.2f} ep, eval grad {out['eval_grad_epochs']:.2f} ep; "
@@ -201,7 +201,7 @@ def e4_point(seed: int, kind: str, cfgs: list[dict], repeats: int) -> dict | Non
     ev = MetaObjective(model, inner, pool_tensors(pev), chunk=None)
     lam = train_converged(obj, model.init(seed), tol=cfg["tol"], max_iter=cfg["max_iter"]).lam
     problem = AttributionProblem(obj, lam, ev, seed=seed)
-    epoch_s = _median_time(lambda: obj.value_and_grad(lam), 5)
+    epoch_s = median_time(lambda: obj.value_and_grad(lam), 5)
     exact, t_exact, _ = timed_scores(lambda: get_method("task_if"), problem, repeats)
     h = obj.dense_hessian(lam)
     dense = (obj.task_grads(lam) @ torch.linalg.solve(h, ev.mean_loss_grad(lam)) / obj.n_tasks).numpy()
