@@ -34,7 +34,7 @@ from experiments import setups  # noqa: E402
 from experiments.e5_cost import CONFIGS  # noqa: E402
 from metainf.linalg.finite_difference import (fd_hessian_operator, losses_and_gradients,  # noqa: E402
                                               task_and_eval_grads)
-from metainf.linalg.nystrom import pcg  # noqa: E402
+from metainf.linalg.cg import cg  # noqa: E402
 from metainf.methods import get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
 
@@ -57,7 +57,7 @@ def profile(n_tasks: int, hidden: int, seed: int) -> None:
     def before() -> torch.Tensor:
         g, rhs = task_and_eval_grads(obj, ev, lam)
         op = fd_hessian_operator(obj, lam, obj.tau @ g / obj.n_tasks)
-        v, _ = pcg(op, rhs, tol=0.05, max_iter=50)
+        v, _ = cg(op, rhs, tol=0.05, max_iter=50)
         return g @ v / obj.n_tasks
 
     after_info = {}
