@@ -2,7 +2,13 @@
 
 For each (number of training tasks M, hidden width) on the grid, measured in one process:
 
-- ``epoch_s``: one meta-epoch, i.e. one full-batch F value and total gradient over all M tasks (median of 3);
+- ``epoch_s``: one meta-epoch, i.e. one full-batch F value and total gradient over all M tasks (median of 3), as the
+  trainer computes it (``MetaObjective.value_and_grad``: a pass of task losses, then a pass of per-task total
+  gradients);
+- ``summed_grad_s`` (unrolled second-order MAML only): one reverse pass of the summed task losses
+  (``metainf.linalg.finite_difference.data_gradient_and_losses``), which gives F and its gradient at once: the
+  cheapest meta-epoch a trainer could take, and the cost of one finite-difference total HVP. Every method's time is
+  also reported in these passes (``{method}_summed_grad_passes``), the stricter unit;
 - ``train_s``: the meta-training that produces lam* (recorded stochastic phase, then full-batch convergence): the
   unit of the retraining cost, measured on the training the methods explain (no second training);
 - every method's scoring time for all tasks (the median over up to ``timing_repeats`` runs, repeated while they take
@@ -38,6 +44,7 @@ from experiments import ground_truth, scoring, setups
 from experiments.base import Experiment, RunContext
 from metainf.core.bilevel import TaskData
 from metainf.core.objective import MetaObjective
+from metainf.linalg.finite_difference import data_gradient_and_losses, supports_fd
 from metainf.methods import get_method, run_method
 from metainf.metrics import correlations
 
@@ -89,6 +96,8 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
     out: dict = {"n_tasks": n_tasks, "hidden": hidden, "n_params": setup.model.n_params}
     out["epoch_s"] = median_time(lambda: obj.value_and_grad(lam0))
     out["batched_grads_s"] = median_time(lambda: obj.task_grads(lam0))
+    if supports_fd(obj):
+        out["summed_grad_s"] = median_time(lambda: data_gradient_and_losses(obj, lam0))
     if cfg["inners"][0] == "unrolled":
         out["loop_grads_s"] = median_time(lambda: _loop_grads(obj, lam0))
     fitted = setups.fit(setup, cfg, ctx.seed)
@@ -157,6 +166,8 @@ def run(ctx: RunContext) -> dict:
     for p in points:
         key = f"m{p['n_tasks']}_h{p['hidden']}"
         entry = {"epoch_s": p["epoch_s"], "train_s": p["train_s"], "loo_all_s": p["loo_all_s"]}
+        if "summed_grad_s" in p:
+            entry["summed_grad_s"] = p["summed_grad_s"]
         if "loop_grads_s" in p:
             entry["batched_grad_speedup"] = p["loop_grads_s"] / p["batched_grads_s"]
         for name in ctx.methods:
@@ -164,12 +175,15 @@ def run(ctx: RunContext) -> dict:
                 mk = scoring.metric_key(name)
                 entry[f"{mk}_epochs"] = _ratio(p, name)
                 entry[f"{mk}_grad_passes"] = p[f"{name}_s"] / p["batched_grads_s"]
+                if "summed_grad_s" in p:
+                    entry[f"{mk}_summed_grad_passes"] = p[f"{name}_s"] / p["summed_grad_s"]
                 entry[f"{mk}_speedup_vs_loo"] = p["loo_all_s"] / p[f"{name}_s"]
                 rho = p.get(f"{name}_spearman_vs_task_if", 1.0 if name == "task_if" else float("nan"))
                 if name != "task_if":
                     entry[f"{mk}_spearman_vs_task_if"] = rho
                 rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": name, "time_s": p[f"{name}_s"],
                              "meta_epochs": entry[f"{mk}_epochs"], "grad_passes": entry[f"{mk}_grad_passes"],
+                             **({"summed_grad_passes": entry[f"{mk}_summed_grad_passes"]} if "summed_grad_s" in p else {}),
                              "peak_mb": p[f"{name}_peak_mb"],
                              "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"], "spearman_vs_task_if": rho})
         for name in (m for m in INSTANCE_METHODS if f"{m}_support_s" in p):

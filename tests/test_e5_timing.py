@@ -29,6 +29,7 @@ def test_cheap_methods_are_timed_up_to_the_repeats_and_reported_as_the_median_ra
     assert entry["task_if_fast_support_epochs"] == pytest.approx(
         statistics.median(point["task_if_fast_support_epoch_ratios"]))
     assert entry["task_if_fast_grad_passes"] == pytest.approx(point["task_if_fast_s"] / point["batched_grads_s"])
+    assert entry["task_if_fast_summed_grad_passes"] == pytest.approx(point["task_if_fast_s"] / point["summed_grad_s"])
 
 
 def test_a_slow_method_runs_once(tmp_path: Path) -> None:
