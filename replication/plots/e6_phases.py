@@ -22,8 +22,13 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
     fig, axes = new_figure(ncols=max(1, len(panels)))
     for ax, (title, parts, bad) in zip(np.ravel(axes), panels):
         parts = np.array(parts)
-        colors = None if bad is None else np.where(np.array(bad, dtype=bool), "tab:red", "tab:blue")
-        ax.scatter(parts[0], parts[-1], s=10, c=colors)
+        if bad is None:
+            ax.scatter(parts[0], parts[-1], s=10)
+        else:
+            corrupted = np.array(bad, dtype=bool)
+            for mask, colour, label in ((~corrupted, "tab:blue", "clean task"), (corrupted, "tab:red", "corrupted task")):
+                ax.scatter(parts[0][mask], parts[-1][mask], s=10, c=colour, label=label)
+            ax.legend(loc="best", fontsize=8)
         ax.axhline(0, color="0.7", lw=0.8)
         ax.axvline(0, color="0.7", lw=0.8)
         ax.ticklabel_format(style="sci", scilimits=(-2, 3))

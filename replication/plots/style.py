@@ -26,17 +26,22 @@ STYLE: Mapping[str, Any] = {
     "lines.markersize": 4,
 }
 
-_PALETTE = plt.get_cmap("tab10").colors
-# Fixed colours for the paper's methods, so a method looks the same in every figure.
-_METHOD_ORDER = ("retrain", "loo", "task_if", "instance_if", "direct_if", "ekfac_if", "trak", "tracin", "dvemb",
-                 "random")
+_PALETTE = plt.get_cmap("tab20").colors
+# Fixed colours for the methods, so a method looks the same in every figure: a family shares a hue, its fast or
+# approximate variants take the lighter shade of the pair (tab20 holds 10 hues, dark then light).
+_METHOD_COLOR_INDEX: Mapping[str, int] = {
+    "task_if": 0, "task_if_fast": 1, "task_if_truncated": 9, "task_if_nystrom": 18, "task_if_fisher": 19,
+    "instance_if": 8, "direct_if": 2, "ekfac_if": 3, "single_level_if": 3, "trak": 4, "grad_cos": 5, "grad_dot": 5,
+    "tracin": 6, "tracin_cp": 7, "dvemb": 10, "dvemb_exact": 10, "dvemb_fisher": 11, "oracle": 12, "retrain": 14,
+    "loo": 14, "random": 16, "loss": 17,
+}
 
 
 def method_color(name: str) -> tuple[float, float, float]:
     """The colour of a method in every figure (known methods fixed; others by a stable hash of the name)."""
     key = name.lower()
-    index = _METHOD_ORDER.index(key) if key in _METHOD_ORDER else sum(key.encode()) % len(_PALETTE)
-    return _PALETTE[index % len(_PALETTE)]
+    index = _METHOD_COLOR_INDEX.get(key, sum(key.encode()) % len(_PALETTE))
+    return _PALETTE[index]
 
 
 def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, Any]:
