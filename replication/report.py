@@ -142,6 +142,20 @@ def apart_clause(estimates: Sequence[Estimate]) -> str:
 
 # --- sections ----------------------------------------------------------------------------------------------------
 
+#: ``make reproduce`` runs ``metainf-repro all --scale quick --jobs 2``; its wall-time target in minutes (issue 17)
+REPRODUCE_JOBS = 2
+REPRODUCE_BUDGET_MIN = 90
+
+
+def longest_first_makespan(durations: list[float], workers: int) -> float:
+    """The wall time of running ``durations`` on ``workers`` processes, longest first, each to the first free
+    process (the order of ``metainf.runtime.executor`` pools; LPT scheduling, within 4/3 of the optimum)."""
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += d
+    return max(loads)
+
+
 def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapping[str, str]) -> list[str]:
     everything = [r for by_dataset in found.values() for runs in by_dataset.values() for _, r in runs]
     if not everything:
@@ -159,9 +173,18 @@ def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapp
     for cpus, machine, plat, python, torch, numpy, metainf in hardware:
         lines.append(f"- Hardware: {cpus} CPUs, {machine}, {plat}; python {python}, torch {torch}, numpy {numpy}, "
                      f"metainf {metainf}")
+    quick = [float(t) for r in everything if r.get("scale") == "quick"
+             for t in (r["provenance"]["runtime_s"].get("seeds") or {"all": r["provenance"]["runtime_s"]["total"]}
+                       ).values()]
+    wall = longest_first_makespan(quick, REPRODUCE_JOBS) / 60
     lines += [f"- Code: git {', '.join(commits)}",
               f"- Runtime: {total:.0f} s of measured compute over {len(everything)} result files "
               f"(sum over seeds; finished {finished[0]} to {finished[-1]})",
+              f"- Budget: `make reproduce` (quick scale, {REPRODUCE_JOBS} processes) takes about {wall:.0f} min: the "
+              f"{len(quick)} recorded quick seed runtimes scheduled longest first on {REPRODUCE_JOBS} processes, as "
+              f"`metainf-repro all` schedules them (the target is {REPRODUCE_BUDGET_MIN} min; "
+              f"{'met' if wall <= REPRODUCE_BUDGET_MIN else 'not met'}; the runtimes were recorded under varying "
+              "load)",
               "- Commands: " + "; ".join(f"`{a}`" for a in argvs), "",
               "Each result below, its exact command, and its detail page:", ""]
     overview = []

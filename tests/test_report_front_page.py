@@ -104,3 +104,10 @@ def test_e1_rows_beside_the_paper_and_context_from_metrics(tmp_path: Path, monke
     # Task-IF 0.78 holds the paper's 0.7804; Retrain 0.70 is far below the paper's 0.7908 and below Task-IF
     assert "differs: " in verdict and "1 of 2 paper values inside our 95% CIs" in verdict
     assert "the paper's order kept in 0 of 1 row pairs" in verdict
+
+
+def test_the_budget_line_schedules_seeds_longest_first() -> None:
+    # LPT on 2 processes: 5 | 4, then each 3 to the freer one: 5+3 = 8 and 4+3+3 = 10 (the optimum is 9)
+    assert report.longest_first_makespan([3, 5, 3, 4, 3], 2) == 10
+    assert report.longest_first_makespan([7.0], 2) == 7.0
+    assert report.longest_first_makespan([], 2) == 0.0
