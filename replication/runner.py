@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
+from metainf.data.roots import portable_path
 from metainf.runtime.device import resolve_device, resolve_dtype
 from metainf.runtime.seeding import seed_everything
 from replication import benchmark, capabilities, figures, results
@@ -196,17 +197,9 @@ def _inside(path: Path, root: str) -> bool:
 
 
 def portable_argv(argv: Sequence[str]) -> list[str]:
-    """``argv`` without machine-specific paths: an absolute path inside the project becomes relative to it, one
-    elsewhere becomes ``<abs>/<its last part>``."""
-    project = Path(__file__).resolve().parents[1]
-    out = []
-    for arg in argv:
-        path = Path(arg)
-        if path.is_absolute():
-            resolved = path.resolve()
-            arg = resolved.relative_to(project).as_posix() if resolved.is_relative_to(project) else f"<abs>/{path.name}"
-        out.append(arg)
-    return out
+    """``argv`` without machine-specific paths: every absolute path as :func:`metainf.data.roots.portable_path`
+    records it (relative to the project when it lies in it or beside it, else ``<outside>/<its last part>``)."""
+    return [portable_path(arg) if Path(arg).is_absolute() else arg for arg in argv]
 
 
 def data_record(dataset: str, note: str) -> dict[str, Any]:

@@ -13,9 +13,13 @@ log(meta-epochs), which is 0 for a method that costs a fixed number of meta-epoc
   at M = 100;
 - ``test_fast_task_if_cost_short`` (``benchmark_short``, for CI): M = 10 and 30 at width 8, a few seconds.
 
+- ``test_fast_task_if_growth_in_conv4_width`` (``slow``, opt-in as above, about 8 min): Conv-4 widths 16, 32 and 64
+  in E1's learning regime (16 px Omniglot, float32, 40% noisy tasks) at M = ``CONV4_TASKS``, trained by Adam for
+  ``CONV4_STEPS`` steps (short of E1's budget: the cost of a solve does not need a finished model), scored with E1's
+  damping rule (lam_T is not a minimum; ``experiments.regime.damping_rule``), as the Conv-4 parts of E2 and E3 run
+  ``task_if_fast``.
+
 Ratios, CG iterations and exponents are printed and stored in ``benchmark.extra_info``; no timing is asserted.
-Conv-4 widths (16, 32, 64) are not covered yet: E5's problems are MLPs, and a Conv-4 point needs its own trained
-problem (not attempted in the session that wrote this benchmark).
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import setups
+from experiments import regime, setups
+from experiments.e1_removal import regime_config
 from experiments.e5_cost import CONFIGS
 from metainf.methods import get_method, run_method
 
 CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 REPEATS = 5
+#: the Conv-4 points: training tasks, Adam steps, repeats (a width-64 meta-epoch takes seconds)
+CONV4_TASKS, CONV4_STEPS, CONV4_REPEATS = 50, 60, 3
 opt_in = pytest.mark.skipif(os.environ.get("METAINF_BENCH_GROWTH") != "1",
                             reason="opt-in benchmark (6 min): set METAINF_BENCH_GROWTH=1")
 
@@ -116,3 +123,50 @@ def test_fast_task_if_growth_in_parameters(benchmark) -> None:
 def test_fast_task_if_cost_short(benchmark) -> None:
     rows = sweep(benchmark, [(10, 8), (30, 8)], "n_tasks")
     assert len(rows) == 2
+
+
+def measure_conv4(width: int, repeats: int = CONV4_REPEATS) -> tuple[dict, object, float]:
+    """(timings, problem, damping) of one Conv-4 point (module docstring): meta-epoch at lam_0 and ``task_if_fast``
+    at lam_T with the regime's damping, timed interleaved ``repeats`` times."""
+    cfg = {**regime_config("quick", "omniglot"), "width": width, "n_train_tasks": CONV4_TASKS,
+           "outer_steps": CONV4_STEPS}
+    ctx = types.SimpleNamespace(config=cfg, dataset="omniglot", data_root=None, torch_device=CPU,
+                                torch_dtype=lambda default: default, seed=0)
+    fit = regime.fit_regime(ctx, "unrolled")
+    obj, problem = fit.problem.objective, fit.problem
+    obj.value_and_grad(fit.lam0)  # warm-up
+    epochs, fast = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        obj.value_and_grad(fit.lam0)
+        epochs.append(time.perf_counter() - t0)
+        method = get_method("task_if_fast", damping=fit.damping)
+        fast.append(run_method(method, problem, "task").seconds)
+    epoch_s, fast_s = statistics.median(epochs), statistics.median(fast)
+    return {"n_tasks": CONV4_TASKS, "width": width, "n_params": fit.setup.model.n_params, "epoch_s": epoch_s,
+            "fast_s": fast_s, "meta_epochs": fast_s / epoch_s, "cg_iters": method.last_info.iterations,
+            "damping": fit.damping}, problem, fit.damping
+
+
+@opt_in
+@pytest.mark.slow
+def test_fast_task_if_growth_in_conv4_width(benchmark) -> None:
+    rows = []
+    for width in (16, 32, 64):
+        row, problem, damping = measure_conv4(width)
+        rows.append(row)
+    benchmark.pedantic(lambda: run_method(get_method("task_if_fast", damping=damping), problem, "task"), rounds=1,
+                       iterations=1)
+    xs = [r["n_params"] for r in rows]
+    growth = {"seconds": slope(xs, [r["fast_s"] for r in rows]),
+              "meta_epochs": slope(xs, [r["meta_epochs"] for r in rows]),
+              "epoch": slope(xs, [r["epoch_s"] for r in rows])}
+    benchmark.extra_info.update({"points": rows, "growth_exponent_in_n_params": growth})
+    print()
+    for r in rows:
+        print(f"Conv-4 width {r['width']:<3d} P={r['n_params']:<7d} epoch {r['epoch_s']:7.2f} s  task_if_fast "
+              f"{r['fast_s']:7.2f} s = {r['meta_epochs']:.2f} meta-epochs ({r['cg_iters']} CG iters, damping "
+              f"{r['damping']:.3g})")
+    print(f"growth exponent in parameters: task_if_fast seconds {growth['seconds']:.2f}, meta-epochs "
+          f"{growth['meta_epochs']:.2f}, meta-epoch seconds {growth['epoch']:.2f}")
+    assert xs == sorted(xs) and all(r["cg_iters"] >= 1 for r in rows)

@@ -72,3 +72,10 @@ def test_run_outputs_do_not_make_provenance_dirty(tmp_path: Path) -> None:
     assert git_state(tmp_path)["dirty"] is False  # a reproduction rewrote its own outputs
     (tmp_path / "code.py").write_text("b\n")
     assert git_state(tmp_path)["dirty"] is True
+
+
+def test_recorded_command_lines_hold_no_machine_path() -> None:
+    from replication.runner import portable_argv
+
+    argv = ["run", "E1", "--data-root", str(REPO_ROOT.parent / "shared" / "data"), "--out", "/opt/far/res"]
+    assert portable_argv(argv) == ["run", "E1", "--data-root", "../shared/data", "--out", "<outside>/res"]
