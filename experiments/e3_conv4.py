@@ -13,7 +13,11 @@ exist here. Two ground truths replace it, each reporting its own reliability:
   (the unweighted mean query loss over the clean validation tasks, ``eval_objective``), with a bootstrap 95%
   interval over subsets. The ceiling is Spearman(A, B): how well one retraining estimate ranks the subsets like
   another. Metrics ``<problem>.<method>.task_lds`` (``_ci95_low/high``, ``_per_eval``) and
-  ``<problem>.lds.lds_ceiling``; the oracle row scores ``-1`` for a corrupted task and 0 otherwise.
+  ``<problem>.lds.lds_ceiling``; the oracle row scores ``-1`` for a corrupted task and 0 otherwise. Because the
+  subsets' losses are driven by their count of corrupted tasks, the *partial* LDS (``task_lds_partial``, with its
+  ceiling ``lds_ceiling_partial``; ``metainf.metrics.lds`` with that count as the covariate) asks what a method
+  predicts beyond it; the oracle's is undefined (NaN), and a partial ceiling near 0 says that the ground truth
+  cannot rank methods beyond finding the corrupted tasks.
 - **Warm-start leave-one-out with a paired control** (``metainf.groundtruth.warmstart``; Koh & Liang 2017, 5.1):
   from lam_T, ``warmstart.steps`` more Adam steps with and without each of the first ``warmstart.n_units``
   tasks on the same batch order; the effect is the difference of the evaluation loss. Its noise floor (the RMS
@@ -61,7 +65,10 @@ def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -
     truth = subset_losses(trainer, masks, lcfg["n_seeds"], seed=ctx.seed + 10_000, batch=lcfg["batch"],
                           executor=ctx.executor, cache_dir=ctx.cache_dir / f"{name}-lds", progress=True)
     ceiling = truth.ceiling(seed=ctx.seed)
-    metrics["lds"] = {**ceiling.as_metrics("lds_ceiling"), "n_subsets": int(masks.shape[0]),
+    n_corrupted = truth.masks.double().numpy() @ corrupted.astype(float)  # each subset's count of corrupted tasks
+    metrics["lds"] = {**ceiling.as_metrics("lds_ceiling"),
+                      **truth.ceiling(seed=ctx.seed, covariates=n_corrupted).as_metrics("lds_ceiling_partial"),
+                      "n_subsets": int(masks.shape[0]),
                       "alpha": truth.alpha, "n_seeds": lcfg["n_seeds"], "retrain_s": truth.seconds,
                       "loss_std": float(truth.losses.mean(1).std())}
 
@@ -76,10 +83,13 @@ def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -
     rows: list[dict] = []
     for method, v in values.items():
         score = truth.score(v, seed=ctx.seed)
+        partial = truth.score(v, seed=ctx.seed, covariates=n_corrupted)
         key = scoring.metric_key(method)
-        metrics[key] = score.as_metrics("task_lds")
+        metrics[key] = {**score.as_metrics("task_lds"), **partial.as_metrics("task_lds_partial")}
         row = {"problem": name, "method": method, "unit": "task", "lds": score.mean,
                "lds_ci95_low": score.mean_ci95[0], "lds_ci95_high": score.mean_ci95[1], "lds_ceiling": ceiling.mean,
+               "lds_partial": partial.mean, "lds_partial_ci95_low": partial.mean_ci95[0],
+               "lds_partial_ci95_high": partial.mean_ci95[1],
                "warmstart_snr": warm.signal_to_noise, "score_s": seconds.get(method, 0.0)}
         if np.ptp(v[: len(units)]) > 0 and np.ptp(effects) > 0:  # constant: no rank correlation
             warm_corr = correlations(v[: len(units)], effects)

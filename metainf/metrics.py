@@ -66,10 +66,10 @@ def column_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _spearman_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, tuple[float, float]]:
     """Mean over columns of the column Spearman of x, y [N, E] and its percentile 95% interval, resampling the N
     rows (subsets) with replacement ``n_boot`` times from ``numpy.random.default_rng(seed)``."""
-    point = float(np.nanmean(column_spearman(x, y)))
     idx = np.random.default_rng(seed).integers(0, x.shape[0], size=(n_boot, x.shape[0]))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples (every row drawn alike)
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns or resamples (constant x or y)
+        point = float(np.nanmean(column_spearman(x, y)))
         boot = np.nanmean(column_spearman(x[idx], y[idx]), axis=-1)
     boot = boot[np.isfinite(boot)]
     if boot.size == 0:
@@ -87,7 +87,15 @@ def _as_losses(losses, n_subsets: int, what: str) -> np.ndarray:
     return out
 
 
-def lds(scores, masks, losses, n_boot: int = 1000, seed: int = 0) -> LDS:
+def residualize(values: np.ndarray, covariates) -> np.ndarray:
+    """The residuals of every column of ``values`` [N, E] after least-squares regression on an intercept and the
+    columns of ``covariates`` [N] or [N, k]: v - X X^+ v with X = [1, covariates]."""
+    c = np.asarray(covariates, dtype=float)
+    x = np.column_stack([np.ones(values.shape[0]), c.reshape(values.shape[0], -1)])
+    return values - x @ np.linalg.lstsq(x, values, rcond=None)[0]
+
+
+def lds(scores, masks, losses, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
     """Linear datamodeling score (Park et al. 2023, TRAK; as ``dattri.metric.lds``, kronfluence).
 
     ``scores``: (n_units,) per-unit scores in the project's convention ``score[u] ~ L_eval(without u) - L_eval(with
@@ -104,6 +112,12 @@ def lds(scores, masks, losses, n_boot: int = 1000, seed: int = 0) -> LDS:
     ``mean`` for the mean evaluation loss (scores averaged over evaluation tasks when 2-D), ``per_eval`` the mean
     over evaluation tasks j of Spearman(pred_j, loss[:, j]) (with 1-D scores pred_j = pred for every j). The 95%
     intervals resample the subsets (``n_boot`` draws, ``numpy.random.default_rng(seed)``).
+
+    ``covariates`` [N] or [N, k] (e.g. each subset's count of corrupted units) gives the *partial* LDS: the
+    Spearman of pred and loss after both are residualized on an intercept and the covariates (:func:`residualize`,
+    once on all subsets; the bootstrap resamples the residuals). It asks what a method predicts beyond what the
+    covariates explain. A prediction that is a linear function of the covariates (the oracle that scores the
+    corrupted units when the covariate counts them) has constant residuals and a NaN partial LDS.
     """
     m = np.asarray(masks, dtype=float)
     s = np.asarray(scores, dtype=float)
@@ -115,20 +129,36 @@ def lds(scores, masks, losses, n_boot: int = 1000, seed: int = 0) -> LDS:
     if s2.shape[1] not in (1, y.shape[1]):
         raise ValueError(f"scores have {s2.shape[1]} evaluation columns but losses have {y.shape[1]}")
     pred = -(m @ s2)  # [N, 1] or [N, E]
-    mean, mean_ci = _spearman_with_ci(pred.mean(1, keepdims=True), y.mean(1, keepdims=True), n_boot, seed)
-    per, per_ci = _spearman_with_ci(np.broadcast_to(pred, y.shape), y, n_boot, seed)
+    pred_mean, y_mean, pred_all = pred.mean(1, keepdims=True), y.mean(1, keepdims=True), np.broadcast_to(pred, y.shape)
+    if covariates is not None:
+        pred_mean, y_mean = _flat_to_zero(pred_mean, covariates), residualize(y_mean, covariates)
+        pred_all, y = _flat_to_zero(pred_all, covariates), residualize(y, covariates)
+    mean, mean_ci = _spearman_with_ci(pred_mean, y_mean, n_boot, seed)
+    per, per_ci = _spearman_with_ci(pred_all, y, n_boot, seed)
     return LDS(mean, mean_ci, per, per_ci, m.shape[0], float(m.mean()))
 
 
-def lds_ceiling(losses_a, losses_b, masks=None, n_boot: int = 1000, seed: int = 0) -> LDS:
+def _flat_to_zero(values: np.ndarray, covariates) -> np.ndarray:
+    """:func:`residualize`, with the columns whose residuals are round-off (at most 1e-9 of the values' magnitude:
+    the values were linear in the covariates) set to exactly 0, so that their Spearman is NaN rather than a rank
+    correlation of round-off."""
+    residuals = residualize(values, covariates)
+    scale = np.abs(values).max(0, keepdims=True)
+    return np.where(np.abs(residuals).max(0, keepdims=True) <= 1e-9 * scale, 0.0, residuals)
+
+
+def lds_ceiling(losses_a, losses_b, masks=None, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
     """The ceiling of the LDS: Spearman over subsets between two independent estimates of the same subsets' losses
     (each from its own retraining seeds), for the mean evaluation loss and per evaluation task, with the bootstrap
     interval of :func:`lds`. No attribution can be expected to beat it against either estimate. ``masks`` only
-    supplies ``alpha`` (NaN without it)."""
+    supplies ``alpha`` (NaN without it). ``covariates``: the ceiling of the partial LDS (both estimates residualized
+    as in :func:`lds`): how reproducible the losses are beyond what the covariates explain."""
     a = _as_losses(losses_a, np.asarray(losses_a).shape[0], "losses_a")
     b = _as_losses(losses_b, a.shape[0], "losses_b")
     if a.shape != b.shape:
         raise ValueError(f"the two estimates must have the same shape, got {a.shape} and {b.shape}")
+    if covariates is not None:
+        a, b = residualize(a, covariates), residualize(b, covariates)
     mean, mean_ci = _spearman_with_ci(a.mean(1, keepdims=True), b.mean(1, keepdims=True), n_boot, seed)
     per, per_ci = _spearman_with_ci(a, b, n_boot, seed)
     alpha = float(np.asarray(masks, dtype=float).mean()) if masks is not None else float("nan")

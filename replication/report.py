@@ -36,8 +36,8 @@ E1_CONTEXT_METRICS = {"full.acc": "no removal (all data)", "oracle.task_retrain_
                       "random.task_retrain_acc": "random removal"}
 #: the task-IF rows an LDS verdict reads, in order of preference (exact, then the fast and truncated estimators)
 TASK_IF_ROWS = ("task_if", "task_if_fast", "task_if_truncated")
-LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds$")
-LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling$")
+LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds(?P<partial>_partial)?$")
+LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling(?P<partial>_partial)?$")
 
 Found = dict[str, dict[str, list[Run]]]
 
@@ -351,7 +351,8 @@ def _lds(found: Found) -> list[str]:
                 if not match:
                     continue
                 parts = match.groupdict()
-                column = f"{exp_id} {dataset} {parts['inner']} {parts.get('unit', 'task')}"
+                column = (f"{exp_id} {dataset} {parts['inner']} {parts.get('unit', 'task')}"
+                          + (" partial (corrupted count regressed out)" if parts["partial"] else ""))
                 label = parts["method"] if "method" in parts else f"ceiling ({parts['truth']})"
                 columns.append(column)
                 rows.setdefault(label, {})[column] = bootstrap(cell, metrics.get(f"{name}_ci95_low"),

@@ -43,6 +43,16 @@ def test_conv4_part_reports_lds_it_can_back_up(tmp_path: Path) -> None:
         assert metrics[method]["task_lds"] == pytest.approx(expected), method
         assert metrics[method]["task_lds_ci95_low"] <= metrics[method]["task_lds_ci95_high"]
     assert series["scores"]["oracle"] == [-float(c) for c in series["corrupted"]]
+    # partial LDS: both sides residualized on the subsets' corrupted counts (an independent least-squares fit here)
+    count = masks @ np.array(series["corrupted"], dtype=float)
+    x = np.column_stack([np.ones_like(count), count])
+    resid = lambda v: v - x @ np.linalg.lstsq(x, v, rcond=None)[0]  # noqa: E731
+    s = np.array(series["scores"]["tracin_cp"])
+    assert metrics["tracin_cp"]["task_lds_partial"] == pytest.approx(
+        stats.spearmanr(resid(-(masks @ s)), resid(truth.mean(1)))[0])
+    assert metrics["lds"]["lds_ceiling_partial"] == pytest.approx(
+        stats.spearmanr(resid(a.mean(1)), resid(b.mean(1)))[0])
+    assert np.isnan(metrics["oracle"]["task_lds_partial"])  # the oracle's prediction is the count itself
     assert metrics["warmstart"]["noise_floor"] > 0 and len(series["warmstart_effects"]) == cfg["warmstart"]["n_units"]
     assert {r["method"] for r in rows} == {*methods, "oracle"}
     assert metrics["n_params"] > 0 and metrics["full"]["acc"] >= 0

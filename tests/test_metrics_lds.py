@@ -1,10 +1,12 @@
 """metainf.metrics.lds against a hand computation and against dattri's LDS."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from metainf.metrics import column_spearman, lds, lds_ceiling
+from metainf.metrics import column_spearman, lds, lds_ceiling, residualize
 
 SCORES = np.array([1.0, 2.0, 3.0])
 MASKS = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 0, 0]])  # summed scores 3, 5, 4, 1
@@ -76,3 +78,40 @@ def test_lds_bad_shapes():
         lds(SCORES, MASKS, LOSSES[:3])
     with pytest.raises(ValueError, match="masks must be"):
         lds(SCORES[:2], MASKS, LOSSES)
+
+
+def test_partial_lds_sees_only_what_the_covariate_does_not_explain():
+    """Losses = 3 x (corrupted count) + the effect of a few clean 'key' units + noise. The oracle (scores the
+    corrupted units) reaches a high plain LDS but its partial LDS is undefined (its prediction is the count); a
+    method that scores only the key units is weak on the plain LDS and strong on the partial one; the partial
+    ceiling of two noisy estimates falls with the noise."""
+    rng = np.random.default_rng(0)
+    n_units, n_subsets = 40, 60
+    corrupted = np.zeros(n_units)
+    corrupted[:16] = 1
+    key = np.zeros(n_units)
+    key[20:24] = 1
+    masks = (rng.random((n_subsets, n_units)) < 0.5).astype(float)
+    count = masks @ corrupted
+    signal = 3.0 * count - 1.0 * (masks @ key)  # key units help: they lower the loss
+    a = signal + rng.normal(0, 0.3, n_subsets)
+    b = signal + rng.normal(0, 0.3, n_subsets)
+    y = 0.5 * (a + b)
+    oracle, keys = lds(-corrupted, masks, y), lds(key, masks, y)
+    assert oracle.mean > 0.8 and keys.mean < 0.5
+    assert math.isnan(lds(-corrupted, masks, y, covariates=count).mean)
+    assert lds(key, masks, y, covariates=count).mean > 0.8
+    assert lds_ceiling(a, b, masks, covariates=count).mean > 0.8
+    noisy = lds_ceiling(signal + rng.normal(0, 5.0, n_subsets), signal + rng.normal(0, 5.0, n_subsets), masks,
+                        covariates=count)
+    assert noisy.mean < lds_ceiling(a, b, masks, covariates=count).mean
+
+
+def test_residualize_removes_the_covariates_exactly():
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(30, 2))
+    v = np.column_stack([2.0 + c @ [1.0, -3.0], rng.normal(size=30)])
+    r = residualize(v, c)
+    assert np.abs(r[:, 0]).max() < 1e-12
+    x = np.column_stack([np.ones(30), c])
+    assert np.abs(x.T @ r).max() < 1e-10  # residuals orthogonal to the intercept and the covariates

@@ -94,17 +94,18 @@ class SubsetLosses:
     def alpha(self) -> float:
         return float(self.masks.double().mean())
 
-    def score(self, scores: Tensor | np.ndarray, n_boot: int = 1000, seed: int = 0) -> LDS:
+    def score(self, scores: Tensor | np.ndarray, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
         """LDS of per-unit ``scores`` (L_eval(without u) - L_eval(with u), positive = helps) against
-        :attr:`losses`: ``metainf.metrics.lds``."""
+        :attr:`losses`: ``metainf.metrics.lds`` (partial with ``covariates`` [N] or [N, k])."""
         s = scores.detach().double().numpy() if isinstance(scores, Tensor) else scores
-        return lds(s, self.masks.numpy(), self.losses.double().numpy(), n_boot, seed)
+        return lds(s, self.masks.numpy(), self.losses.double().numpy(), n_boot, seed, covariates)
 
-    def ceiling(self, n_boot: int = 1000, seed: int = 0) -> LDS:
-        """Spearman between the two estimates A and B over subsets, with its CI (``metainf.metrics.lds_ceiling``).
-        It bounds what a method's LDS against one estimate can reach; against their mean the bound is higher."""
+    def ceiling(self, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
+        """Spearman between the two estimates A and B over subsets, with its CI (``metainf.metrics.lds_ceiling``;
+        partial with ``covariates``). It bounds what a method's LDS against one estimate can reach; against their
+        mean the bound is higher."""
         return lds_ceiling(self.losses_a.double().numpy(), self.losses_b.double().numpy(), self.masks.numpy(),
-                           n_boot, seed)
+                           n_boot, seed, covariates)
 
 
 def run_batch(train: TrainMany, masks: Tensor, seeds: list[int]) -> Tensor:
