@@ -6,8 +6,9 @@ converged leave-one-task-out effects (computed there once, passed in, never reco
 vector v ~ (damping I + H_F)^-1 grad L_eval: task scores v . g_k / M, support / query scores
 v^T d(grad F)/d(ws, wq) (``metainf.influence``). Rows (``frontier`` section of E4's config):
 
-- ``exact``: the dense solve (registry ``task_if`` with ``solver="dense"``): the reference of "exact" below;
-- ``task_if_cg``: registry ``task_if`` (CG to its tolerance);
+- ``exact``: E4's exact path, the dense solve with the dense total Hessian (``MetaObjective.dense_hessian``, its
+  columns batched): the reference of "exact" below;
+- ``task_if_cg``: registry ``task_if`` (CG to ``solve_tol``);
 - ``cg{k}`` / ``cg{k}_fisher``: registry ``task_if_truncated`` with ``cg_iters`` = k, ``precond`` none / fisher
   (empirical-Fisher preconditioned CG), for k in ``cg_iters``;
 - ``nystrom{r}``: registry ``task_if_nystrom`` at rank r (its default one block-Krylov step), for r in
@@ -108,6 +109,11 @@ def _exact_hvp(problem: AttributionProblem) -> Callable[[Tensor], Tensor]:
     return lambda u: problem.objective.hvp(problem.lam, u)
 
 
+def _dense_v(problem: AttributionProblem, damping: float) -> Tensor:
+    h = problem.objective.dense_hessian(problem.lam)
+    return solve(lambda u: h @ u, problem.eval_objective.mean_loss_grad(problem.lam), "dense", damping)[0]
+
+
 def _gn_v(problem: AttributionProblem, damping: float, tol: float, max_iter: int) -> Tensor:
     b = problem.eval_objective.mean_loss_grad(problem.lam)
     return solve(gn_hvp(problem.objective, problem.lam), b, "cg", damping, tol, max_iter)[0]
@@ -146,7 +152,7 @@ def frontier_rows(obj: MetaObjective, ev: MetaObjective, lam: Tensor, cfg: dict,
     def own(name: str, solve_v: Callable[[AttributionProblem], Tensor]) -> Callable[[], AttributionMethod]:
         return lambda: VectorIF(name, solve_v)
 
-    rows = [Row("exact", registry("task_if", solver="dense"), problem),
+    rows = [Row("exact", own("exact", lambda p: _dense_v(p, damping)), problem),
             Row("task_if_cg", registry("task_if", tol=tol, max_iter=max_iter), problem)]
     for k in fr["cg_iters"]:
         for pre in fr["preconds"]:

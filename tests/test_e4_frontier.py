@@ -25,7 +25,7 @@ DT = torch.float64
 #: E4's smoke config with a smaller frontier (the test times every row ``repeats`` times per timed kind)
 CFG = {**CONFIGS["smoke"], "lissa": {"depth": 5, "batch_size": 2, "repeats": 1},
        "frontier": {**CONFIGS["smoke"]["frontier"], "cg_iters": [1, 3], "nystrom_ranks": [3], "nystrom_pcg": [2],
-                    "neumann_depths": [5], "repeats": 3}}
+                    "neumann_depths": [5], "repeats": 3, "timed_kinds": ["task", "support"]}}
 
 
 def trained(kind: str) -> tuple[MetaObjective, MetaObjective, torch.Tensor, torch.Tensor]:
