@@ -34,7 +34,8 @@ Per row:
   just before it in the same process (``ref``: a copy of the training objective with its own cache of inner
   solutions, warmed up at the initial lam0, so neither side pays inner solves: the methods reuse those at lam*).
   ``task_*`` times scoring all tasks, ``instance_*`` scoring all support points (the query points come from the same
-  pass). Reported: median, 25th and 75th percentiles and IQR of the meta-epoch ratios (``*_epochs_*``) and of the
+  pass; ``timed_kinds`` lists the kinds timed: with ``task`` alone the support / query frontiers take the tasks'
+  cost). Reported: median, 25th and 75th percentiles and IQR of the meta-epoch ratios (``*_epochs_*``) and of the
   seconds (``*_seconds_*``), and ``peak_mb``, the largest peak RSS of the timed runs.
 - ``task_pareto`` / ``support_pareto`` / ``query_pareto`` (1 or 0): no other row is at most as costly (median
   meta-epochs) and at least as accurate (tasks: Spearman with LOO; support / query: Spearman with exact), with one
@@ -68,7 +69,7 @@ from metainf.metrics import correlations
 
 #: the frontier part of E4's quick config; smoke overrides some keys
 FRONTIER = {"cg_iters": [1, 2, 3, 5, 10], "preconds": ["none", "fisher"], "nystrom_ranks": [3, 10],
-            "nystrom_pcg": [3], "neumann_depths": [5, 20, 100], "repeats": 5,
+            "nystrom_pcg": [3], "neumann_depths": [5, 20, 50], "repeats": 5,
             "timed_kinds": ["task", "support"]}
 KINDS = ("task", "support", "query")
 #: errors that make a row fail (recorded, the other rows go on)
