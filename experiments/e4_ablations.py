@@ -27,6 +27,12 @@ retraining moved more than ``JUMP_RATIO`` times the first-order shift or more th
 counted (``loo_nonlocal``); no first-order estimate sees them, and the exact path's Spearman with LOO over the
 other tasks is reported beside the full one (``spearman_loo_local``).
 
+Frontier (``experiments.e4_frontier``, config section ``frontier``): on the same trained problems and LOO effects,
+every estimator (exact solve, CG to tolerance, truncated CG with and without the Fisher preconditioner, Nystrom and
+Nystrom-PCG, Fisher, ``task_if_fast``, Gauss-Newton, Neumann, LiSSA, EK-FAC inner solves) is scored against exact
+task-IF / instance-IF and LOO, timed ``frontier.repeats`` times in meta-epochs (median and IQR), and marked when it is
+Pareto-optimal: ``<inner>.frontier.<row>.*``, the table "E4 accuracy-cost frontier" and one figure per inner problem.
+
 Problem: 3-way 2-shot 4-query tasks on 4x4 images (digits or Omniglot resized), a tanh MLP with 4 hidden units
 (83 parameters), outer L2 delta = 0.05, proximal beta = 1. Label-permuted tasks carry little meta-learnable signal
 for so small a model: with 5-way tasks or a larger delta the meta-parameters collapse to lam* = 0 at 40 tasks, and

@@ -38,8 +38,9 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
     axes = np.ravel(axes)
     rows = {n: m for n, m in frontier.items() if m.get("status") == "ok"}
     for ax, (kind, accuracy, cost, ylabel) in zip(axes, _PANELS):
+        what = "scoring all tasks" if cost == "task" else f"scoring all {kind} points"
         if f"{cost}_epochs_median" not in next(iter(rows.values()), {}):
-            cost = "task"  # support points not timed separately: their solve is the tasks'
+            cost, what = "task", "scoring all tasks (points not timed)"
         pts = []
         for i, (name, m) in enumerate(sorted(rows.items())):
             x, y = float(m[f"{cost}_epochs_median"]), float(m[accuracy])
@@ -58,7 +59,7 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
             pts.sort()
             ax.step(*zip(*pts), where="post", color="black", lw=0.9, ls="--", label="Pareto frontier")
         ax.set_xscale("log")
-        ax.set_xlabel("cost (meta-epochs; median, IQR bars)")
+        ax.set_xlabel(f"cost of {what}\n(meta-epochs; median, IQR bars)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{kind}s" if kind == "task" else f"{kind} points", fontsize=9)
     unique = {}
