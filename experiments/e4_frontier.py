@@ -72,6 +72,13 @@ FRONTIER = {"cg_iters": [1, 2, 3, 5, 10], "preconds": ["none", "fisher"], "nystr
             "nystrom_pcg": [3], "neumann_depths": [5, 20, 50], "repeats": 5,
             "timed_kinds": ["task", "support"]}
 KINDS = ("task", "support", "query")
+#: the frontier table's numeric columns
+TABLE_COLUMNS = ("task_spearman", "task_spearman_loo", "support_spearman", "query_spearman", "task_epochs_median",
+                 "task_epochs_q25", "task_epochs_q75", "instance_epochs_median", "peak_mb", "task_pareto",
+                 "support_pareto", "query_pareto")
+#: names under which NaN means undefined (a correlation with constant scores or effects; a failed row's cells)
+UNDEFINED_OK = frozenset({"task_spearman", "task_spearman_loo", "support_spearman", "query_spearman",
+                          *TABLE_COLUMNS})
 #: errors that make a row fail (recorded, the other rows go on)
 _FAILURES = (IndefiniteHessianError, SolverNotConvergedError, NotImplementedError, ValueError)
 
@@ -272,11 +279,3 @@ def frontier(obj: MetaObjective, ev: MetaObjective, lam: Tensor, lam0: Tensor, l
              for n in metrics]
     return metrics, series, table
 
-
-#: the frontier table's numeric columns
-TABLE_COLUMNS = ("task_spearman", "task_spearman_loo", "support_spearman", "query_spearman", "task_epochs_median",
-                 "task_epochs_q25", "task_epochs_q75", "instance_epochs_median", "peak_mb", "task_pareto",
-                 "support_pareto", "query_pareto")
-#: names under which NaN means undefined (a correlation with constant scores or effects; a failed row's cells)
-UNDEFINED_OK = frozenset({"task_spearman", "task_spearman_loo", "support_spearman", "query_spearman",
-                          *TABLE_COLUMNS})

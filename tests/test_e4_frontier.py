@@ -137,3 +137,14 @@ def test_a_failing_row_is_recorded_and_left_off_the_frontier() -> None:
     metrics, scores, raw = e4_frontier.measure_row(row, lambda: obj.value_and_grad(lam0), CFG["frontier"])
     assert metrics["status"] == "failed" and "indefinite" in metrics["error"]
     assert scores == {} and raw == {}
+
+
+@pytest.mark.parametrize("timed", [("task", "support"), ("task",)])
+def test_frontier_figure_is_drawn(run: dict, tmp_path, timed: tuple[str, ...]) -> None:
+    """The figure draws from the metrics alone, with instance timings or (smoke) with the tasks' cost only."""
+    from replication.plots.e4_ablations import frontier_figure
+
+    metrics = {n: {k: v for k, v in m.items() if k.split("_")[0] in timed or "epochs" not in k and "seconds" not in k}
+               for n, m in run["metrics"].items()}
+    path = frontier_figure(metrics, "test", tmp_path / "frontier.png")
+    assert path.exists() and path.stat().st_size > 10_000
