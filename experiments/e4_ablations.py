@@ -27,6 +27,12 @@ retraining moved more than ``JUMP_RATIO`` times the first-order shift or more th
 counted (``loo_nonlocal``); no first-order estimate sees them, and the exact path's Spearman with LOO over the
 other tasks is reported beside the full one (``spearman_loo_local``).
 
+Frontier (``experiments.e4_frontier``, config section ``frontier``): on the same trained problems and LOO effects,
+every estimator (exact solve, CG to tolerance, truncated CG with and without the Fisher preconditioner, Nystrom and
+Nystrom-PCG, Fisher, ``task_if_fast``, Gauss-Newton, Neumann, LiSSA, EK-FAC inner solves) is scored against exact
+task-IF / instance-IF and LOO, timed ``frontier.repeats`` times in meta-epochs (median and IQR), and marked when it is
+Pareto-optimal: ``<inner>.frontier.<row>.*``, the table "E4 accuracy-cost frontier" and one figure per inner problem.
+
 Problem: 3-way 2-shot 4-query tasks on 4x4 images (digits or Omniglot resized), a tanh MLP with 4 hidden units
 (83 parameters), outer L2 delta = 0.05, proximal beta = 1. Label-permuted tasks carry little meta-learnable signal
 for so small a model: with 5-way tasks or a larger delta the meta-parameters collapse to lam* = 0 at 40 tasks, and
@@ -49,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from experiments import e4_frontier
 from experiments.base import Experiment, RunContext
 from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
 from experiments.setups import load_opts
@@ -76,14 +83,22 @@ _BASE = {
     "curvatures": ["exact", "drop", "gamma", "gn", "fisher"],
     "neumann_depths": [5, 10, 20, 50, 100], "power_iters": 10, "solve_tol": 1e-8, "cg_max_iter": 200,
     "lissa": {"depth": 50, "batch_size": 2, "repeats": 1}, "loo_margin": 0.02, "loo_batch": 16,
+    "frontier": e4_frontier.FRONTIER,
 }
 CONFIGS = {
-    # smoke: the paper's grid without the Gauss-Newton curvature, LiSSA 20 terms, 5 inner CG iterations (< 3 min)
+    # smoke: the paper's grid without the Gauss-Newton curvature, LiSSA 20 terms, 5 inner CG iterations; a frontier of
+    # fewer rows, timed twice on tasks only (< 3 min)
     "smoke": {**_BASE, "n_train_tasks": 8, "n_eval_tasks": 8, "curvatures": ["exact", "drop", "gamma", "fisher"],
               "cg_iters": 5, "solve_tol": 1e-6, "cg_max_iter": 100,
-              "lissa": {"depth": 20, "batch_size": 2, "repeats": 1}, "by_dataset": {"omniglot": {"image_size": 8}}},
+              "lissa": {"depth": 20, "batch_size": 2, "repeats": 1}, "by_dataset": {"omniglot": {"image_size": 8}},
+              "frontier": {**e4_frontier.FRONTIER, "cg_iters": [1, 3], "nystrom_ranks": [3], "nystrom_pcg": [],
+                           "neumann_depths": [5], "repeats": 2, "timed_kinds": ["task"]}},
+    # Omniglot's frontier times tasks only (its support / query panels take the tasks' cost): every total HVP of its
+    # proximal problem (275 parameters) costs several times the digits' one, and timing support points too would
+    # double the frontier's cost
     "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "lissa": {"depth": 50, "batch_size": 10, "repeats": 1},
-              "by_dataset": {"omniglot": {"image_size": 8, "n_train_tasks": 20}}},
+              "by_dataset": {"omniglot": {"image_size": 8, "n_train_tasks": 20,
+                                          "frontier": {**e4_frontier.FRONTIER, "timed_kinds": ["task"]}}}},
     # paper: Omniglot at 8x8 as at smaller scales (6x6 collapses MAML at width 4; unverified at width 6)
     "paper": {**_BASE, "n_train_tasks": 100, "n_eval_tasks": 50, "image_size": 6, "hidden": 6, "cg_iters": 30,
               "power_iters": 20, "lissa": {"depth": 100, "batch_size": 20, "repeats": 2},
@@ -309,12 +324,13 @@ def run(ctx: RunContext) -> dict:
     model = build_model("mlp", ptr.input_shape, cfg["n_way"], hidden=(cfg["hidden"],))
     dtype, device = ctx.torch_dtype(), ctx.torch_device
     model.module.to(device)
-    metrics, series, grid_rows, best_rows = {}, {}, [], []
+    lam0 = model.init(ctx.seed, dtype).to(device)
+    metrics, series, grid_rows, best_rows, frontier_rows = {}, {}, [], [], []
     for kind in cfg["inners"]:
         ref_inner = next(iter(_inner_variants(kind, cfg, ["dense"]).values()))
         obj = MetaObjective(model, ref_inner, pool_tensors(ptr, dtype, device), delta=cfg["delta"], chunk=None)
         ev = MetaObjective(model, ref_inner, pool_tensors(pev, dtype, device), chunk=None)
-        fit = train_converged(obj, model.init(ctx.seed, dtype).to(device), tol=cfg["tol"], max_iter=cfg["max_iter"])
+        fit = train_converged(obj, lam0, tol=cfg["tol"], max_iter=cfg["max_iter"])
         lam = fit.lam
         ev.state_at(lam)
         t0 = time.perf_counter()
@@ -354,8 +370,12 @@ def run(ctx: RunContext) -> dict:
                           "nonlocal_removals": metrics[kind]["loo_nonlocal"],
                           "exact_spearman_loo_local": metrics[kind]["exact_path"]["spearman_loo_local"],
                           "speedup_vs_loo": best["speedup_vs_loo"]})
+        metrics[kind]["frontier"], series[kind]["frontier"], table = e4_frontier.frontier(obj, ev, lam, lam0, actual,
+                                                                                          cfg, kind, ctx.seed)
+        frontier_rows += table
     return {"metrics": metrics, "series": series,
-            "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows}}
+            "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows,
+                       "E4 accuracy-cost frontier": frontier_rows}}
 
 
 EXPERIMENT = Experiment(
@@ -367,5 +387,5 @@ EXPERIMENT = Experiment(
     undefined_ok=frozenset({"spearman", "pearson", "spearman_loo", "pearson_loo", "spearman_loo_local",
                             "exact_spearman_loo", "exact_spearman_loo_local", "best_spearman_loo", "rel_err",
                             "rel_residual", "seconds", "best_s", "speedup_vs_loo", "loo_nonlocal",
-                            "nonlocal_removals", "scores", "best"}),
+                            "nonlocal_removals", "scores", "best"}) | e4_frontier.UNDEFINED_OK,
 )

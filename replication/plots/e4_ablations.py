@@ -2,11 +2,75 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 
 from replication.plots.style import new_figure, save_figure
+
+#: frontier panels: (unit kind, accuracy metric, cost prefix, y label)
+_PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-out"),
+           ("support", "support_spearman", "instance", "Spearman with exact instance-IF"),
+           ("query", "query_spearman", "instance", "Spearman with exact instance-IF"))
+#: frontier families in legend order, each with its own colour (tab20) and marker
+_FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "nystrom", "nystrom_pcg", "fisher", "fast", "gn", "neumann",
+             "lissa", "ekfac")
+_MARKERS = "osD^v<>phX*P"
+
+
+def _family(row: str) -> str:
+    """The estimator family of a frontier row (its name without the numbers: ``cg3_fisher`` -> ``cg_fisher``)."""
+    return re.sub(r"\d+", "", row)
+
+
+def _family_style(family: str) -> dict:
+    i = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES) + sum(family.encode())
+    return {"color": colormaps["tab20"](i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
+    """Accuracy against cost of every frontier row: one panel each for tasks / support / query points; x = median
+    meta-epochs (log) with the 25th-75th percentile as error bar, y = Spearman; the Pareto frontier drawn as a
+    step line; every point labelled with its row, coloured by family (legend in the last panel)."""
+    fig, axes = new_figure(ncols=4, width=4.2, height=4.2)
+    axes = np.ravel(axes)
+    rows = {n: m for n, m in frontier.items() if m.get("status") == "ok"}
+    for ax, (kind, accuracy, cost, ylabel) in zip(axes, _PANELS):
+        what = "scoring all tasks" if cost == "task" else f"scoring all {kind} points"
+        if f"{cost}_epochs_median" not in next(iter(rows.values()), {}):
+            cost, what = "task", "scoring all tasks (points not timed)"
+        pts = []
+        for i, (name, m) in enumerate(sorted(rows.items())):
+            x, y = float(m[f"{cost}_epochs_median"]), float(m[accuracy])
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            err = [[x - float(m[f"{cost}_epochs_q25"])], [float(m[f"{cost}_epochs_q75"]) - x]]
+            fam = _family(name)
+            style = _family_style(fam)
+            ax.errorbar([x], [y], xerr=err, fmt=style["marker"], ms=4, color=style["color"], ecolor=style["color"],
+                        elinewidth=0.8, capsize=2, label=fam)
+            ax.annotate(name, (x, y), xytext=(4, 3 if i % 2 else -7), textcoords="offset points", fontsize=5.5,
+                        fontweight="bold" if m.get(f"{kind}_pareto") else "normal")
+            if m.get(f"{kind}_pareto"):
+                pts.append((x, y))
+        if pts:
+            pts.sort()
+            ax.step(*zip(*pts), where="post", color="black", lw=0.9, ls="--", label="Pareto frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"cost of {what}\n(meta-epochs; median, IQR bars)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{kind}s" if kind == "task" else f"{kind} points", fontsize=9)
+    unique = {}
+    for ax in axes[:-1]:
+        unique |= dict(zip(*reversed(ax.get_legend_handles_labels())))
+    order = sorted(unique, key=lambda f: (_FAMILIES + (f,)).index(f))
+    axes[-1].axis("off")
+    axes[-1].legend([unique[f] for f in order], order, loc="center left", fontsize=7, frameon=False,
+                    title="estimator family (bold label: on the frontier)", title_fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
@@ -40,4 +104,7 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
             ax.set_title(f"E4 {kind}, seed {seed}")
             ax.legend(fontsize=6)
             paths.append(save_figure(fig, out_dir / f"e4-{kind}-neumann-depth-seed{seed}.png"))
+            if "frontier" in m:
+                paths.append(frontier_figure(m["frontier"], f"E4 {result.get('dataset', '')} {kind}, seed {seed}: "
+                                             "accuracy-cost frontier", out_dir / f"e4-{kind}-frontier-seed{seed}.png"))
     return paths
