@@ -44,6 +44,12 @@ from metainf.groundtruth.warmstart import warmstart_loo
 from metainf.metrics import correlations
 
 
+#: the partial-LDS metrics and row cells, undefined (NaN) where the prediction is linear in the corrupted count
+PARTIAL_LDS_KEYS = frozenset({*(f"task_lds_partial{s}" for s in ("", "_ci95_low", "_ci95_high", "_per_eval",
+                                                                   "_per_eval_ci95_low", "_per_eval_ci95_high")),
+                              "lds_partial", "lds_partial_ci95_low", "lds_partial_ci95_high"})
+
+
 def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -> tuple[dict, dict, list[dict]]:
     """(metrics, series, table rows) of the Conv-4 problem ``name`` with config ``cfg`` (module docstring)."""
     ctx = dataclasses.replace(ctx, config=cfg)

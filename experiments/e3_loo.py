@@ -317,4 +317,6 @@ EXPERIMENT = Experiment(
     # whose Conv-4 part retrains 2 x 24 subsets
     seeds={"smoke": (0,), "quick": (0, 1, 2, 3, 4), "paper": (0, 1, 2)}, validate=_validate,
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}}, train_steps=train_steps,
+    # the partial LDS of the Conv-4 part is undefined (NaN) for a prediction linear in the corrupted count: the oracle
+    undefined_ok=e3_conv4.PARTIAL_LDS_KEYS,
 )

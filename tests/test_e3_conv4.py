@@ -14,6 +14,7 @@ from experiments import e3_conv4, scoring
 from experiments.base import RunContext
 from experiments.e3_loo import CONV4_PROBLEM, EXPERIMENT as E3
 from replication.config import resolve_config
+from replication.results import bad_numbers, to_jsonable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +54,10 @@ def test_conv4_part_reports_lds_it_can_back_up(tmp_path: Path) -> None:
     assert metrics["lds"]["lds_ceiling_partial"] == pytest.approx(
         stats.spearmanr(resid(a.mean(1)), resid(b.mean(1)))[0])
     assert np.isnan(metrics["oracle"]["task_lds_partial"])  # the oracle's prediction is the count itself
+    # ... which the runner's check of non-finite numbers accepts (E3 declares it), and nothing else is undefined
+    payload = to_jsonable({"metrics": metrics, "rows": rows})
+    assert not list(bad_numbers(payload, undefined_ok=E3.undefined_ok))
+    assert list(bad_numbers(payload))  # without the declaration the NaN would stop the run
     assert metrics["warmstart"]["noise_floor"] > 0 and len(series["warmstart_effects"]) == cfg["warmstart"]["n_units"]
     assert {r["method"] for r in rows} == {*methods, "oracle"}
     assert metrics["n_params"] > 0 and metrics["full"]["acc"] >= 0
