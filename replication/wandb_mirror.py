@@ -9,6 +9,7 @@ and falls back to ``offline``; this is said once per process, and later runs of 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -157,8 +158,15 @@ def server_unreachable(timeout: float) -> str | None:
     return outcome[0] if outcome else f"{url}: no answer within {timeout:g} s"
 
 
+#: how the JSON results spell non-finite numbers (``replication.results.to_jsonable``)
+_NON_FINITE = ("nan", "inf", "-inf")
+
+
 def _cell(value: Any) -> Any:
-    """W&B tables want scalars: pooled cells ``{"mean", "std", "n"}`` and other structures become text."""
+    """W&B tables want scalars of one type per column: a non-finite number (spelled ``"nan"`` / ``"inf"`` in the
+    results) becomes an empty cell (None), pooled cells ``{"mean", "std", "n"}`` and other structures become text."""
+    if isinstance(value, str) and value in _NON_FINITE or isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
