@@ -10,6 +10,7 @@ Everything else goes in the detail pages ``docs/results/<EXP>.md`` (:mod:`replic
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -338,8 +339,18 @@ def _e3(found: Found) -> list[str]:
     return [*lines, *_lds(found)]
 
 
+def mean_estimate_bound(ceiling: float) -> float:
+    """The highest LDS a method can expect against the mean of the two estimates A and B, from the ceiling
+    r = Spearman(A, B): sqrt(2r / (1 + r)) (Spearman-Brown: the mean of two parallel estimates with independent
+    retraining noise has reliability 2r / (1 + r); a correlation with it is at most the square root of that). Taken
+    as exact for Pearson correlations and approximate for Spearman's; NaN for r <= 0."""
+    return math.sqrt(2 * ceiling / (1 + ceiling)) if ceiling > 0 else float("nan")
+
+
 def _lds(found: Found) -> list[str]:
-    lines = ["### LDS (linear datamodeling score) with its ceiling", ""]
+    lines = ["### LDS (linear datamodeling score) with its ceiling", "",
+             "The ceiling is Spearman(A, B) of two independent retraining estimates of the subsets' losses; methods "
+             "are scored against their mean, for which the bound is sqrt(2r / (1 + r)) (Spearman-Brown).", ""]
     rows: dict[str, dict[str, Estimate]] = {}
     columns: list[str] = []
     for exp_id, by_dataset in sorted(found.items()):
@@ -379,7 +390,11 @@ def _lds(found: Found) -> list[str]:
                 f", {'above' if ours.mean > best.mean else 'not above'} the best baseline"
                 f"{' beyond both CIs' if separated(ours, best) else ' (within the CIs)'}")
             label = "task-IF" if name == "task_if" else name
-            verdicts.append(f"{column}: {label} reaches {ours.mean / ceiling.mean:.0%} of the ceiling{versus}")
+            bound = mean_estimate_bound(ceiling.mean)
+            verdicts.append(f"{column}: {label} {ours.mean:.3g}, against a bound of {bound:.3g} for the mean of both "
+                            f"estimates{versus}" + (
+                                "; the ceiling's interval includes 0, so this ground truth does not reliably rank "
+                                "methods here" if ceiling.low is not None and ceiling.low <= 0 else ""))
     estimates = [e for v in rows.values() for e in v.values()]
     return [*lines, *markdown_table(["method", *columns], body), "",
             f"CI: {basis_note(estimates)}. Verdict: {'; '.join(verdicts) or 'no task-IF row beside a ceiling'}.", ""]

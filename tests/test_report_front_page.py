@@ -55,7 +55,7 @@ def test_lds_beside_its_ceiling(front: list[str]) -> None:
     low, high = 0.30 - t2 * 0.02 / math.sqrt(3), 0.30 + t2 * 0.02 / math.sqrt(3)
     assert f"| task_if | 0.3 [{low:.3g}, {high:.3g}] |" in front
     assert any(line.startswith("| ceiling (converged) | 0.6 [") for line in front)
-    assert any("task-IF reaches 50% of the ceiling" in line for line in front)
+    assert any("task-IF 0.3, against a bound of 0.866 for the mean of both estimates" in line for line in front)
 
 
 def test_verdicts_say_when_rows_cannot_be_told_apart(front: list[str]) -> None:
@@ -111,3 +111,10 @@ def test_the_budget_line_schedules_seeds_longest_first() -> None:
     assert report.longest_first_makespan([3, 5, 3, 4, 3], 2) == 10
     assert report.longest_first_makespan([7.0], 2) == 7.0
     assert report.longest_first_makespan([], 2) == 0.0
+
+
+def test_the_lds_bound_for_the_mean_of_two_estimates() -> None:
+    # Spearman-Brown: r = 0.5 gives reliability 2/3 for the mean, so a correlation with it is at most sqrt(2/3)
+    assert report.mean_estimate_bound(0.5) == pytest.approx(math.sqrt(2 / 3))
+    assert report.mean_estimate_bound(1.0) == pytest.approx(1.0)
+    assert math.isnan(report.mean_estimate_bound(-0.1))
