@@ -521,6 +521,12 @@ def test_wandb_probe_gives_up_at_the_limit(silent_server: str, monkeypatch: pyte
 
 
 # -- signals -----------------------------------------------------------------------------------------------------
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C back to its default. A shell without job control starts background commands
+    (``make test &``) with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so the run would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_signals_stop_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     """SIGTERM after the first seed, then (resumed) Ctrl-C after the second: one line each, exit 143 and 130, no
     temp file, earlier results untouched; the third run resumes both seeds and prints nothing on stderr."""
@@ -532,7 +538,8 @@ def test_signals_stop_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     cache = out / ".cache" / "E6"
     for seed, sig, code, word in ((0, signal.SIGTERM, 143, "terminated"), (1, signal.SIGINT, 130, "interrupted")):
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
         deadline = time.monotonic() + 120
         while not list(cache.rglob(f"seed-{seed}.json")) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -584,7 +591,7 @@ def test_killing_a_pooled_run_leaves_no_worker(tmp_path: Path, sig: int) -> None
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     with open(tmp_path / "stderr", "w") as err_file:
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     helpers: set[int] = set()
     while len(helpers) < 4 and time.monotonic() < deadline:  # resource tracker, forkserver and two workers

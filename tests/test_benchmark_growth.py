@@ -13,11 +13,11 @@ log(meta-epochs), which is 0 for a method that costs a fixed number of meta-epoc
   at M = 100;
 - ``test_fast_task_if_cost_short`` (``benchmark_short``, for CI): M = 10 and 30 at width 8, a few seconds.
 
-- ``test_fast_task_if_growth_in_conv4_width`` (``slow``, opt-in as above, about 8 min): Conv-4 widths 16, 32 and 64
-  in E1's learning regime (16 px Omniglot, float32, 40% noisy tasks) at M = ``CONV4_TASKS``, trained by Adam for
-  ``CONV4_STEPS`` steps (short of E1's budget: the cost of a solve does not need a finished model), scored with E1's
-  damping rule (lam_T is not a minimum; ``experiments.regime.damping_rule``), as the Conv-4 parts of E2 and E3 run
-  ``task_if_fast``.
+- ``test_fast_task_if_growth_in_conv4_width`` (``slow``, opt-in as above, about 15 min): Conv-4 widths 16, 32 and
+  64 in E1's learning regime (16 px Omniglot, float32, 40% noisy tasks, E1's Adam budget) at M = ``CONV4_TASKS``,
+  scored with E1's damping rule (lam_T is not a minimum; ``experiments.regime.damping_rule``), as the Conv-4 parts of
+  E2 and E3 run ``task_if_fast``. The full budget matters: after 60 steps CG did not reach its tolerance in 50
+  iterations at widths 16 and 32 (H_F far from positive there, so H_F + damping I is nearly singular).
 
 Ratios, CG iterations and exponents are printed and stored in ``benchmark.extra_info``; no timing is asserted.
 """
@@ -40,8 +40,8 @@ from metainf.methods import get_method, run_method
 
 CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 REPEATS = 5
-#: the Conv-4 points: training tasks, Adam steps, repeats (a width-64 meta-epoch takes seconds)
-CONV4_TASKS, CONV4_STEPS, CONV4_REPEATS = 50, 60, 3
+#: the Conv-4 points: training tasks, repeats (a width-64 meta-epoch takes seconds)
+CONV4_TASKS, CONV4_REPEATS = 50, 3
 opt_in = pytest.mark.skipif(os.environ.get("METAINF_BENCH_GROWTH") != "1",
                             reason="opt-in benchmark (6 min): set METAINF_BENCH_GROWTH=1")
 
@@ -128,8 +128,7 @@ def test_fast_task_if_cost_short(benchmark) -> None:
 def measure_conv4(width: int, repeats: int = CONV4_REPEATS) -> tuple[dict, object, float]:
     """(timings, problem, damping) of one Conv-4 point (module docstring): meta-epoch at lam_0 and ``task_if_fast``
     at lam_T with the regime's damping, timed interleaved ``repeats`` times."""
-    cfg = {**regime_config("quick", "omniglot"), "width": width, "n_train_tasks": CONV4_TASKS,
-           "outer_steps": CONV4_STEPS}
+    cfg = {**regime_config("quick", "omniglot"), "width": width, "n_train_tasks": CONV4_TASKS}
     ctx = types.SimpleNamespace(config=cfg, dataset="omniglot", data_root=None, torch_device=CPU,
                                 torch_dtype=lambda default: default, seed=0)
     fit = regime.fit_regime(ctx, "unrolled")
