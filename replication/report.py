@@ -157,6 +157,18 @@ def longest_first_makespan(durations: list[float], workers: int) -> float:
     return max(loads)
 
 
+def default_seed_runtimes(result: Mapping[str, Any]) -> list[float]:
+    """The recorded runtimes of the seeds a run without ``--seed`` would take (``Experiment.seeds_for``; all of them
+    for an experiment the registry does not know, or a result without per-seed runtimes)."""
+    runtime = result["provenance"]["runtime_s"]
+    per_seed = runtime.get("seeds") or {"all": runtime["total"]}
+    experiment = registry.EXPERIMENTS.get(result.get("experiment", ""))
+    if experiment is None or "all" in per_seed:
+        return [float(t) for t in per_seed.values()]
+    default = {str(s) for s in experiment.seeds_for(result["scale"], result["dataset"])}
+    return [float(t) for seed, t in per_seed.items() if seed in default]
+
+
 def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapping[str, str]) -> list[str]:
     everything = [r for by_dataset in found.values() for runs in by_dataset.values() for _, r in runs]
     if not everything:
@@ -174,16 +186,15 @@ def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapp
     for cpus, machine, plat, python, torch, numpy, metainf in hardware:
         lines.append(f"- Hardware: {cpus} CPUs, {machine}, {plat}; python {python}, torch {torch}, numpy {numpy}, "
                      f"metainf {metainf}")
-    quick = [float(t) for r in everything if r.get("scale") == "quick"
-             for t in (r["provenance"]["runtime_s"].get("seeds") or {"all": r["provenance"]["runtime_s"]["total"]}
-                       ).values()]
+    quick = [t for r in everything if r.get("scale") == "quick" for t in default_seed_runtimes(r)]
     wall = longest_first_makespan(quick, REPRODUCE_JOBS) / 60
     lines += [f"- Code: git {', '.join(commits)}",
               f"- Runtime: {total:.0f} s of measured compute over {len(everything)} result files "
               f"(sum over seeds; finished {finished[0]} to {finished[-1]})",
               f"- Budget: `make reproduce` (quick scale, {REPRODUCE_JOBS} processes) takes about {wall:.0f} min: the "
-              f"{len(quick)} recorded quick seed runtimes scheduled longest first on {REPRODUCE_JOBS} processes, as "
-              f"`metainf-repro all` schedules them (the target is {REPRODUCE_BUDGET_MIN} min; "
+              f"{len(quick)} recorded runtimes of the seeds it runs, scheduled longest first on {REPRODUCE_JOBS} "
+              f"processes as `metainf-repro all` schedules them, without the runs not made yet (the target is "
+              f"{REPRODUCE_BUDGET_MIN} min; "
               f"{'met' if wall <= REPRODUCE_BUDGET_MIN else 'not met'}; the runtimes were recorded under varying "
               "load)",
               "- Commands: " + "; ".join(f"`{a}`" for a in argvs), "",

@@ -118,3 +118,15 @@ def test_the_lds_bound_for_the_mean_of_two_estimates() -> None:
     assert report.mean_estimate_bound(0.5) == pytest.approx(math.sqrt(2 / 3))
     assert report.mean_estimate_bound(1.0) == pytest.approx(1.0)
     assert math.isnan(report.mean_estimate_bound(-0.1))
+
+
+def test_the_budget_counts_only_the_seeds_make_reproduce_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OneSeed:
+        def seeds_for(self, scale: str, dataset: str) -> tuple[int, ...]:
+            return (0,)
+
+    monkeypatch.setattr(registry, "EXPERIMENTS", {"E2": OneSeed()})
+    result = {"experiment": "E2", "scale": "quick", "dataset": "omniglot",
+              "provenance": {"runtime_s": {"seeds": {"0": 400.0, "1": 300.0, "2": 290.0}, "total": 990.0}}}
+    assert report.default_seed_runtimes(result) == [400.0]
+    assert report.default_seed_runtimes({**result, "experiment": "E9"}) == [400.0, 300.0, 290.0]
