@@ -190,7 +190,5 @@ EXPERIMENT = Experiment(
     id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
     datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
-    # one quick seed on Omniglot, for the cost of its Conv-4 part (four Conv-4 retrainings a seed)
-    dataset_seeds={"omniglot": {"quick": (0,)}},
     reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

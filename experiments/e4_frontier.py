@@ -79,8 +79,9 @@ TABLE_COLUMNS = ("task_spearman", "task_spearman_loo", "support_spearman", "quer
 #: names under which NaN means undefined (a correlation with constant scores or effects; a failed row's cells)
 UNDEFINED_OK = frozenset({"task_spearman", "task_spearman_loo", "support_spearman", "query_spearman",
                           *TABLE_COLUMNS})
-#: errors that make a row fail (recorded, the other rows go on)
-_FAILURES = (IndefiniteHessianError, SolverNotConvergedError, NotImplementedError, ValueError)
+#: errors that make a row fail (recorded, the other rows go on): an indefinite curvature, a solve or series that does
+#: not converge, an estimator that does not apply to the inner problem; any other error (a bad config) stops the run
+_FAILURES = (IndefiniteHessianError, SolverNotConvergedError, NotImplementedError)
 
 
 @dataclass

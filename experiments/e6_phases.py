@@ -138,7 +138,5 @@ EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
     datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=(*MLP_METHODS, "dvemb_fisher", "tracin_cp"),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
-    # one quick seed on Omniglot, for its Conv-4 part (DVEmb-Fisher's per-step split: 27 min for seed 0 on 2 loaded cores)
-    dataset_seeds={"omniglot": {"quick": (0,)}},
     reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

@@ -451,7 +451,7 @@ def _e5(found: Found) -> list[str]:
                   if r.get("method") == "task_if_fast" and "summed_grad_passes" in r]
         if strict:
             claim += (". In the stricter unit of one reverse pass of the summed task losses (F and its gradient at "
-                      "once, the cheapest meta-epoch; one finite-difference HVP costs one), task_if_fast per seed: "
+                      "once, the cheapest meta-epoch; one finite-difference HVP costs one), task_if_fast (mean over seeds): "
                       + ", ".join(strict))
         lines += [f"### E5 {dataset} ({result['scale']} scale, {size:.0f} tasks, seeds "
                   f"{', '.join(map(str, result['seeds']))})", "",
