@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
+import metainf.runtime.executor as executor_module
 from metainf.runtime.executor import CacheMismatchError, UnitFailedError, deterministic_call, run_units, unit_file_name
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
@@ -52,10 +54,13 @@ def broken_job(seed: int, bad: int) -> torch.Tensor:
 
 
 def dying_job(seed: int, markers: str, dies: str) -> torch.Tensor:
-    """Kills its worker process when ``dies`` is ``"always"``, or ``"once"`` (on its first call only)."""
+    """Kills its worker process when ``dies`` is ``"always"``, ``"once"`` (on its first call only), or
+    ``"once-late"`` (on its first call, half a second in)."""
     marker = Path(markers) / f"{seed}.died"
-    if dies == "always" or (dies == "once" and not marker.exists()):
+    if dies == "always" or (dies.startswith("once") and not marker.exists()):
         marker.touch()
+        if dies == "once-late":
+            time.sleep(0.5)
         os._exit(1)
     return lsq_job(seed)
 
@@ -177,6 +182,26 @@ def test_local_dead_workers_are_retried_and_charged_to_their_unit_only(
     for uid in units.keys() - {"task/1"}:
         assert torch.equal(torch.load(tmp_path / "c" / unit_file_name(uid)), reference[uid])
     assert not (tmp_path / "c" / unit_file_name("task/1")).exists()
+
+
+def test_local_pool_broken_between_wait_and_submit_is_recovered(
+        tmp_path: Path, reference: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies after ``wait`` returned breaks the pool before the next ``submit``: the unit it ran is
+    retried, the unit being submitted goes back to the queue, and every result is exact."""
+    real_wait = executor_module.wait
+
+    def slow_wait(futures, return_when="ALL_COMPLETED"):  # noqa: ANN001, ANN202 - as concurrent.futures.wait
+        finished, pending = real_wait(futures, return_when=return_when)
+        if any(f.exception() is None for f in finished):
+            time.sleep(1.5)  # long enough for the late death of the job still in flight
+        return finished, pending
+
+    monkeypatch.setattr(executor_module, "wait", slow_wait)
+    dies = {0: "never", 1: "once-late", 2: "never", 3: "never"}
+    units = {f"task/{seed}": (seed, str(tmp_path), mode) for seed, mode in dies.items()}
+    got = run_units(dying_job, units, executor="local", n_workers=2, retries=1, progress=False)
+    assert (tmp_path / "1.died").exists()
+    assert_bitwise(got, {uid: reference[uid] for uid in units})
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [

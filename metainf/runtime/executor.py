@@ -214,8 +214,16 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
             while queue and len(inflight) < n_workers:
                 if inflight and (queue[0] in suspects or suspects & set(inflight.values())):
                     break  # a suspect runs alone
-                uid = queue.popleft()
-                inflight[pool.submit(deterministic_call, fn, todo[uid])] = uid
+                uid = queue[0]
+                try:
+                    inflight[pool.submit(deterministic_call, fn, todo[uid])] = uid
+                except BrokenProcessPool:  # a worker died after the last wait: its job's future reports it
+                    if not inflight:  # nothing in flight to charge: start a fresh pool and submit again
+                        pool.shutdown(wait=True)
+                        pool = new_pool()
+                        continue
+                    break
+                queue.popleft()
             finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
             if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
                 finished, _ = wait(inflight)  # the pool is dead: every job in flight ends now
