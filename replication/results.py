@@ -49,6 +49,12 @@ def result_path(results_dir: Path, exp_id: str, dataset: str, scale: str) -> Pat
     return Path(results_dir) / exp_id / f"{dataset}-{scale}.json"
 
 
+def all_run_path(results_dir: Path, scale: str) -> Path:
+    """Where ``metainf-repro all --scale <scale>`` records its own wall time and what it ran (the measured budget of
+    ``make reproduce``)."""
+    return Path(results_dir) / f"all-{scale}.json"
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types with floats rounded; numpy/torch scalars and arrays become numbers and lists."""
     if isinstance(value, Mapping):

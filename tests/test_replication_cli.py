@@ -14,7 +14,7 @@ import pytest
 
 from experiments import registry
 from experiments.base import ConfigError, Experiment, RunContext
-from replication import capabilities, results
+from replication import capabilities, report, results
 from replication.cli import main
 from replication.plots import FIGURES
 from replication.plots.style import new_figure, save_figure
@@ -310,6 +310,25 @@ def test_all_runs_available_datasets_and_reports_skips(tmp_path: Path, monkeypat
     assert "skipped E0 miniimagenet: not available offline" in out
     assert "[E0](docs/results/E0.md) | mnist | smoke" in (tmp_path / "REPRODUCE.md").read_text()
     assert "### mnist, smoke scale" in (tmp_path / "docs" / "results" / "E0.md").read_text()
+
+
+def test_all_records_its_wall_time_and_the_front_page_reports_it(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    use(monkeypatch, Dummy())
+    assert main(["all", "--scale", "smoke", "--out", "res", "--report", "REPRODUCE.md"]) == 0
+    record = results.read_json(tmp_path / "res" / "all-smoke.json")
+    assert record["command"] == "metainf-repro all --scale smoke --out res --report REPRODUCE.md"
+    assert record["complete"] and record["failed"] == [] and record["wall_s"] > 0
+    assert [(r["experiment"], r["dataset"], r["seeds"]) for r in record["runs"]] == [("E0", "omniglot", [0]),
+                                                                                   ("E0", "mnist", [0])]
+    assert "git" in record["versions"]
+    assert report.measured_budget(tmp_path / "res", "quick") is None
+    sentence = report.measured_budget(tmp_path / "res", "smoke")
+    assert sentence.startswith("measured: `metainf-repro all --scale smoke") and "every run made" in sentence
+    assert "target 90 min: met" in sentence
+    # a second invocation that finds everything up to date runs nothing and keeps the record of the one that did
+    assert main(["all", "--scale", "smoke", "--out", "res", "--report", "REPRODUCE.md", "--skip-done"]) == 0
+    assert results.read_json(tmp_path / "res" / "all-smoke.json") == record
 
 
 def test_dataset_seeds_override_the_scale_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
