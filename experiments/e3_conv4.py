@@ -18,6 +18,13 @@ exist here. Two ground truths replace it, each reporting its own reliability:
   ceiling ``lds_ceiling_partial``; ``metainf.metrics.lds`` with that count as the covariate) asks what a method
   predicts beyond it; the oracle's is undefined (NaN), and a partial ceiling near 0 says that the ground truth
   cannot rank methods beyond finding the corrupted tasks.
+- **LDS per evaluation task with each task's own scores** (the datamodel of Park et al. is per test example): for
+  the methods in ``per_eval.methods`` (``task_if_fast``), ``score_per_eval`` gives one score column per evaluation
+  task (one solve each, every solve after the first started from the Galerkin projection onto the earlier ones,
+  ``metainf.linalg.cg.cg_successive``), and ``task_lds_per_eval_own`` (``task_lds_partial_per_eval_own``) ranks each
+  evaluation task's losses by its own column. ``task_lds_per_eval`` ranks every evaluation task by the scores of the
+  mean evaluation loss. ``per_eval_solve`` records the solves' seconds and CG iterations, and with
+  ``per_eval.compare_cold`` the same solves from 0 beside them (issue "Fast task-IF", item 3).
 - **Warm-start leave-one-out with a paired control** (``metainf.groundtruth.warmstart``; Koh & Liang 2017, 5.1):
   from lam_T, ``warmstart.steps`` more Adam steps with and without each of the first ``warmstart.n_units``
   tasks on the same batch order; the effect is the difference of the evaluation loss. Its noise floor (the RMS
@@ -34,6 +41,7 @@ problem, then the model.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -41,6 +49,7 @@ from experiments import regime, scoring
 from experiments.base import RunContext
 from metainf.groundtruth.lds import EnsembleTrainer, draw_subsets, subset_losses
 from metainf.groundtruth.warmstart import warmstart_loo
+from metainf.methods import AttributionProblem, get_method
 from metainf.metrics import correlations
 
 
@@ -48,6 +57,27 @@ from metainf.metrics import correlations
 PARTIAL_LDS_KEYS = frozenset({*(f"task_lds_partial{s}" for s in ("", "_ci95_low", "_ci95_high", "_per_eval",
                                                                    "_per_eval_ci95_low", "_per_eval_ci95_high")),
                               "lds_partial", "lds_partial_ci95_low", "lds_partial_ci95_high"})
+
+
+def per_eval_scores(name: str, problem: AttributionProblem, options: dict,
+                    compare_cold: bool) -> tuple[np.ndarray, dict]:
+    """(scores [M, E], solve record) of method ``name``'s ``score_per_eval``: one solve per evaluation task, each
+    started from the Galerkin projection onto the solutions before it (``metainf.linalg.cg.cg_successive``). With
+    ``compare_cold`` the same solves run again from 0: the record holds each mode's seconds, total CG iterations and
+    convergence, and the relative difference of the two score matrices."""
+    record: dict = {}
+    matrices = []
+    for label, project in (("projected", True), *((("cold", False),) if compare_cold else ())):
+        method = get_method(name, **{**options.get(name, {}), "project": project})
+        t0 = time.perf_counter()
+        matrices.append(method.score_per_eval(problem).detach().double().cpu())
+        record[f"{label}_s"] = time.perf_counter() - t0
+        record[f"{label}_iterations"] = sum(info.iterations for info in method.last_infos)
+        record[f"{label}_converged"] = all(info.converged for info in method.last_infos)
+    record["n_eval"] = int(matrices[0].shape[1])
+    if compare_cold:
+        record["cold_vs_projected_rel_diff"] = float((matrices[0] - matrices[1]).norm() / matrices[1].norm())
+    return matrices[0].numpy(), record
 
 
 def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -> tuple[dict, dict, list[dict]]:
@@ -86,12 +116,28 @@ def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -
                             "signal_to_noise": warm.signal_to_noise, "steps": warm.steps, "n_units": len(units),
                             "seconds": warm.seconds}
 
+    own: dict[str, dict] = {}
+    per_eval_series: dict[str, list] = {}
+    for method in (m for m in cfg["per_eval"]["methods"] if m in values):
+        try:
+            matrix, record = per_eval_scores(method, fit.problem, regime.method_options(cfg, fit.damping),
+                                             cfg["per_eval"]["compare_cold"])
+        except scoring.METHOD_ERRORS as error:
+            skipped[f"{method}/task_per_eval"] = f"{type(error).__name__}: {error}"
+            continue
+        own[method] = {"per_eval_solve": record}
+        per_eval_series[method] = matrix.tolist()
+        for prefix, covariates in (("task_lds_per_eval_own", None), ("task_lds_partial_per_eval_own", n_corrupted)):
+            result = truth.score(matrix, seed=ctx.seed, covariates=covariates)
+            own[method].update({prefix: result.per_eval, f"{prefix}_ci95_low": result.per_eval_ci95[0],
+                                f"{prefix}_ci95_high": result.per_eval_ci95[1]})
+
     rows: list[dict] = []
     for method, v in values.items():
         score = truth.score(v, seed=ctx.seed)
         partial = truth.score(v, seed=ctx.seed, covariates=n_corrupted)
         key = scoring.metric_key(method)
-        metrics[key] = {**score.as_metrics("task_lds"), **partial.as_metrics("task_lds_partial")}
+        metrics[key] = {**score.as_metrics("task_lds"), **partial.as_metrics("task_lds_partial"), **own.get(method, {})}
         row = {"problem": name, "method": method, "unit": "task", "lds": score.mean,
                "lds_ci95_low": score.mean_ci95[0], "lds_ci95_high": score.mean_ci95[1], "lds_ceiling": ceiling.mean,
                "lds_partial": partial.mean, "lds_partial_ci95_low": partial.mean_ci95[0],
@@ -108,6 +154,7 @@ def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -
     metrics["skipped"] = {k.replace(".", "_").replace("/", "__"): v for k, v in skipped.items()}
     series = {"masks": truth.masks.int().tolist(), "losses_a": truth.losses_a.tolist(),
               "losses_b": truth.losses_b.tolist(), "corrupted": corrupted.astype(int).tolist(),
-              "warmstart_effects": effects.tolist(), "scores": {m: v.tolist() for m, v in values.items()}}
+              "warmstart_effects": effects.tolist(), "scores": {m: v.tolist() for m, v in values.items()},
+              "scores_per_eval": per_eval_series}
     return metrics, series, rows
 

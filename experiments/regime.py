@@ -12,7 +12,8 @@ there is no converged leave-one-out to compare with. Removal is judged by retrai
   support / query points get weight 0 in their task's loss.
 - :func:`edit_without`: lam_T + (H_F + damping I)^-1 sum_u G_u with G_u = d(grad F)/d omega_u of the removed
   units (the first-order change of the stationarity condition when their weights go from 1 to 0), solved by
-  ``cg_iters`` truncated CG iterations with finite-difference total HVPs. lam_T is not a minimum, so this is the
+  ``cg_iters`` truncated CG iterations with total HVPs (:func:`total_hvp`: autodiff in float32, where a difference
+  quotient of the meta-gradient is not accurate). lam_T is not a minimum, so this is the
   influence function's edit applied where its derivation does not strictly hold; it is reported as such.
 
 Damping rule (:func:`damping_rule`): ``damping_factor`` x lambda_max(H_F) at lam_T, lambda_max from
@@ -40,7 +41,7 @@ from metainf.core.objective import MetaObjective
 from metainf.core.problem import AttributionProblem
 from metainf.groundtruth.trajectory import batch_objective
 from metainf.influence import hessian_operator
-from metainf.linalg.finite_difference import fd_hessian_operator, supports_fd
+from metainf.linalg.finite_difference import fd_hessian_operator, prefer_fd
 from metainf.linalg.neumann import power_iteration
 from metainf.linalg.cg import cg
 from metainf.methods.static import unit_gradients
@@ -131,8 +132,9 @@ def retrain_without(obj: MetaObjective, lam0: Tensor, kind: str, mask: np.ndarra
 
 
 def total_hvp(obj: MetaObjective, lam: Tensor) -> Callable[[Tensor], Tensor]:
-    """u -> H_F u: a finite difference of the meta-gradient for unrolled second-order MAML, else autodiff."""
-    return fd_hessian_operator(obj, lam) if supports_fd(obj) else hessian_operator(obj, lam, "exact")
+    """u -> H_F u: a finite difference of the meta-gradient for unrolled second-order MAML in float64, else the
+    autodiff HVP (``metainf.linalg.finite_difference.prefer_fd``: in float32 no difference quotient is accurate)."""
+    return fd_hessian_operator(obj, lam) if prefer_fd(obj, lam) else hessian_operator(obj, lam, "exact")
 
 
 def damping_rule(obj: MetaObjective, lam: Tensor, factor: float, power_iters: int, seed: int = 0) -> float:
@@ -144,8 +146,8 @@ def edit_without(obj: MetaObjective, lam: Tensor, kind: str, mask: np.ndarray, d
                  cg_iters: int) -> tuple[Tensor, float]:
     """(lam + (H_F + damping I)^-1 sum_{u in mask} G_u, seconds): the influence edit (module docstring).
 
-    G_u = d(grad F)/d omega_u (``metainf.methods.static.unit_gradients``; tasks: tau_k g_k / M). H_F u is a
-    finite difference of the meta-gradient for unrolled second-order MAML, the autodiff HVP otherwise. Raises
+    G_u = d(grad F)/d omega_u (``metainf.methods.static.unit_gradients``; tasks: tau_k g_k / M). H_F u is
+    :func:`total_hvp`. Raises
     ``metainf.solvers.IndefiniteHessianError`` if CG meets non-positive curvature."""
     t0 = time.perf_counter()
     m = torch.as_tensor(np.asarray(mask))

@@ -4,6 +4,8 @@
 - fixed mode equals k steps of the textbook CG recursion (written out here independently) and runs under vmap;
 - a warm start at the solution costs no iteration, a warm start elsewhere reaches the same solution;
 - a preconditioner (the exact inverse, and a Jacobi one) gives the same solution in fewer iterations;
+- successive right-hand sides: each row reaches the dense solution; the Galerkin start solves a right-hand side in
+  the span of earlier ones with no iteration, and correlated ones in fewer iterations than from zero;
 - non-positive curvature raises ``IndefiniteHessianError``; ``strict`` raises ``SolverNotConvergedError``.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metainf.linalg.cg import cg, cg_fixed
+from metainf.linalg.cg import cg, cg_fixed, cg_successive
 from metainf.linalg.types import IndefiniteHessianError, SolverNotConvergedError
 
 DT = torch.float64
@@ -134,3 +136,31 @@ def test_indefinite_and_not_converged() -> None:
     # b = 0: the solution 0 at no cost (no curvature is measured on a zero direction)
     x, info = cg(lambda u: a @ u, torch.zeros_like(b))
     assert info.iterations == 0 and float(x.abs().max()) == 0.0
+
+
+def test_successive_right_hand_sides_share_earlier_solutions() -> None:
+    a, b0 = spd(n=60, cond=1e4, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    rhs = b0 + 0.2 * torch.randn(8, 60, generator=gen, dtype=DT)  # correlated, like eval-task gradients
+    rhs = torch.cat([rhs, (rhs[0] - 2.0 * rhs[3]).unsqueeze(0)])  # a row in the span of earlier rows
+    x_ref = torch.linalg.solve(a, rhs.T).T
+    calls = []
+
+    def matvec(u: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return a @ u
+
+    xs, infos = cg_successive(matvec, rhs, tol=1e-10, max_iter=500)
+    cold_xs, cold = cg_successive(lambda u: a @ u, rhs, tol=1e-10, max_iter=500, project=False)
+    assert all(i.converged for i in infos + cold)
+    for x, x_cold, want in zip(xs, cold_xs, x_ref):
+        assert rel(x, want) < 1e-6 and rel(x_cold, want) < 1e-6
+    assert infos[-1].iterations == 0  # the Galerkin start is already the solution
+    assert infos[0].iterations == cold[0].iterations  # the first row has nothing to start from
+    assert sum(i.iterations for i in infos) < sum(i.iterations for i in cold)
+    assert len(calls) == sum(i.iterations for i in infos)  # the start costs no matvec
+    # each row's solve is cg's from the projected start: a cold row-by-row solve is the same as cg
+    x1, info1 = cg(lambda u: a @ u, rhs[1], tol=1e-10, max_iter=500)
+    assert torch.equal(x1, cold_xs[1]) and info1.iterations == cold[1].iterations
+    with pytest.raises(ValueError, match="one right-hand side per row"):
+        cg_successive(matvec, b0)

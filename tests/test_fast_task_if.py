@@ -85,3 +85,21 @@ def test_fast_matches_dense_task_if_at_the_e3_size_where_three_iterations_do_not
     truncated = run_method(get_method("task_if_truncated"), problem, "task").values.numpy()
     assert correlations(fast, exact)["spearman"] >= 0.98
     assert correlations(truncated, exact)["spearman"] < 0.9
+
+
+@pytest.mark.parametrize("hvp", ["autodiff", "fd"])
+@pytest.mark.parametrize("project", [True, False])
+def test_per_eval_scores_equal_dense_task_if_for_each_evaluation_task(prob: AttributionProblem, hvp: str,
+                                                                      project: bool) -> None:
+    """Column j of ``score_per_eval`` is task-IF for evaluation task j alone: G (H_F^-1 grad L_eval^j) / M, with
+    grad L_eval^j the Jacobian row of the evaluation task losses (autograd, independent of ``loss_grads``); their
+    mean is the task-IF of the mean evaluation loss."""
+    obj, lam, ev = prob.objective, prob.lam, prob.eval_objective
+    jac = torch.autograd.functional.jacobian(ev.task_losses, lam)  # [E, P]
+    want = obj.task_grads(lam) @ torch.linalg.solve(obj.dense_hessian(lam), jac.T) / obj.n_tasks  # [M, E]
+    method = get_method("task_if_fast", tol=1e-12, cg_iters=500, hvp=hvp, project=project)
+    got = method.score_per_eval(prob)
+    assert got.shape == (obj.n_tasks, ev.n_tasks) and len(method.last_infos) == ev.n_tasks
+    assert all(info.converged for info in method.last_infos)
+    assert rel(got, want) < (1e-8 if hvp == "autodiff" else 1e-5)
+    assert rel(got.mean(1), dense_scores(prob)) < (1e-8 if hvp == "autodiff" else 1e-5)

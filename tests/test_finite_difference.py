@@ -15,7 +15,7 @@ from metainf.core.bilevel import ProximalInner, UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective
 from metainf.linalg.finite_difference import (FDHessian, data_gradient, fd_hessian_operator, losses_and_gradients,
-                                              supports_fd, task_and_eval_grads)
+                                              prefer_fd, supports_fd, task_and_eval_grads)
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
 from tests.test_fisher import random_tasks, rel
 from tests.test_nystrom import make_problem
@@ -202,3 +202,16 @@ def test_three_iterations_match_exact_task_if_at_100_tasks_on_digits() -> None:
     exact = dense_scores(problem)
     scores = run_method(get_method("task_if_truncated"), problem, "task").values
     assert correlations(scores.numpy(), exact.numpy())["spearman"] >= 0.98
+
+
+def test_auto_takes_finite_differences_in_float64_only(prob: AttributionProblem,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """In float32 a difference quotient of the meta-gradient is not an accurate HVP at any step
+    (``fd_is_accurate``), so ``hvp="auto"`` and the regime's ``total_hvp`` use the autodiff HVP there."""
+    obj, lam = prob.objective, prob.lam
+    assert supports_fd(obj) and prefer_fd(obj, lam) and not prefer_fd(obj, lam.float())
+    calls = []
+    real = FDHessian.__call__
+    monkeypatch.setattr(FDHessian, "__call__", lambda self, u: calls.append(1) or real(self, u))
+    run_method(get_method("task_if_fast"), prob, "task")
+    assert calls  # float64: finite differences

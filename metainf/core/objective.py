@@ -332,14 +332,18 @@ class MetaObjective:
         """Unweighted mean query loss over the pool: the default evaluation functional L_eval."""
         return self.task_losses(lam).mean()
 
-    def mean_loss_grad(self, lam: Tensor) -> Tensor:
-        """D_lam of the unweighted mean query loss (the evaluation gradient): the exact gradient of
-        :meth:`mean_loss`, also for first-order MAML, whose meta-gradients (``task_grads``) only approximate it."""
+    def loss_grads(self, lam: Tensor) -> Tensor:
+        """D_lam of each task's query loss, [M, P]: the exact gradients of :meth:`task_losses` (also for first-order
+        MAML, whose meta-gradients ``task_grads`` only approximate them); one evaluation functional per row."""
         if self.symmetric_jacobian:
-            return self.task_grads(lam).mean(0)
+            return self.task_grads(lam)
         self.state_at(lam)
         g = self.map_tasks(lambda t, s: self.inner.loss_grad(self.model, lam, t, s))
-        return check_finite(g, "a per-task query-loss gradient").mean(0)
+        return check_finite(g, "a per-task query-loss gradient")
+
+    def mean_loss_grad(self, lam: Tensor) -> Tensor:
+        """D_lam of the unweighted mean query loss (the evaluation gradient): the mean of :meth:`loss_grads`."""
+        return self.loss_grads(lam).mean(0)
 
     def accuracy(self, lam: Tensor) -> Tensor:
         """Post-adaptation query accuracy per task, [M]."""

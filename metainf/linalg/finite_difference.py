@@ -11,7 +11,8 @@ two batched passes) and 0.75 of a batched per-task-gradient pass, against about 
 forward-over-reverse HVP (``MetaObjective.hvp``). The finite-difference Hessian-vector product is the one DARTS (Liu et al.
 2019) uses for its second-order bilevel term. The step is eps = sqrt(machine eps) (1 + ||lam||) / ||u||, which
 balances the O(eps) truncation against the O(machine eps / eps) rounding: in float64 the product is accurate to
-about 1e-7 relative (``tests/test_finite_difference.py``).
+about 1e-7 relative (``tests/test_finite_difference.py``). In float32 it is not accurate at any step
+(:func:`fd_is_accurate`), so ``hvp="auto"`` (:func:`prefer_fd`) uses it in float64 only.
 
 Only the unrolled inner problem qualifies: a proximal inner solution is accurate to its stationarity tolerance,
 which a difference quotient would divide by eps, and the first-order MAML Jacobian is not symmetric (CG needs a
@@ -43,6 +44,23 @@ HVP_MODES: tuple[str, ...] = ("auto", "fd", "autodiff")
 def supports_fd(obj: MetaObjective) -> bool:
     """Whether finite-difference total HVPs apply: unrolled second-order MAML (see the module docstring)."""
     return not obj.inner.stationary and obj.inner.symmetric_jacobian
+
+
+def fd_is_accurate(lam: Tensor) -> bool:
+    """Whether a difference quotient of the meta-gradient is an accurate total HVP in ``lam``'s dtype: float64 only.
+
+    In float32 no step works. On E3's quick Conv-4 problem (ReLU, max-pool, 200 tasks, lam_T after 500 Adam steps)
+    the forward quotient at the default step (sqrt(eps) = 3.5e-4 relative) is off by about 100% of ||H_F u||
+    (cosine 0.7-0.77 with the autodiff HVP); the best step (1e-2, central differences) still leaves 19%: rounding
+    dominates small steps, the kinks of ReLU and max-pool large ones (``python scripts/probe_fd_hvp_float32.py``).
+    CG on it stops at the tolerance, with task scores at Spearman 0.92 from the autodiff ones."""
+    return lam.dtype == torch.float64
+
+
+def prefer_fd(obj: MetaObjective, lam: Tensor) -> bool:
+    """What ``hvp="auto"`` takes: finite differences where they apply (:func:`supports_fd`) and are accurate
+    (:func:`fd_is_accurate`), else the autodiff (forward-over-reverse) HVP."""
+    return supports_fd(obj) and fd_is_accurate(lam)
 
 
 def _check_fd(obj: MetaObjective) -> None:

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor
 
 from metainf.linalg.finite_difference import (HVP_MODES, FDHessian, fd_hessian_operator, losses_and_gradients,
-                                              supports_fd, task_and_eval_grads)
+                                              prefer_fd, task_and_eval_grads)
 from metainf.linalg.fisher import fisher_curvature, fisher_inverse, fisher_solve
-from metainf.linalg.cg import cg
+from metainf.linalg.cg import MatVec, cg, cg_successive
 from metainf.linalg.nystrom import nystrom_solve
 from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
                                task_scores)
 from metainf.linalg.types import SolveInfo
+from metainf.core.objective import MetaObjective
 from metainf.methods.base import AttributionProblem
 
 
@@ -124,7 +125,8 @@ class TaskIFTruncated(TaskIF):
 
     ``hvp``: ``fd`` takes each total HVP as a difference quotient of the meta-gradient (one batched gradient pass,
     ``metainf.linalg.finite_difference``; unrolled second-order MAML only), ``autodiff`` the exact forward-over-reverse
-    HVP, ``auto`` (default) ``fd`` where it applies and ``autodiff`` elsewhere. With ``fd``, no preconditioner and
+    HVP, ``auto`` (default) ``fd`` where it applies in float64 and ``autodiff`` elsewhere (in float32 a difference
+    quotient is not accurate at any step: ``finite_difference.fd_is_accurate``). With ``fd``, no preconditioner and
     float64, no per-task gradient is formed: one reverse pass of summed losses gives grad L_eval and the base
     meta-gradient (``losses_and_gradients``), and the task scores G v / M come from the task losses of the HVP passes
     (``FDHessian.projected_task_grads``: v lies in the span of the CG directions). Otherwise the task gradients and
@@ -145,37 +147,70 @@ class TaskIFTruncated(TaskIF):
     hvp: str = "auto"
     rel_step: float | None = None
     precond: str = "none"
+    project: bool = True
     last_info: SolveInfo | None = field(default=None, repr=False)
+    last_infos: list[SolveInfo] = field(default_factory=list, repr=False)
 
-    def _solve(self, problem: AttributionProblem) -> tuple[Tensor, Tensor | None]:
+    def _use_fd(self, obj: MetaObjective, lam: Tensor) -> bool:
+        """Validate the settings; True when the total HVPs are finite differences."""
         if self.hvp not in HVP_MODES:
             raise ValueError(f"unknown hvp {self.hvp!r}: choose one of {list(HVP_MODES)}")
         if self.cg_iters < 1:
             raise ValueError(f"cg_iters must be >= 1, got {self.cg_iters}")
         if self.precond not in PRECONDITIONERS:
             raise ValueError(f"unknown precond {self.precond!r}: choose one of {list(PRECONDITIONERS)}")
-        obj, lam = problem.objective, problem.lam
-        use_fd = self.hvp == "fd" or (self.hvp == "auto" and self.hprime == "exact" and supports_fd(obj))
+        use_fd = self.hvp == "fd" or (self.hvp == "auto" and self.hprime == "exact" and prefer_fd(obj, lam))
         if use_fd and self.hprime != "exact":
             raise ValueError(f"hvp='fd' differentiates the exact meta-gradient: it has no hprime={self.hprime!r} "
                              "variant; use hvp='autodiff' for the H' approximations")
+        return use_fd
+
+    def _operator(self, obj: MetaObjective, lam: Tensor, grads: Tensor, use_fd: bool) -> tuple[MatVec, MatVec | None]:
+        """(A = H_F + damping I, the preconditioner or None) from the per-task total gradients ``grads``."""
+        if use_fd:
+            op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
+        else:
+            op = hessian_operator(obj, lam, self.hprime)
         pre = None
+        if self.precond == "fisher":
+            curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
+            pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
+        return (lambda u: op(u) + self.damping * u if self.damping else op(u)), pre
+
+    def score_per_eval(self, problem: AttributionProblem) -> Tensor:
+        """Task scores for every evaluation task on its own, [M, E]: column j is task-IF for L_eval^j, the query
+        loss of evaluation task j (``eval_objective.loss_grads``)::
+
+            score[k, j] = g_k . v_j / M,    v_j = (H_F + damping I)^-1 grad L_eval^j
+
+        The E solves are this method's CG (same operator, preconditioner, ``tol`` and ``cg_iters``), run one after
+        another by ``metainf.linalg.cg.cg_successive``: with ``project`` each starts from the Galerkin projection onto
+        the solutions before it, which costs no HVP (``project=False``: every solve from 0). The mean over the
+        columns is :meth:`score` for tasks up to the solves' tolerance. Sign convention as :meth:`score`; the
+        ``SolveInfo`` of every solve is kept in ``last_infos``. Cost: one per-task gradient pass, one per-task
+        evaluation-gradient pass, and one HVP per iteration of every solve."""
+        obj, lam = problem.objective, problem.lam
+        use_fd = self._use_fd(obj, lam)
+        grads = obj.task_grads(lam)
+        rhs = problem.eval_objective.loss_grads(lam).to(grads.dtype)
+        matvec, pre = self._operator(obj, lam, grads, use_fd)
+        vs, self.last_infos = cg_successive(matvec, rhs, pre, tol=self.tol, max_iter=self.cg_iters,
+                                            project=self.project)
+        return grads @ vs.T / obj.n_tasks
+
+    def _solve(self, problem: AttributionProblem) -> tuple[Tensor, Tensor | None]:
+        obj, lam = problem.objective, problem.lam
+        use_fd = self._use_fd(obj, lam)
         if use_fd and self.precond == "none" and lam.dtype == torch.float64:
             losses, data_grad, b = losses_and_gradients(obj, problem.eval_objective, lam)
-            op = FDHessian(obj, lam, data_grad, losses, self.rel_step)
-            grads = None
-        else:
-            grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
-            if use_fd:
-                op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
-            else:
-                op = hessian_operator(obj, lam, self.hprime)
-            if self.precond == "fisher":
-                curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
-                pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
-        v, self.last_info = cg(lambda u: op(u) + self.damping * u if self.damping else op(u), b, pre, tol=self.tol,
-                                max_iter=self.cg_iters)
-        return v, (op.projected_task_grads() if grads is None else grads)
+            fd_op = FDHessian(obj, lam, data_grad, losses, self.rel_step)
+            v, self.last_info = cg((lambda u: fd_op(u) + self.damping * u) if self.damping else fd_op, b, None,
+                                   tol=self.tol, max_iter=self.cg_iters)
+            return v, fd_op.projected_task_grads()
+        grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
+        matvec, pre = self._operator(obj, lam, grads, use_fd)
+        v, self.last_info = cg(matvec, b, pre, tol=self.tol, max_iter=self.cg_iters)
+        return v, grads
 
 
 @dataclass
