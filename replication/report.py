@@ -37,8 +37,9 @@ E1_CONTEXT_METRICS = {"full.acc": "no removal (all data)", "oracle.task_retrain_
                       "random.task_retrain_acc": "random removal"}
 #: the task-IF rows an LDS verdict reads, in order of preference (exact, then the fast and truncated estimators)
 TASK_IF_ROWS = ("task_if", "task_if_fast", "task_if_truncated")
-LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds(?P<partial>_partial)?$")
-LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling(?P<partial>_partial)?$")
+LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds(?P<partial>_partial)?"
+                 r"(?P<per_eval>_per_eval(?P<own>_own)?)?$")
+LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling(?P<partial>_partial)?(?P<per_eval>_per_eval)?$")
 
 Found = dict[str, dict[str, list[Run]]]
 
@@ -382,7 +383,10 @@ def mean_estimate_bound(ceiling: float) -> float:
 def _lds(found: Found) -> list[str]:
     lines = ["### LDS (linear datamodeling score) with its ceiling", "",
              "The ceiling is Spearman(A, B) of two independent retraining estimates of the subsets' losses; methods "
-             "are scored against their mean, for which the bound is sqrt(2r / (1 + r)) (Spearman-Brown).", ""]
+             "are scored against their mean, for which the bound is sqrt(2r / (1 + r)) (Spearman-Brown). The "
+             "columns *per evaluation task* average the Spearman of each evaluation task's loss; a method ranks them "
+             "by its scores for the mean evaluation loss, or, in the rows marked *own scores*, by its scores for "
+             "that evaluation task alone (one solve each).", ""]
     rows: dict[str, dict[str, Estimate]] = {}
     columns: list[str] = []
     for exp_id, by_dataset in sorted(found.items()):
@@ -395,14 +399,19 @@ def _lds(found: Found) -> list[str]:
                     continue
                 parts = match.groupdict()
                 column = (f"{exp_id} {dataset} {parts['inner']} {parts.get('unit', 'task')}"
-                          + (" partial (corrupted count regressed out)" if parts["partial"] else ""))
+                          + (" partial (corrupted count regressed out)" if parts["partial"] else "")
+                          + (", per evaluation task" if parts["per_eval"] else ""))
                 label = parts["method"] if "method" in parts else f"ceiling ({parts['truth']})"
+                if parts.get("own"):
+                    label += " (each evaluation task's own scores)"
                 columns.append(column)
                 rows.setdefault(label, {})[column] = bootstrap(cell, metrics.get(f"{name}_ci95_low"),
                                                                metrics.get(f"{name}_ci95_high"))
     if not rows:
         return [*lines, f"LDS: {NOT_RUN} (no `<inner>.<method>.task_lds` metric in the results).", ""]
-    columns = list(dict.fromkeys(columns))
+    # per problem: the mean evaluation loss, per evaluation task, then the same two partial
+    columns = sorted(dict.fromkeys(columns), key=lambda c: (c.split(" partial")[0].split(", per")[0],
+                                                            "partial" in c, "per evaluation" in c))
 
     def order(label: str) -> tuple[int, float]:  # the ceiling, the oracle, then by the first column's LDS
         first = next((rows[label][c].mean for c in columns if c in rows[label]), 0.0)

@@ -130,3 +130,18 @@ def test_the_budget_counts_only_the_seeds_make_reproduce_runs(monkeypatch: pytes
               "provenance": {"runtime_s": {"seeds": {"0": 400.0, "1": 300.0, "2": 290.0}, "total": 990.0}}}
     assert report.default_seed_runtimes(result) == [400.0]
     assert report.default_seed_runtimes({**result, "experiment": "E9"}) == [400.0, 300.0, 290.0]
+
+
+def test_lds_per_evaluation_task_and_own_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "EXPERIMENTS", {})
+    root = tmp_path / "results"
+    write_result(root, "E3", "omniglot", {
+        "conv.task_if_fast.task_lds": stats(0.9), "conv.task_if_fast.task_lds_per_eval": stats(0.7),
+        "conv.task_if_fast.task_lds_per_eval_own": stats(0.75), "conv.tracin.task_lds_per_eval": stats(0.6),
+        "conv.lds.lds_ceiling": stats(0.95), "conv.lds.lds_ceiling_per_eval": stats(0.8)}, {})
+    path = tmp_path / "REPRODUCE.md"
+    report.write_report(root, path)
+    lines = path.read_text().splitlines()
+    assert "| method | E3 omniglot conv task | E3 omniglot conv task, per evaluation task |" in lines
+    assert "| task_if_fast (each evaluation task's own scores) |  | 0.75 |" in lines
+    assert "| ceiling (lds) | 0.95 | 0.8 |" in lines
