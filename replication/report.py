@@ -181,7 +181,8 @@ def measured_budget(results_dir: Path, scale: str = "quick") -> str | None:
     minutes = float(rec["wall_s"]) / 60
     commit = ((rec.get("versions") or {}).get("git") or {}).get("commit") or "unknown"
     seeds = sum(len(r["seeds"]) for r in rec["runs"])
-    verdict = "met" if minutes <= REPRODUCE_BUDGET_MIN else "not met"
+    verdict = (("met" if minutes <= REPRODUCE_BUDGET_MIN else "not met") if rec.get("complete")
+               else "no verdict, part of the run")
     scope = ("every run made" if rec.get("complete") else
              f"incomplete: {len(rec.get('skipped_up_to_date', []))} up to date and skipped, "
              f"{len(rec.get('failed', []))} failed")

@@ -329,6 +329,13 @@ def test_all_records_its_wall_time_and_the_front_page_reports_it(tmp_path: Path,
     # a second invocation that finds everything up to date runs nothing and keeps the record of the one that did
     assert main(["all", "--scale", "smoke", "--out", "res", "--report", "REPRODUCE.md", "--skip-done"]) == 0
     assert results.read_json(tmp_path / "res" / "all-smoke.json") == record
+    # one that skips part of the run records it as incomplete, and the front page gives no verdict on it
+    (tmp_path / "res" / "E0" / "mnist-smoke.json").unlink()
+    assert main(["all", "--scale", "smoke", "--out", "res", "--report", "REPRODUCE.md", "--skip-done"]) == 0
+    partial = results.read_json(tmp_path / "res" / "all-smoke.json")
+    assert not partial["complete"] and partial["skipped_up_to_date"] == ["E0 omniglot"]
+    sentence = report.measured_budget(tmp_path / "res", "smoke")
+    assert "1 up to date and skipped" in sentence and "no verdict, part of the run" in sentence
 
 
 def test_dataset_seeds_override_the_scale_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
