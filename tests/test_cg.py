@@ -5,7 +5,7 @@
 - a warm start at the solution costs no iteration, a warm start elsewhere reaches the same solution;
 - a preconditioner (the exact inverse, and a Jacobi one) gives the same solution in fewer iterations;
 - successive right-hand sides: each row reaches the dense solution; the Galerkin start solves a right-hand side in
-  the span of earlier ones with no iteration, and correlated ones in fewer iterations than from zero;
+  the span of earlier ones in a few iterations, and correlated ones in fewer iterations than from zero;
 - non-positive curvature raises ``IndefiniteHessianError``; ``strict`` raises ``SolverNotConvergedError``.
 """
 
@@ -155,7 +155,9 @@ def test_successive_right_hand_sides_share_earlier_solutions() -> None:
     assert all(i.converged for i in infos + cold)
     for x, x_cold, want in zip(xs, cold_xs, x_ref):
         assert rel(x, want) < 1e-6 and rel(x_cold, want) < 1e-6
-    assert infos[-1].iterations == 0  # the Galerkin start is already the solution
+    # the Galerkin start of the row in the span is its solution up to the earlier rows' residuals (r_0 - 2 r_3, about
+    # 3 tol relative, above this row's tol): a few iterations, against ~200 from 0
+    assert infos[-1].iterations <= cold[-1].iterations // 10
     assert infos[0].iterations == cold[0].iterations  # the first row has nothing to start from
     assert sum(i.iterations for i in infos) < sum(i.iterations for i in cold)
     assert len(calls) == sum(i.iterations for i in infos)  # the start costs no matvec
