@@ -37,7 +37,6 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn
 
@@ -245,17 +244,13 @@ def _up_to_date(run: runner.PreparedRun) -> bool:
     return old is not None and old.get("run_key") == run.key and old.get("seeds") == list(run.seeds)
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _record_all_run(args: argparse.Namespace, argv: Sequence[str], todo: list[runner.PreparedRun], started: str,
                     wall_s: float, up_to_date: list[str], failed: list[str]) -> None:
     """``results/all-<scale>.json``: this invocation's wall time, what it ran and on which code and machine; it is
     *complete* when every run it prepared was made (none skipped as up to date, none failed)."""
     results.write_json(results.all_run_path(args.out, args.scale), {
         "command": " ".join(["metainf-repro", *runner.portable_argv(argv)]), "scale": args.scale, "jobs": args.jobs,
-        "started_utc": started, "finished_utc": _utc_now(), "wall_s": wall_s,
+        "started_utc": started, "finished_utc": results.utc_now(), "wall_s": wall_s,
         "runs": [{"experiment": r.experiment.id, "dataset": r.request.dataset, "seeds": list(r.seeds)} for r in todo],
         "skipped_up_to_date": up_to_date, "failed": failed, "complete": not (up_to_date or failed),
         "versions": results.library_versions(),
@@ -263,7 +258,7 @@ def _record_all_run(args: argparse.Namespace, argv: Sequence[str], todo: list[ru
 
 
 def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    started, t0 = _utc_now(), time.perf_counter()
+    started, t0 = results.utc_now(), time.perf_counter()
     availability = capabilities.dataset_status(args.data_root)
     up_to_date: list[str] = []
     skipped: list[str] = []

@@ -179,7 +179,8 @@ def measured_budget(results_dir: Path, scale: str = "quick") -> str | None:
         return None
     rec = results.read_json(path)
     minutes = float(rec["wall_s"]) / 60
-    commit = ((rec.get("versions") or {}).get("git") or {}).get("commit") or "unknown"
+    versions = rec["versions"]
+    commit = (versions.get("git") or {}).get("commit") or "unknown"
     seeds = sum(len(r["seeds"]) for r in rec["runs"])
     verdict = (("met" if minutes <= REPRODUCE_BUDGET_MIN else "not met") if rec.get("complete")
                else "no verdict, part of the run")
@@ -187,7 +188,7 @@ def measured_budget(results_dir: Path, scale: str = "quick") -> str | None:
              f"incomplete: {len(rec.get('skipped_up_to_date', []))} up to date and skipped, "
              f"{len(rec.get('failed', []))} failed")
     return (f"measured: `{rec['command']}` took {minutes:.0f} min wall ({len(rec['runs'])} runs, {seeds} seeds, "
-            f"{rec['jobs']} processes, {rec['versions'].get('cpu_count')} CPUs, git {commit[:10]}, finished "
+            f"{rec['jobs']} processes, {versions.get('cpu_count')} CPUs, git {commit[:10]}, finished "
             f"{rec['finished_utc']}; {scope}; target {REPRODUCE_BUDGET_MIN} min: {verdict}; setting up the "
             "environment comes on top)")
 

@@ -36,6 +36,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ PAYLOAD_KEYS = ("metrics", "tables", "series")
 def result_path(results_dir: Path, exp_id: str, dataset: str, scale: str) -> Path:
     """Where the result of one (experiment, dataset, scale) lives."""
     return Path(results_dir) / exp_id / f"{dataset}-{scale}.json"
+
+
+def utc_now() -> str:
+    """The current UTC time as results record it (``2026-01-01T00:00:00Z``)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def all_run_path(results_dir: Path, scale: str) -> Path:

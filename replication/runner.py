@@ -18,7 +18,6 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -422,7 +421,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
                 "jobs": jobs,
                 "executor": request.executor,
                 **({"estimate": run.estimate} if run.estimate is not None else {}),
-                "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "finished_utc": results.utc_now(),
             },
         }
         results.write_json(run.path, result)

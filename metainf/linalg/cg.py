@@ -135,7 +135,8 @@ def cg_successive(matvec: MatVec, rhs: Tensor, precond: MatVec | None = None, to
         if project and xs:
             x_prev, ax_prev = torch.stack(xs), torch.stack(axs)
             gram = x_prev @ ax_prev.T
-            c = torch.linalg.pinv(0.5 * (gram + gram.T), hermitian=True, rtol=torch.finfo(b.dtype).eps ** 0.5) @ (x_prev @ b)
+            gram_inv = torch.linalg.pinv(0.5 * (gram + gram.T), hermitian=True, rtol=torch.finfo(b.dtype).eps ** 0.5)
+            c = gram_inv @ (x_prev @ b)
             x0, ax0 = c @ x_prev, c @ ax_prev
         x, info, r = _run(matvec, b, precond, x0, ax0, tol, max_iter, False, strict)
         assert info is not None

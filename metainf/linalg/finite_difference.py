@@ -50,10 +50,10 @@ def fd_is_accurate(lam: Tensor) -> bool:
     """Whether a difference quotient of the meta-gradient is an accurate total HVP in ``lam``'s dtype: float64 only.
 
     In float32 no step works. On E3's quick Conv-4 problem (ReLU, max-pool, 200 tasks, lam_T after 500 Adam steps)
-    the forward quotient at the default step (sqrt(eps) = 3.5e-4 relative) is off by about 100% of ||H_F u||
-    (cosine 0.7-0.77 with the autodiff HVP); the best step (1e-2, central differences) still leaves 19%: rounding
-    dominates small steps, the kinks of ReLU and max-pool large ones (``python scripts/probe_fd_hvp_float32.py``).
-    CG on it stops at the tolerance, with task scores at Spearman 0.92 from the autodiff ones."""
+    the forward quotient at the default step (sqrt(eps) = 3.5e-4 relative) is off by 104% of ||H_F u|| (cosine 0.77
+    with the autodiff HVP); the best step (1e-2, central differences) still leaves 19%: rounding dominates small
+    steps, the kinks of ReLU and max-pool large ones (``python scripts/probe_fd_hvp_float32.py``). CG on it stops at
+    the tolerance, with task scores at Spearman 0.91 from the autodiff ones."""
     return lam.dtype == torch.float64
 
 

@@ -175,7 +175,11 @@ class TaskIFTruncated(TaskIF):
         if self.precond == "fisher":
             curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
             pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
-        return (lambda u: op(u) + self.damping * u if self.damping else op(u)), pre
+        return self._damped(op), pre
+
+    def _damped(self, op: MatVec) -> MatVec:
+        """u -> op(u) + damping u (``op`` itself without damping)."""
+        return (lambda u: op(u) + self.damping * u) if self.damping else op
 
     def score_per_eval(self, problem: AttributionProblem) -> Tensor:
         """Task scores for every evaluation task on its own, [M, E]: column j is task-IF for L_eval^j, the query
@@ -192,7 +196,7 @@ class TaskIFTruncated(TaskIF):
         obj, lam = problem.objective, problem.lam
         use_fd = self._use_fd(obj, lam)
         grads = obj.task_grads(lam)
-        rhs = problem.eval_objective.loss_grads(lam).to(grads.dtype)
+        rhs = problem.eval_objective.loss_grads(lam)
         matvec, pre = self._operator(obj, lam, grads, use_fd)
         vs, self.last_infos = cg_successive(matvec, rhs, pre, tol=self.tol, max_iter=self.cg_iters,
                                             project=self.project)
@@ -204,8 +208,7 @@ class TaskIFTruncated(TaskIF):
         if use_fd and self.precond == "none" and lam.dtype == torch.float64:
             losses, data_grad, b = losses_and_gradients(obj, problem.eval_objective, lam)
             fd_op = FDHessian(obj, lam, data_grad, losses, self.rel_step)
-            v, self.last_info = cg((lambda u: fd_op(u) + self.damping * u) if self.damping else fd_op, b, None,
-                                   tol=self.tol, max_iter=self.cg_iters)
+            v, self.last_info = cg(self._damped(fd_op), b, None, tol=self.tol, max_iter=self.cg_iters)
             return v, fd_op.projected_task_grads()
         grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
         matvec, pre = self._operator(obj, lam, grads, use_fd)
