@@ -127,11 +127,17 @@ def run(ctx: RunContext) -> dict:
         rows.append(_row(inner_kind, "task", "oracle", "retrain", acc, t_o, int(corrupted["task"].sum())))
         problem = fit.problem
         kinds = tuple(cfg["kinds"])
-        scores, skipped = scoring.score_all(ctx.methods, problem, kinds, regime.method_options(cfg, damping))
+        options = regime.method_options(cfg, damping)
+        # every method scores the tasks; only ``instance_methods`` score (and are judged on) support / query points
+        scores, skipped = scoring.score_all(ctx.methods, problem, tuple(k for k in kinds if k == "task"), options)
+        points = tuple(k for k in kinds if k != "task")
+        instance = tuple(m for m in ctx.methods if m in cfg["instance_methods"])
+        point_scores, point_skipped = scoring.score_all(instance, problem, points, options)
+        skipped.update(point_skipped)
+        for method, by_kind in point_scores.items():
+            scores.setdefault(method, {}).update(by_kind)
         for method, by_kind in scores.items():
             for kind, sc in by_kind.items():
-                if kind != "task" and method not in cfg["instance_methods"]:
-                    continue
                 mask = removal.most_harmful(sc.values, cfg["remove_fraction"])
                 lam_r, t_rt = regime.retrain_without(obj, lam0, kind, mask, cfg, ctx.seed)
                 acc = removal.accuracy(test_obj, lam_r)

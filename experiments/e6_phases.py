@@ -10,7 +10,8 @@ ignores the propagation through later steps), the same shares for contrast. Sign
 On Omniglot the same split runs in E1's learning regime too (``conv4``: Conv-4 on 16 px, second-order MAML trained
 by Adam for a fixed budget, float32, 40% of the tasks with noisy query labels; ``experiments.regime.fit_regime``),
 with the per-step methods that scale to it (``dvemb_fisher``, the paper-faithful Fisher variant, and
-``tracin_cp``), under the metric prefix ``conv4``; the share of corrupted tasks among the top-10% most harmful
+``tracin_cp``, with the config's ``method_options``: TracInCP at its checkpoint interval), under the metric prefix
+``conv4``; the share of corrupted tasks among the top-10% most harmful
 by early and by late contribution is reported beside it (``<kind>_early_bottom10_corrupted`` / ``late_``).
 """
 
@@ -25,6 +26,7 @@ from experiments import regime, scoring, setups
 from experiments.base import Experiment, RunContext, Workload
 from experiments.e1_removal import regime_config
 from metainf.core.problem import AttributionProblem
+from metainf.methods import get_method
 from metainf.methods.trajectory import phase_contributions
 from metainf.metrics import correlations
 
@@ -66,16 +68,20 @@ def _top_overlap(a: np.ndarray, b: np.ndarray, frac: float = 0.1) -> float:
 
 
 def phase_split(problem: AttributionProblem, methods: tuple[str, ...], kinds: list[str],
-                corrupted: dict[str, np.ndarray] | None = None) -> tuple[dict, dict, list[dict]]:
+                corrupted: dict[str, np.ndarray] | None = None,
+                options: dict[str, dict] | None = None) -> tuple[dict, dict, list[dict]]:
     """(metrics, series, rows) of every method's early / middle / late split on every unit kind (module
-    docstring); with ``corrupted`` flags per kind, the corrupted share of each phase's 10% most harmful units."""
+    docstring); with ``corrupted`` flags per kind, the corrupted share of each phase's 10% most harmful units.
+    ``options``: keyword arguments per method name (the config's ``method_options``, e.g. TracInCP's checkpoint
+    ``interval``)."""
     metrics: dict = {}
     series: dict = {}
     rows: list[dict] = []
     for method in methods:
         for kind in kinds:
             try:
-                parts = phase_contributions(problem, kind, method, phases=len(PHASES)).reshape(len(PHASES), -1)
+                instance = get_method(method, **(options or {}).get(method, {}))
+                parts = phase_contributions(problem, kind, instance, phases=len(PHASES)).reshape(len(PHASES), -1)
             except Exception as error:  # noqa: BLE001 - recorded as failed; the other methods' results are kept
                 metrics.setdefault(scoring.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
                 continue
@@ -119,8 +125,8 @@ def run(ctx: RunContext) -> dict:
         corrupted = {"task": pool.task_corrupted.numpy(), "query": pool.query_corrupted.numpy(),
                      "support": pool.support_corrupted.numpy()}
         conv4_methods = scoring.part_methods(ctx.methods, conv4["methods"], EXPERIMENT.default_methods)
-        metrics["conv4"], series["conv4"], conv4_rows = phase_split(fit.problem, conv4_methods, conv4["kinds"],
-                                                                    corrupted)
+        metrics["conv4"], series["conv4"], conv4_rows = phase_split(
+            fit.problem, conv4_methods, conv4["kinds"], corrupted, regime.method_options(conv4, fit.damping))
         metrics["conv4"].update({"n_params": fit.setup.model.n_params, "dtype": conv4["dtype"],
                                  "full": {"acc": fit.acc[0], "acc_ci95": fit.acc[1], "train_s": fit.train_s}})
         series["conv4_corrupted"] = corrupted["task"].astype(int).tolist()

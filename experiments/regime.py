@@ -44,7 +44,7 @@ from metainf.influence import hessian_operator
 from metainf.linalg.finite_difference import fd_hessian_operator, prefer_fd
 from metainf.linalg.neumann import power_iteration
 from metainf.linalg.cg import cg
-from metainf.methods.static import unit_gradients
+from metainf.methods.static import masked_unit_gradient
 from metainf.train import Trajectory, train_stochastic
 
 
@@ -146,12 +146,13 @@ def edit_without(obj: MetaObjective, lam: Tensor, kind: str, mask: np.ndarray, d
                  cg_iters: int) -> tuple[Tensor, float]:
     """(lam + (H_F + damping I)^-1 sum_{u in mask} G_u, seconds): the influence edit (module docstring).
 
-    G_u = d(grad F)/d omega_u (``metainf.methods.static.unit_gradients``; tasks: tau_k g_k / M). H_F u is
+    G_u = d(grad F)/d omega_u (tasks: tau_k g_k / M), summed over the mask without forming any G_u
+    (``metainf.methods.static.masked_unit_gradient``). H_F u is
     :func:`total_hvp`. Raises
     ``metainf.solvers.IndefiniteHessianError`` if CG meets non-positive curvature."""
     t0 = time.perf_counter()
     m = torch.as_tensor(np.asarray(mask))
-    b = unit_gradients(obj, lam, kind)[m].sum(0)
+    b = masked_unit_gradient(obj, lam, kind, m)
     op = total_hvp(obj, lam)
     dlam, _ = cg(lambda u: op(u) + damping * u, b, tol=0.0, max_iter=cg_iters)
     return lam + dlam, time.perf_counter() - t0

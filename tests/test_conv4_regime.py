@@ -13,6 +13,7 @@ CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 from torch import nn
 
 from experiments import regime, setups
+from experiments.removal import weights_without
 from experiments.base import ConfigError
 from experiments.e1_removal import EXPERIMENT as E1
 from metainf.core.models import Conv4, build_model
@@ -85,6 +86,22 @@ def test_edit_equals_the_dense_damped_solve(small: tuple) -> None:
     b = torch.autograd.grad(obj.task_losses(point)[torch.as_tensor(mask)].sum() / obj.n_tasks, point)[0]
     expected = lam + torch.linalg.solve(h + damping * torch.eye(lam.numel(), dtype=lam.dtype), b)
     edited, _ = regime.edit_without(obj, lam, "task", mask, damping, cg_iters=lam.numel())
+    torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_query_edit_equals_the_dense_damped_solve(small: tuple) -> None:
+    """The query-point edit's direction sum_{u in mask} G_u is grad F - grad F(masked query weights 0): F is linear
+    in the query weights, so the difference of two autodiff gradients is exact."""
+    _, obj, _, lam = small
+    h = torch.autograd.functional.hessian(lambda x: obj.value(x), lam)
+    damping = 1.5 * max(0.0, -float(torch.linalg.eigvalsh(h)[0])) + 0.1
+    mask = np.zeros(tuple(obj.tasks.wq.shape), dtype=bool)
+    mask[0, 1], mask[2, 0], mask[5, :] = True, True, True
+    point = lam.detach().requires_grad_(True)
+    b = (torch.autograd.grad(obj.value(point), point)[0]
+         - torch.autograd.grad(weights_without(obj, "query", mask).value(point), point)[0])
+    expected = lam + torch.linalg.solve(h + damping * torch.eye(lam.numel(), dtype=lam.dtype), b)
+    edited, _ = regime.edit_without(obj, lam, "query", mask, damping, cg_iters=lam.numel())
     torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-6)
 
 

@@ -36,7 +36,8 @@ from metainf.methods import AttributionProblem, get_method, run_method
 from metainf.methods.influence_methods import TaskIF
 from metainf.linalg.gauss_newton import gn_hvp
 from metainf.methods.single_level import SingleLevelIF
-from metainf.methods.static import GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, unit_gradients
+from metainf.methods.static import (GradCos, GradDot, GradientAscentUnlearning, LossValue, Random, masked_unit_gradient,
+                                    unit_gradients)
 from metainf.methods.trak import TRAK, gaussian_projection
 from metainf.train import train_converged
 
@@ -177,6 +178,19 @@ def test_unit_gradients_consistent_proximal(proximal: AttributionProblem):
     for kind in ("task", "support", "query"):
         explicit = unit_gradients(proximal.objective, proximal.lam, kind) @ g_eval
         assert rel(GradDot().score(proximal, kind), explicit) <= 1e-8
+
+
+@pytest.mark.parametrize("setup", ["unrolled", "proximal"])
+def test_masked_unit_gradient_is_the_sum_of_the_hand_checked_unit_gradients(setup: str, request):
+    """The edit direction (one directional derivative per task) equals the masked rows of ``unit_gradients``
+    summed (one derivative per unit, itself checked against a hand-written reference above)."""
+    problem = request.getfixturevalue(setup)
+    obj, lam = problem.objective, problem.lam
+    gen = torch.Generator().manual_seed(3)
+    for kind in ("task", "support", "query"):
+        mask = torch.rand(problem.shape(kind), generator=gen) < 0.4
+        explicit = unit_gradients(obj, lam, kind)[mask].sum(0)
+        assert rel(masked_unit_gradient(obj, lam, kind, mask), explicit) <= 1e-10
 
 
 def test_loss_value_is_minus_the_loss(unrolled: AttributionProblem):

@@ -64,6 +64,29 @@ def unit_gradients(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
     return obj.tau[:, None, None] * map_chunked(per_task, (obj.tasks, state), size=obj.chunk) / obj.n_tasks
 
 
+def masked_unit_gradient(obj: MetaObjective, lam: Tensor, kind: str, mask: Tensor) -> Tensor:
+    """sum_{u in mask} G_u [P] without forming any G_u: the edit direction of removing the masked units.
+
+    Tasks: sum_{k in mask} g_k / M. Points: G_u is linear in the weight direction (``dgrad_dweights`` is a JVP), so
+    the sum over a task's masked points is one directional derivative along the task's 0/1 mask; one per task
+    instead of one per point (:func:`unit_gradients` costs n times as much).
+    """
+    m = torch.as_tensor(mask, dtype=torch.bool)
+    if kind == "task":
+        return obj.task_grads(lam)[m].sum(0) / obj.n_tasks
+    state = obj.state_at(lam)
+    inner, model = obj.inner, obj.model
+    direction = m.to(obj.tasks.ws.dtype)
+    es = direction if kind == "support" else torch.zeros_like(obj.tasks.ws)
+    eq = direction if kind == "query" else torch.zeros_like(obj.tasks.wq)
+
+    def per_task(t: TaskData, st: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return inner.dgrad_dweights(model, lam, t, st, a, b)
+
+    per = map_chunked(per_task, (obj.tasks, state, es, eq), size=obj.chunk)
+    return (obj.tau[:, None] * per).sum(0) / obj.n_tasks
+
+
 @dataclass
 class GradDot:
     """score[u] = <grad L_eval(lam), G_u> at the final lam (first-order effect of removing u; eta = 1).
