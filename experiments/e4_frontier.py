@@ -9,8 +9,10 @@ v^T d(grad F)/d(ws, wq) (``metainf.influence``). Rows (``frontier`` section of E
 - ``exact``: E4's exact path, the dense solve with the dense total Hessian (``MetaObjective.dense_hessian``, its
   columns batched): the reference of "exact" below;
 - ``task_if_cg``: registry ``task_if`` (CG to ``solve_tol``);
-- ``cg{k}`` / ``cg{k}_fisher``: registry ``task_if_truncated`` with ``cg_iters`` = k, ``precond`` none / fisher
-  (empirical-Fisher preconditioned CG), for k in ``cg_iters``;
+- ``cg{k}`` / ``cg{k}_<precond>``: registry ``task_if_truncated`` with ``cg_iters`` = k, for k in ``cg_iters``, and
+  ``precond`` in ``preconds``: none, ``fisher`` (empirical-Fisher curvature by Woodbury), ``diag_fisher`` (its
+  diagonal, Jacobi) or ``diag_hutchinson`` (a Hutchinson estimate of diag(H_F) from 8 batched HVPs, paid by every
+  run; ``metainf.linalg.diagonal``);
 - ``nystrom{r}``: registry ``task_if_nystrom`` at rank r (its default one block-Krylov step), for r in
   ``nystrom_ranks``; ``nystrom{r}_pcg{k}``: the same sketch as preconditioner of k CG iterations on the exact H_F
   (Nystrom-PCG, ``pcg_iters``), for k in ``nystrom_pcg``;
@@ -20,8 +22,8 @@ v^T d(grad F)/d(ws, wq) (``metainf.influence``). Rows (``frontier`` section of E
   which each run pays), ``lissa`` (``lissa`` section of the config), and for the proximal problem ``ekfac`` (EK-FAC
   inner iHVPs, CG total solve: the objective's inner solver replaced, as in the ablation grid).
 
-Not covered: a diagonal or EK-FAC *total-Hessian* preconditioner for CG (metainf has no diagonal of H_F without P
-HVPs, and its EK-FAC factors model the per-task inner Hessians, not H_F).
+Not covered: an EK-FAC *total-Hessian* preconditioner for CG (metainf's EK-FAC factors model the per-task inner
+Hessians, not H_F).
 
 Per row:
 
@@ -68,7 +70,8 @@ from metainf.methods.base import AttributionMethod
 from metainf.metrics import correlations
 
 #: the frontier part of E4's quick config; smoke overrides some keys
-FRONTIER = {"cg_iters": [1, 2, 3, 5, 10], "preconds": ["none", "fisher"], "nystrom_ranks": [3, 10],
+FRONTIER = {"cg_iters": [1, 2, 3, 5, 10], "preconds": ["none", "fisher", "diag_fisher", "diag_hutchinson"],
+            "nystrom_ranks": [3, 10],
             "nystrom_pcg": [3], "neumann_depths": [5, 20, 50], "repeats": 5,
             "timed_kinds": ["task", "support"]}
 KINDS = ("task", "support", "query")

@@ -57,8 +57,10 @@ def run(request) -> dict:
 
 def test_every_row_is_computed(run: dict) -> None:
     fr = CFG["frontier"]
-    expected = {"exact", "task_if_cg", "fisher", "fast", "gn", "cg1", "cg1_fisher", "cg3", "cg3_fisher", "nystrom3",
-                "nystrom3_pcg2", "neumann5", "lissa5"} | ({"ekfac"} if run["kind"] == "proximal" else set())
+    cg_rows = {f"cg{k}" + ("" if pre == "none" else f"_{pre}") for k in (1, 3)
+               for pre in ("none", "fisher", "diag_fisher", "diag_hutchinson")}
+    expected = {"exact", "task_if_cg", "fisher", "fast", "gn", "nystrom3", "nystrom3_pcg2", "neumann5",
+                "lissa5"} | cg_rows | ({"ekfac"} if run["kind"] == "proximal" else set())
     assert set(run["metrics"]) == expected
     assert [r["estimator"] for r in run["table"]] == list(run["metrics"])
     for name, m in run["metrics"].items():

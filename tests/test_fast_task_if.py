@@ -7,6 +7,7 @@ import torch
 
 CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 
+from metainf.linalg.diagonal import fisher_diagonal, hutchinson_diagonal
 from metainf.linalg.fisher import fisher_curvature, fisher_dense, fisher_inverse
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
 from tests.test_finite_difference import dense_scores
@@ -21,7 +22,7 @@ def prob() -> AttributionProblem:
     return make_problem()  # unrolled MAML, 7 tasks with weights (one 0, one 2), chunked by 3, indefinite H_data
 
 
-@pytest.mark.parametrize("precond", ["none", "fisher"])
+@pytest.mark.parametrize("precond", ["none", "fisher", "diag_fisher", "diag_hutchinson", "nystrom"])
 @pytest.mark.parametrize("hvp", ["autodiff", "fd"])
 def test_converged_pcg_equals_the_dense_solve(prob: AttributionProblem, hvp: str, precond: str) -> None:
     method = get_method("task_if_fast", tol=1e-12, cg_iters=500, hvp=hvp, precond=precond)
@@ -46,6 +47,20 @@ def test_the_fisher_preconditioner_applied_equals_its_dense_inverse(prob: Attrib
     x = torch.randn(lam.numel(), 4, generator=torch.Generator().manual_seed(3), dtype=lam.dtype)
     dense = torch.linalg.solve(fisher_dense(c), x)
     assert rel(torch.stack([fisher_inverse(c, col) for col in x.T], 1), dense) < 1e-12
+
+
+def test_the_diagonal_preconditioners_model_the_dense_diagonals(prob: AttributionProblem) -> None:
+    """``diag_fisher`` is the diagonal of the dense Fisher curvature; ``diag_hutchinson`` converges to |diag(H_data)|
+    + r of the dense autodiff total Hessian (H_data = H_F - delta I) as its probes grow (error ~ 1/sqrt(s))."""
+    obj, lam = prob.objective, prob.lam
+    reg = obj.delta + 0.01
+    grads = obj.task_grads(lam)
+    assert rel(fisher_diagonal(grads, obj.tau, reg), torch.diagonal(fisher_dense(fisher_curvature(grads, reg, obj.tau)))) < 1e-12
+    want = torch.diagonal(obj.dense_hessian(lam)).sub(obj.delta).abs() + reg
+    errors = [rel(hutchinson_diagonal(obj, lam, s, reg, seed=1), want) for s in (8, 2048)]
+    assert errors[1] < 0.1 and errors[1] < errors[0] / 4
+    with pytest.raises(ValueError, match="delta \\+ damping > 0"):
+        fisher_diagonal(grads, obj.tau, 0.0)
 
 
 def test_it_stops_at_the_first_iteration_that_reaches_tol(prob: AttributionProblem) -> None:

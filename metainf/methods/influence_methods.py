@@ -18,7 +18,8 @@ from metainf.linalg.finite_difference import (HVP_MODES, FDHessian, fd_hessian_o
                                               prefer_fd, task_and_eval_grads)
 from metainf.linalg.fisher import fisher_curvature, fisher_inverse, fisher_solve
 from metainf.linalg.cg import MatVec, cg, cg_successive
-from metainf.linalg.nystrom import nystrom_solve
+from metainf.linalg.diagonal import fisher_diagonal, hutchinson_diagonal, jacobi
+from metainf.linalg.nystrom import build_curvature, lowrank_solve, nystrom_solve, probe_matrix
 from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
                                task_scores)
 from metainf.linalg.types import SolveInfo
@@ -115,7 +116,7 @@ class TaskIFNystrom(TaskIF):
 
 
 #: preconditioners of ``TaskIFTruncated`` / ``TaskIFFast``
-PRECONDITIONERS: tuple[str, ...] = ("none", "fisher")
+PRECONDITIONERS: tuple[str, ...] = ("none", "fisher", "diag_fisher", "diag_hutchinson", "nystrom")
 
 
 @dataclass
@@ -134,9 +135,16 @@ class TaskIFTruncated(TaskIF):
     difference of losses loses sqrt(machine eps) of relative accuracy). Cost: one gradient pass plus one HVP per
     iteration. ``last_info`` holds the ``SolveInfo`` of the latest solve.
 
-    ``precond``: ``none`` (plain CG) or ``fisher``: preconditioned CG with the empirical-Fisher curvature of the task
-    gradients, C = (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, applied by Woodbury in O(M P) per iteration
-    after one M x M Cholesky (``metainf.linalg.fisher``; no extra gradient pass: G is already computed).
+    ``precond``: ``none`` (plain CG) or a preconditioner factored once per problem and shared by every solve
+    (:meth:`score_per_eval` runs one solve per evaluation task):
+
+    - ``fisher``: the empirical-Fisher curvature of the task gradients, C = (1/M) sum_k tau_k g_k g_k^T +
+      (delta + damping) I, applied by Woodbury in O(M P) per iteration after one M x M Cholesky
+      (``metainf.linalg.fisher``; no extra gradient pass: G is already computed);
+    - ``diag_fisher``: its diagonal (Jacobi; free), ``diag_hutchinson``: a Hutchinson estimate of diag(H_F) from
+      ``precond_rank`` Rademacher probes (``precond_rank`` batched HVPs; ``metainf.linalg.diagonal``);
+    - ``nystrom``: a rank-``precond_rank`` Rayleigh-Ritz model of H_F on span probes [grad L_eval, G^T R]
+      (``precond_rank`` batched HVPs; Nystrom-PCG, ``metainf.linalg.nystrom``).
 
     The default of 3 iterations: Spearman with dense task-IF >= 0.98 on the six E5 problems at 100 tasks (digits
     seeds 0-1 and Omniglot seed 0, hidden 8 and 16; lowest 0.993) and on six held-out ones (digits seeds 2-3,
@@ -147,6 +155,8 @@ class TaskIFTruncated(TaskIF):
     hvp: str = "auto"
     rel_step: float | None = None
     precond: str = "none"
+    precond_rank: int = 8
+    precond_seed: int = 0
     project: bool = True
     last_info: SolveInfo | None = field(default=None, repr=False)
     last_infos: list[SolveInfo] = field(default_factory=list, repr=False)
@@ -165,17 +175,32 @@ class TaskIFTruncated(TaskIF):
                              "variant; use hvp='autodiff' for the H' approximations")
         return use_fd
 
-    def _operator(self, obj: MetaObjective, lam: Tensor, grads: Tensor, use_fd: bool) -> tuple[MatVec, MatVec | None]:
-        """(A = H_F + damping I, the preconditioner or None) from the per-task total gradients ``grads``."""
+    def _operator(self, obj: MetaObjective, lam: Tensor, grads: Tensor, b: Tensor,
+                  use_fd: bool) -> tuple[MatVec, MatVec | None]:
+        """(A = H_F + damping I, the preconditioner or None) from the per-task total gradients ``grads`` and the
+        (mean) right-hand side ``b`` (the first probe of the ``nystrom`` model)."""
         if use_fd:
             op = fd_hessian_operator(obj, lam, obj.tau.to(grads.dtype) @ grads / obj.n_tasks, self.rel_step)
         else:
             op = hessian_operator(obj, lam, self.hprime)
-        pre = None
+        return self._damped(op), self._preconditioner(obj, lam, grads, b)
+
+    def _preconditioner(self, obj: MetaObjective, lam: Tensor, grads: Tensor, b: Tensor) -> MatVec | None:
+        """M^-1 of ``precond`` (class docstring), factored once; None for plain CG."""
+        reg = obj.delta + self.damping
         if self.precond == "fisher":
-            curvature = fisher_curvature(grads, obj.delta + self.damping, obj.tau)
-            pre = lambda r: fisher_inverse(curvature, r)  # noqa: E731
-        return self._damped(op), pre
+            curvature = fisher_curvature(grads, reg, obj.tau)
+            return lambda r: fisher_inverse(curvature, r)
+        if self.precond == "diag_fisher":
+            return jacobi(fisher_diagonal(grads, obj.tau, reg))
+        if self.precond == "diag_hutchinson":
+            return jacobi(hutchinson_diagonal(obj, lam, self.precond_rank, reg, self.hprime, self.precond_seed))
+        if self.precond == "nystrom":
+            omega = probe_matrix(lam.numel(), min(self.precond_rank, lam.numel()), "span", b, grads,
+                                 self.precond_seed, lam.dtype)
+            model = build_curvature(obj, lam, omega, self.damping, "ritz", hprime=self.hprime)
+            return lambda r: lowrank_solve(model, r)
+        return None
 
     def _damped(self, op: MatVec) -> MatVec:
         """u -> op(u) + damping u (``op`` itself without damping)."""
@@ -197,7 +222,7 @@ class TaskIFTruncated(TaskIF):
         use_fd = self._use_fd(obj, lam)
         grads = obj.task_grads(lam)
         rhs = problem.eval_objective.loss_grads(lam)
-        matvec, pre = self._operator(obj, lam, grads, use_fd)
+        matvec, pre = self._operator(obj, lam, grads, rhs.mean(0), use_fd)
         vs, self.last_infos = cg_successive(matvec, rhs, pre, tol=self.tol, max_iter=self.cg_iters,
                                             project=self.project)
         return grads @ vs.T / obj.n_tasks
@@ -211,7 +236,7 @@ class TaskIFTruncated(TaskIF):
             v, self.last_info = cg(self._damped(fd_op), b, None, tol=self.tol, max_iter=self.cg_iters)
             return v, fd_op.projected_task_grads()
         grads, b = task_and_eval_grads(obj, problem.eval_objective, lam)
-        matvec, pre = self._operator(obj, lam, grads, use_fd)
+        matvec, pre = self._operator(obj, lam, grads, b, use_fd)
         v, self.last_info = cg(matvec, b, pre, tol=self.tol, max_iter=self.cg_iters)
         return v, grads
 

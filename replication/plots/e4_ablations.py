@@ -15,9 +15,9 @@ _PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-o
            ("support", "support_spearman", "instance", "Spearman with exact instance-IF"),
            ("query", "query_spearman", "instance", "Spearman with exact instance-IF"))
 #: frontier families in legend order, each with its own colour (tab20) and marker
-_FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "nystrom", "nystrom_pcg", "fisher", "fast", "gn", "neumann",
-             "lissa", "ekfac")
-_MARKERS = "osD^v<>phX*P"
+_FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "cg_diag_fisher", "cg_diag_hutchinson", "nystrom", "nystrom_pcg",
+             "fisher", "fast", "gn", "neumann", "lissa", "ekfac")
+_MARKERS = "osD^v<>phX*Pd8"
 
 
 def _family(row: str) -> str:
