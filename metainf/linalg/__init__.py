@@ -16,6 +16,8 @@ paper's acceleration strategies (section 4) and the ablation alternatives.
 - ``nystrom``: a low-rank model of the exact total Hessian from one batched pass of total HVPs on probe directions
   (Rayleigh-Ritz or Nystrom), solved by Woodbury, optionally refined by preconditioned CG (method
   ``task_if_nystrom``).
+- ``diagonal``: diagonal models of the damped total Hessian as Jacobi preconditioners (the empirical-Fisher diagonal,
+  free; a Hutchinson estimate from batched HVPs; ``task_if_truncated`` / ``task_if_fast`` ``precond``).
 - ``finite_difference``: total HVPs as difference quotients of the meta-gradient (unrolled MAML; one gradient pass
   each) and the task and evaluation gradients in one pass (method ``task_if_truncated``: truncated CG).
 """
