@@ -14,7 +14,8 @@ items 1 and 3):
 The seconds include building the preconditioner (``diag_hutchinson`` and ``nystrom``: ``precond_rank`` batched HVPs).
 Writes ``results/probes/preconditioners-omniglot-<scale>.json`` (atomically) and prints a table.
 
-Usage: OMP_NUM_THREADS=1 python scripts/probe_preconditioners.py [scale]   (quick, the default: about 10 minutes on\none core; smoke: a plumbing check in seconds)
+Usage: OMP_NUM_THREADS=1 python scripts/probe_preconditioners.py [scale]
+(quick, the default: about 25 minutes on one core; smoke: a plumbing check in seconds)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from experiments import regime  # noqa: E402
 from experiments.scoring import METHOD_ERRORS  # noqa: E402
 from experiments.base import RunContext  # noqa: E402
 from experiments.e3_loo import EXPERIMENT as E3  # noqa: E402
+from metainf.core.objective import MetaObjective  # noqa: E402
 from metainf.methods import get_method  # noqa: E402
 from replication import results  # noqa: E402
 from replication.config import resolve_config  # noqa: E402
@@ -50,7 +52,7 @@ OUT = ROOT / "results" / "probes"
 REFERENCE_TOL = 1e-3
 
 
-def meta_epoch_seconds(obj, lam: torch.Tensor, repeats: int = 5) -> float:
+def meta_epoch_seconds(obj: MetaObjective, lam: torch.Tensor, repeats: int = 5) -> float:
     """Median seconds of one ``value_and_grad`` of the training objective (one meta-epoch)."""
     times = []
     for _ in range(repeats):
@@ -95,7 +97,8 @@ def main(scale: str = "quick") -> None:
             continue
         row = {"preconditioner": label, **options, "iterations": single.iterations,
                "rel_residual": single.rel_residual, "seconds": seconds, "meta_epochs": seconds / epoch,
-               "spearman_vs_reference": float(spearmanr(scores, ref_scores)[0]) if ref_scores is not None else float("nan"),
+               "spearman_vs_reference": (float(spearmanr(scores, ref_scores)[0]) if ref_scores is not None
+                                         else float("nan")),
                "per_eval_iterations": sum(i.iterations for i in method.last_infos),
                "per_eval_converged": all(i.converged for i in method.last_infos),
                "per_eval_seconds": per_eval_s, "per_eval_meta_epochs": per_eval_s / epoch}

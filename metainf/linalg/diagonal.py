@@ -23,9 +23,6 @@ from torch import Tensor
 from metainf.core.objective import MetaObjective, check_finite
 from metainf.linalg.cg import MatVec
 
-DIAGONALS: tuple[str, ...] = ("fisher", "hutchinson")
-
-
 def fisher_diagonal(grads: Tensor, tau: Tensor, reg: float) -> Tensor:
     """D = (1/M) sum_k tau_k g_k^2 + reg, [P], from the per-task total gradients ``grads`` [M, P]."""
     if reg <= 0:

@@ -16,8 +16,9 @@ iteration. C has rank-M structure: with r <= 0 and M < P it is singular, so ``r 
 
 Measured (E4, E5): at a converged lam* the task gradients are small (sum_k tau_k g_k = -M delta lam*), so
 (1/M) G^T G is far below delta I and C is close to r I: the scores are then close to grad-dot scores. For the same
-reason C is no useful preconditioner for CG on the exact total Hessian (iteration counts unchanged), which is
-therefore not offered.
+reason C is no useful preconditioner for CG on the exact total Hessian (iteration counts unchanged); it is offered
+as ``precond="fisher"`` of ``task_if_truncated`` for comparison (E4's ``cg{k}_fisher`` rows), beside its diagonal
+(``metainf.linalg.diagonal``).
 """
 
 from __future__ import annotations
