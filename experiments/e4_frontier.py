@@ -11,8 +11,9 @@ v^T d(grad F)/d(ws, wq) (``metainf.influence``). Rows (``frontier`` section of E
 - ``task_if_cg``: registry ``task_if`` (CG to ``solve_tol``);
 - ``cg{k}`` / ``cg{k}_<precond>``: registry ``task_if_truncated`` with ``cg_iters`` = k, for k in ``cg_iters``, and
   ``precond`` in ``preconds``: none, ``fisher`` (empirical-Fisher curvature by Woodbury), ``diag_fisher`` (its
-  diagonal, Jacobi) or ``diag_hutchinson`` (a Hutchinson estimate of diag(H_F) from 8 batched HVPs, paid by every
-  run; ``metainf.linalg.diagonal``);
+  diagonal, Jacobi), ``diag_hutchinson`` (a Hutchinson estimate of diag(H_F) from 8 batched HVPs, paid by every
+  run; ``metainf.linalg.diagonal``) or ``ekfac`` (an EK-FAC model of the Gauss-Newton part of H_F over every task's
+  query points at its adapted parameters, factored by every run; ``metainf.linalg.total_ekfac``);
 - ``nystrom{r}``: registry ``task_if_nystrom`` at rank r (its default one block-Krylov step), for r in
   ``nystrom_ranks``; ``nystrom{r}_pcg{k}``: the same sketch as preconditioner of k CG iterations on the exact H_F
   (Nystrom-PCG, ``pcg_iters``), for k in ``nystrom_pcg``;
@@ -21,9 +22,6 @@ v^T d(grad F)/d(ws, wq) (``metainf.influence``). Rows (``frontier`` section of E
   ``neumann{J}`` (J Neumann terms on the exact H_F, step 1 / lambda_max from ``power_iters`` power iterations,
   which each run pays), ``lissa`` (``lissa`` section of the config), and for the proximal problem ``ekfac`` (EK-FAC
   inner iHVPs, CG total solve: the objective's inner solver replaced, as in the ablation grid).
-
-Not covered: an EK-FAC *total-Hessian* preconditioner for CG (metainf's EK-FAC factors model the per-task inner
-Hessians, not H_F).
 
 Per row:
 
@@ -70,7 +68,8 @@ from metainf.methods.base import AttributionMethod
 from metainf.metrics import correlations
 
 #: the frontier part of E4's quick config; smoke overrides some keys
-FRONTIER = {"cg_iters": [1, 2, 3, 5, 10], "preconds": ["none", "fisher", "diag_fisher", "diag_hutchinson"],
+FRONTIER = {"cg_iters": [1, 2, 3, 5, 10],
+            "preconds": ["none", "fisher", "diag_fisher", "diag_hutchinson", "ekfac"],
             "nystrom_ranks": [3, 10],
             "nystrom_pcg": [3], "neumann_depths": [5, 20, 50], "repeats": 5,
             "timed_kinds": ["task", "support"]}

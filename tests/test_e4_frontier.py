@@ -58,7 +58,7 @@ def run(request) -> dict:
 def test_every_row_is_computed(run: dict) -> None:
     fr = CFG["frontier"]
     cg_rows = {f"cg{k}" + ("" if pre == "none" else f"_{pre}") for k in (1, 3)
-               for pre in ("none", "fisher", "diag_fisher", "diag_hutchinson")}
+               for pre in ("none", "fisher", "diag_fisher", "diag_hutchinson", "ekfac")}
     expected = {"exact", "task_if_cg", "fisher", "fast", "gn", "nystrom3", "nystrom3_pcg2", "neumann5",
                 "lissa5"} | cg_rows | ({"ekfac"} if run["kind"] == "proximal" else set())
     assert set(run["metrics"]) == expected

@@ -10,6 +10,7 @@ CPU = torch.device("cpu")  # what a RunContext resolves --device cpu to
 from metainf.linalg.diagonal import fisher_diagonal, hutchinson_diagonal
 from metainf.linalg.fisher import fisher_curvature, fisher_dense, fisher_inverse
 from metainf.methods import AttributionProblem, available_methods, get_method, run_method
+from metainf.methods.influence_methods import PRECONDITIONERS
 from tests.test_finite_difference import dense_scores
 from tests.test_fisher import rel
 from tests.test_nystrom import make_problem
@@ -22,7 +23,7 @@ def prob() -> AttributionProblem:
     return make_problem()  # unrolled MAML, 7 tasks with weights (one 0, one 2), chunked by 3, indefinite H_data
 
 
-@pytest.mark.parametrize("precond", ["none", "fisher", "diag_fisher", "diag_hutchinson", "nystrom"])
+@pytest.mark.parametrize("precond", PRECONDITIONERS)
 @pytest.mark.parametrize("hvp", ["autodiff", "fd"])
 def test_converged_pcg_equals_the_dense_solve(prob: AttributionProblem, hvp: str, precond: str) -> None:
     method = get_method("task_if_fast", tol=1e-12, cg_iters=500, hvp=hvp, precond=precond)

@@ -38,6 +38,7 @@ from torch.func import grad, jacrev, vjp, vmap
 
 from metainf.core.models import FlatModel
 from metainf.core.taskdata import TaskData
+from metainf.linalg.chunked import chunks
 from metainf.linalg.types import SolveInfo
 
 FISHERS = ("ggn", "empirical")
@@ -115,20 +116,29 @@ def _output_roots(logits: Tensor, y: Tensor, w: Tensor, fisher: str) -> Tensor:
     raise ValueError(f"unknown EK-FAC fisher {fisher!r}: choose one of {FISHERS}")
 
 
-def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "ggn") -> list[LayerFactors]:
-    """EK-FAC factors of the Gauss-Newton matrix of L_S(theta) on task ``t``'s support set (weights ``t.ws``)."""
-    layers = kfac_layers(model)
+def _layer_samples(model: FlatModel, layers: list[tuple[nn.Module, str, str | None]], x: Tensor, y: Tensor,
+                   w: Tensor, theta: Tensor, fisher: str) -> list[tuple[Tensor, Tensor]]:
+    """Per layer (a [n, L, d_in'], g [K, n, L, d_out]): the layer inputs of the n examples of ``x`` at ``theta``
+    (patches for a conv, a trailing 1 for the bias) and the backpropagations of the K output roots of
+    ``_output_roots`` (weights ``w`` folded in as sqrt(w_j)). vmap-able over sets of examples."""
     mods = [m for m, _, _ in layers]
-    _, _, shapes = _tapped_forward(model, theta, t.xs, mods, None)
+    _, _, shapes = _tapped_forward(model, theta, x, mods, None)
     taps = [torch.zeros(s, dtype=theta.dtype, device=theta.device) for s in shapes]
-    logits, pullback, inputs = vjp(lambda tp: _tapped_forward(model, theta, t.xs, mods, tp)[:2], taps, has_aux=True)
-    w = t.ws / t.ws.shape[-1]
-    cots = _output_roots(logits, t.ys, w, fisher)
-    out_grads = vmap(lambda c: pullback(c)[0])(cots)  # per layer [K, n, *out_shape]
-    factors = []
-    for (mod, wname, bname), a, g in zip(layers, inputs, out_grads):
-        a = _patches(mod, a, bname is not None)  # [n, L, d_in']
+    logits, pullback, inputs = vjp(lambda tp: _tapped_forward(model, theta, x, mods, tp)[:2], taps, has_aux=True)
+    out_grads = vmap(lambda c: pullback(c)[0])(_output_roots(logits, y, w, fisher))  # per layer [K, n, *out_shape]
+    samples = []
+    for (mod, _, bname), a, g in zip(layers, inputs, out_grads):
         g = g.flatten(3).transpose(2, 3) if isinstance(mod, nn.Conv2d) else g.unsqueeze(2)  # [K, n, L, d_out]
+        samples.append((_patches(mod, a, bname is not None), g))
+    return samples
+
+
+def _combine(layers: list[tuple[nn.Module, str, str | None]], samples: list[tuple[Tensor, Tensor]],
+             w: Tensor) -> list[LayerFactors]:
+    """The factors of the module docstring from every example's layer inputs and output backpropagations
+    (``_layer_samples``, examples pooled along n) and the example weights ``w`` [n]."""
+    factors = []
+    for (_, wname, bname), (a, g) in zip(layers, samples):
         cov_a = torch.einsum("n,nld,nle->de", w, a, a)
         cov_g = torch.einsum("knld,knle->de", g, g)
         q_a = torch.linalg.eigh(0.5 * (cov_a + cov_a.T))[1]
@@ -136,6 +146,27 @@ def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "g
         projected = torch.einsum("knlr,nls->knrs", g @ q_g, a @ q_a)  # Q_G^T D_jc Q_A
         factors.append(LayerFactors(wname, bname, q_a, q_g, (projected ** 2).sum((0, 1))))
     return factors
+
+
+def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "ggn") -> list[LayerFactors]:
+    """EK-FAC factors of the Gauss-Newton matrix of L_S(theta) on task ``t``'s support set (weights ``t.ws``)."""
+    layers = kfac_layers(model)
+    w = t.ws / t.ws.shape[-1]
+    return _combine(layers, _layer_samples(model, layers, t.xs, t.ys, w, theta, fisher), w)
+
+
+def pooled_ekfac_factors(model: FlatModel, x: Tensor, y: Tensor, w: Tensor, thetas: Tensor, fisher: str = "ggn",
+                         chunk: int | None = 16) -> list[LayerFactors]:
+    """EK-FAC factors of sum_k GN_k, GN_k the Gauss-Newton matrix of sum_j w[k, j] ce(f(thetas[k], x[k, j]), y[k, j])
+    (every set k of examples at its own parameters; ``x`` [M, n, ...], ``y`` / ``w`` [M, n], ``thetas`` [M, P]):
+    the Kronecker factors and the eigenvalue correction of the module docstring summed over all M n examples.
+    The per-set passes are vmapped ``chunk`` sets at a time. With M = 1 this is :func:`ekfac_factors`."""
+    layers = kfac_layers(model)
+    parts = [vmap(lambda xx, yy, ww, th: _layer_samples(model, layers, xx, yy, ww, th, fisher))(
+        x[sl], y[sl], w[sl], thetas[sl]) for sl in chunks(x.shape[0], chunk)]
+    samples = [(torch.cat([p[i][0].flatten(0, 1) for p in parts]),
+                torch.cat([p[i][1].transpose(0, 1).flatten(1, 2) for p in parts], dim=1)) for i in range(len(layers))]
+    return _combine(layers, samples, w.reshape(-1))
 
 
 def _ekfac_map(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float, inverse: bool) -> Tensor:

@@ -19,6 +19,7 @@ from metainf.linalg.finite_difference import (HVP_MODES, FDHessian, fd_hessian_o
 from metainf.linalg.fisher import fisher_curvature, fisher_inverse, fisher_solve
 from metainf.linalg.cg import MatVec, cg, cg_successive
 from metainf.linalg.diagonal import fisher_diagonal, hutchinson_diagonal, jacobi
+from metainf.linalg.total_ekfac import total_ekfac_preconditioner
 from metainf.linalg.nystrom import build_curvature, lowrank_solve, nystrom_solve, probe_matrix
 from metainf.influence import (InfluenceConfig, direct_task_scores, eval_vector, hessian_operator, instance_scores,
                                task_scores)
@@ -116,7 +117,7 @@ class TaskIFNystrom(TaskIF):
 
 
 #: preconditioners of ``TaskIFTruncated`` / ``TaskIFFast``
-PRECONDITIONERS: tuple[str, ...] = ("none", "fisher", "diag_fisher", "diag_hutchinson", "nystrom")
+PRECONDITIONERS: tuple[str, ...] = ("none", "fisher", "diag_fisher", "diag_hutchinson", "nystrom", "ekfac")
 
 
 @dataclass
@@ -144,7 +145,10 @@ class TaskIFTruncated(TaskIF):
     - ``diag_fisher``: its diagonal (Jacobi; free), ``diag_hutchinson``: a Hutchinson estimate of diag(H_F) from
       ``precond_rank`` Rademacher probes (``precond_rank`` batched HVPs; ``metainf.linalg.diagonal``);
     - ``nystrom``: a rank-``precond_rank`` Rayleigh-Ritz model of H_F on span probes [grad L_eval, G^T R]
-      (``precond_rank`` batched HVPs; Nystrom-PCG, ``metainf.linalg.nystrom``).
+      (``precond_rank`` batched HVPs; Nystrom-PCG, ``metainf.linalg.nystrom``);
+    - ``ekfac``: an EK-FAC model of the Gauss-Newton part of H_F, (1/M) sum_k tau_k GN of task k's query loss at
+      its adapted parameters, plus (delta + damping) I (one batched pass over the tasks and two eigendecompositions
+      per layer; ``metainf.linalg.total_ekfac``).
 
     The default of 3 iterations: Spearman with dense task-IF >= 0.98 on the six E5 problems at 100 tasks (digits
     seeds 0-1 and Omniglot seed 0, hidden 8 and 16; lowest 0.993) and on six held-out ones (digits seeds 2-3,
@@ -200,6 +204,8 @@ class TaskIFTruncated(TaskIF):
                                  self.precond_seed, lam.dtype)
             model = build_curvature(obj, lam, omega, self.damping, "ritz", hprime=self.hprime)
             return lambda r: lowrank_solve(model, r)
+        if self.precond == "ekfac":
+            return total_ekfac_preconditioner(obj, lam, reg)
         return None
 
     def _damped(self, op: MatVec) -> MatVec:
