@@ -11,7 +11,8 @@ items 1 and 3):
 - the 20 per-evaluation-task solves of ``score_per_eval`` (each from the Galerkin projection onto the earlier ones),
   where a preconditioner factored once serves every solve: total CG iterations and seconds.
 
-The seconds include building the preconditioner (``diag_hutchinson`` and ``nystrom``: ``precond_rank`` batched HVPs).
+The seconds include building the preconditioner (``diag_hutchinson`` and ``nystrom``: ``precond_rank`` batched HVPs;
+``ekfac``: one batched pass over the tasks' query points and two eigendecompositions per layer).
 Writes ``results/probes/preconditioners-omniglot-<scale>.json`` (atomically) and prints a table.
 
 Usage: OMP_NUM_THREADS=1 python scripts/probe_preconditioners.py [scale]
@@ -45,7 +46,7 @@ from replication.config import resolve_config  # noqa: E402
 ROWS = (("none", {}), ("diag_fisher", {"precond": "diag_fisher"}),
         ("diag_hutchinson8", {"precond": "diag_hutchinson", "precond_rank": 8}),
         ("nystrom8", {"precond": "nystrom", "precond_rank": 8}),
-        ("nystrom32", {"precond": "nystrom", "precond_rank": 32}))
+        ("nystrom32", {"precond": "nystrom", "precond_rank": 32}), ("ekfac", {"precond": "ekfac"}))
 OUT = ROOT / "results" / "probes"
 #: the reference solve's relative residual (plain CG; E1's damping makes H_F + damping I positive definite at quick
 #: scale, not at smoke scale, where this script is only a plumbing check)

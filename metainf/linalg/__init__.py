@@ -8,7 +8,10 @@ paper's acceleration strategies (section 4) and the ablation alternatives.
   solver errors; ``chunked``: ``map_chunked``, the memory-bounded ``vmap`` over tasks.
 - ``neumann``: truncated Neumann series and LiSSA for (damping I + H)^-1 b (``metainf.linalg.solvers.solve`` methods
   ``"neumann"`` / ``"lissa"``); ``batches``: mini-batch total HVPs over task subsets for LiSSA.
-- ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``).
+- ``ekfac``: EK-FAC for the proximal inner Hessian (``ProximalInner(inner_solver="ekfac")``), and its factors
+  pooled over many sets of examples, each at its own parameters.
+- ``total_ekfac``: an EK-FAC model of the Gauss-Newton part of the total Hessian (every task's query points at its
+  adapted parameters) as a CG preconditioner (``task_if_truncated`` / ``task_if_fast`` ``precond="ekfac"``).
 - ``gamma``: the Gamma surrogate for H' (``hprime="gamma"`` / ``"gamma_scaled:c"``) and its dominance check.
 - ``gauss_newton``: the TLXML-style Gauss-Newton total Hessian (the one GN HVP: ``gn_hvp``, ``gn_dense``).
 - ``fisher``: the empirical-Fisher total curvature (1/M) G^T G + delta I from the per-task total gradients, solved
