@@ -23,7 +23,8 @@ exist here. Two ground truths replace it, each reporting its own reliability:
   task (one solve each, every solve after the first started from the Galerkin projection onto the earlier ones,
   ``metainf.linalg.cg.cg_successive``), and ``task_lds_per_eval_own`` (``task_lds_partial_per_eval_own``) ranks each
   evaluation task's losses by its own column. ``task_lds_per_eval`` ranks every evaluation task by the scores of the
-  mean evaluation loss. ``per_eval_solve`` records the solves' seconds and CG iterations, and with
+  mean evaluation loss. ``per_eval.options`` (a Hutchinson-diagonal preconditioner at the default config) apply to
+  these solves only: factored once, one preconditioner serves all of them. ``per_eval_solve`` records the solves' seconds and CG iterations, and with
   ``per_eval.compare_cold`` the same solves from 0 beside them (issue "Fast task-IF", item 3).
 - **Warm-start leave-one-out with a paired control** (``metainf.groundtruth.warmstart``; Koh & Liang 2017, 5.1):
   from lam_T, ``warmstart.steps`` more Adam steps with and without each of the first ``warmstart.n_units``
@@ -61,20 +62,22 @@ PARTIAL_LDS_KEYS = frozenset({*(f"task_lds_partial{s}" for s in ("", "_ci95_low"
 
 def per_eval_scores(name: str, problem: AttributionProblem, options: dict,
                     compare_cold: bool) -> tuple[np.ndarray, dict]:
-    """(scores [M, E], solve record) of method ``name``'s ``score_per_eval``: one solve per evaluation task, each
-    started from the Galerkin projection onto the solutions before it (``metainf.linalg.cg.cg_successive``). With
+    """(scores [M, E], solve record) of method ``name``'s ``score_per_eval`` with ``options``: one solve per
+    evaluation task, each started from the Galerkin projection onto the solutions before it
+    (``metainf.linalg.cg.cg_successive``), sharing the preconditioner ``options["precond"]`` if any. With
     ``compare_cold`` the same solves run again from 0: the record holds each mode's seconds, total CG iterations and
     convergence, and the relative difference of the two score matrices."""
     record: dict = {}
     matrices = []
     for label, project in (("projected", True), *((("cold", False),) if compare_cold else ())):
-        method = get_method(name, **{**options.get(name, {}), "project": project})
+        method = get_method(name, **{**options, "project": project})
         t0 = time.perf_counter()
         matrices.append(method.score_per_eval(problem).detach().double().cpu())
         record[f"{label}_s"] = time.perf_counter() - t0
         record[f"{label}_iterations"] = sum(info.iterations for info in method.last_infos)
         record[f"{label}_converged"] = all(info.converged for info in method.last_infos)
     record["n_eval"] = int(matrices[0].shape[1])
+    record["precond"] = options.get("precond", "none")
     if compare_cold:
         record["cold_vs_projected_rel_diff"] = float((matrices[0] - matrices[1]).norm() / matrices[1].norm())
     return matrices[0].numpy(), record
@@ -120,8 +123,8 @@ def run_conv4(ctx: RunContext, name: str, cfg: dict, methods: tuple[str, ...]) -
     per_eval_series: dict[str, list] = {}
     for method in (m for m in cfg["per_eval"]["methods"] if m in values):
         try:
-            matrix, record = per_eval_scores(method, fit.problem, regime.method_options(cfg, fit.damping),
-                                             cfg["per_eval"]["compare_cold"])
+            options = {**regime.method_options(cfg, fit.damping).get(method, {}), **cfg["per_eval"].get("options", {})}
+            matrix, record = per_eval_scores(method, fit.problem, options, cfg["per_eval"]["compare_cold"])
         except scoring.METHOD_ERRORS as error:
             skipped[f"{method}/task_per_eval"] = f"{type(error).__name__}: {error}"
             continue

@@ -69,6 +69,7 @@ def test_conv4_part_reports_lds_it_can_back_up(tmp_path: Path) -> None:
     assert metrics["task_if_fast"]["task_lds_per_eval_own"] == pytest.approx(expected)
     solve = metrics["task_if_fast"]["per_eval_solve"]
     assert solve["n_eval"] == truth.shape[1] and solve["projected_converged"] and solve["cold_converged"]
+    assert solve["precond"] == cfg["per_eval"]["options"]["precond"] == "diag_hutchinson"  # shared by the solves
     assert solve["cold_vs_projected_rel_diff"] < 0.2  # both stop at relative residual 0.05, from different starts
     assert "per_eval_solve" not in metrics["tracin_cp"]
     assert metrics["warmstart"]["noise_floor"] > 0 and len(series["warmstart_effects"]) == cfg["warmstart"]["n_units"]
