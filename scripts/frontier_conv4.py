@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -44,17 +43,16 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from experiments import regime  # noqa: E402
-from experiments.base import RunContext  # noqa: E402
-from experiments.e3_loo import EXPERIMENT as E3  # noqa: E402
 from experiments.e4_frontier import FRONTIER, frontier_rows, pareto_mask, time_row  # noqa: E402
 from metainf.core.objective import MetaObjective  # noqa: E402
 from metainf.groundtruth.lds import SubsetLosses  # noqa: E402
 from metainf.methods import get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
+from probe_preconditioners import rebuild_conv4  # noqa: E402
 from replication import results  # noqa: E402
-from replication.config import resolve_config  # noqa: E402
 
 #: the frontier settings at Conv-4 (``e4_frontier.frontier_rows`` reads them): E4's rows, thinned to fit an hour on
 #: one core: no 2-step CG; no diagonal preconditioners (the Fisher diagonal is within 0.01 Spearman of plain CG at
@@ -113,11 +111,7 @@ def main(scale: str = "quick", results_dir: str | None = None) -> None:
     torch.set_num_threads(1)
     stored = json.loads((Path(results_dir or ROOT / "results") / "E3" / f"omniglot-{scale}.json").read_text())
     truth, corrupted, committed = ground_truth(stored)
-    cfg = resolve_config(E3, scale, "omniglot", {})["conv4"]
-    folder = Path(tempfile.mkdtemp())
-    ctx = RunContext("E3", "omniglot", scale, cfg, 0, ("task_if_fast",), folder, None, "serial", None,
-                     folder / "cache", lambda metrics, step=None: None)
-    fit = regime.fit_regime(ctx, cfg["inner"])
+    cfg, fit = rebuild_conv4(scale)
     problem, obj, lam = fit.problem, fit.problem.objective, fit.problem.lam
     options = regime.method_options(cfg, fit.damping).get("task_if_fast", {})
     rebuilt = run_method(get_method("task_if_fast", **options), problem, "task").values.double().numpy()

@@ -63,13 +63,18 @@ def meta_epoch_seconds(obj: MetaObjective, lam: torch.Tensor, repeats: int = 5) 
     return statistics.median(times)
 
 
-def main(scale: str = "quick") -> None:
-    torch.set_num_threads(1)
+def rebuild_conv4(scale: str) -> tuple[dict, regime.Trained]:
+    """(config, fit) of E3's Conv-4 part at ``scale``, seed 0, trained as E3 trains it (``regime.fit_regime``)."""
     cfg = resolve_config(E3, scale, "omniglot", {})["conv4"]
     folder = Path(tempfile.mkdtemp())
     ctx = RunContext("E3", "omniglot", scale, cfg, 0, ("task_if_fast",), folder, None, "serial", None,
                      folder / "cache", lambda metrics, step=None: None)
-    fit = regime.fit_regime(ctx, cfg["inner"])
+    return cfg, regime.fit_regime(ctx, cfg["inner"])
+
+
+def main(scale: str = "quick") -> None:
+    torch.set_num_threads(1)
+    _, fit = rebuild_conv4(scale)
     problem, obj, lam = fit.problem, fit.problem.objective, fit.problem.lam
     base = {"damping": fit.damping, "hvp": "autodiff"}
     reference = get_method("task_if_fast", **base, tol=REFERENCE_TOL, cg_iters=500)
