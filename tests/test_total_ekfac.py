@@ -10,7 +10,7 @@ from torch import nn
 from metainf.core.bilevel import TaskData, UnrolledInner
 from metainf.core.models import FlatModel, build_model
 from metainf.core.objective import MetaObjective
-from metainf.linalg.ekfac import ekfac_factors, pooled_ekfac_factors
+from metainf.linalg.ekfac import ekfac_apply, ekfac_factors, pooled_ekfac_factors
 from metainf.linalg.total_ekfac import total_ekfac_preconditioner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,6 +47,20 @@ def test_one_set_is_ekfac_factors() -> None:
     single = ekfac_factors(model, TaskData(x[0], y[0], w[0], x[0], y[0], w[0]), theta)
     for a, b in zip(pooled, single):
         assert rel(a.eigenvalues, b.eigenvalues) < 1e-12
+
+
+def test_chunked_two_pass_factors_equal_one_pass() -> None:
+    """Two layers, 7 sets in chunks of 3 (factors summed in a first pass, the eigenvalue correction in a second that
+    recomputes the samples) against all sets in one pass: the same eigenbases' products and corrections."""
+    model = FlatModel.wrap(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT))
+    x, y, w = sets(7, 4, seed=5)
+    thetas = torch.randn(7, model.n_params, generator=torch.Generator().manual_seed(6), dtype=DT)
+    one = pooled_ekfac_factors(model, x, y, w, thetas, chunk=None)
+    two = pooled_ekfac_factors(model, x, y, w, thetas, chunk=3)
+    b = torch.randn(model.n_params, generator=torch.Generator().manual_seed(7), dtype=DT)
+    assert rel(ekfac_apply(model, two, b, 0.1), ekfac_apply(model, one, b, 0.1)) < 1e-10
+    for a, c in zip(one, two):
+        assert rel(c.eigenvalues.flatten().sort().values, a.eigenvalues.flatten().sort().values) < 1e-10
 
 
 @pytest.mark.parametrize("chunk", [None, 2])

@@ -133,26 +133,38 @@ def _layer_samples(model: FlatModel, layers: list[tuple[nn.Module, str, str | No
     return samples
 
 
-def _combine(layers: list[tuple[nn.Module, str, str | None]], samples: list[tuple[Tensor, Tensor]],
-             w: Tensor) -> list[LayerFactors]:
-    """The factors of the module docstring from every example's layer inputs and output backpropagations
-    (``_layer_samples``, examples pooled along n) and the example weights ``w`` [n]."""
-    factors = []
-    for (_, wname, bname), (a, g) in zip(layers, samples):
-        cov_a = torch.einsum("n,nld,nle->de", w, a, a)
-        cov_g = torch.einsum("knld,knle->de", g, g)
-        q_a = torch.linalg.eigh(0.5 * (cov_a + cov_a.T))[1]
-        q_g = torch.linalg.eigh(0.5 * (cov_g + cov_g.T))[1]
-        projected = torch.einsum("knlr,nls->knrs", g @ q_g, a @ q_a)  # Q_G^T D_jc Q_A
-        factors.append(LayerFactors(wname, bname, q_a, q_g, (projected ** 2).sum((0, 1))))
-    return factors
+def _covariances(samples: list[tuple[Tensor, Tensor]], w: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Per layer the unnormalised Kronecker factors (A, G) of the module docstring from examples' layer inputs and
+    output backpropagations (``_layer_samples``, examples along n) and their weights ``w`` [n]: sums over examples,
+    so the factors of a pooled set are the sums of its parts'."""
+    return [(torch.einsum("n,nld,nle->de", w, a, a), torch.einsum("knld,knle->de", g, g)) for a, g in samples]
+
+
+def _eigenbases(covariances: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Per layer (Q_A, Q_G): the eigenvectors of the symmetrised Kronecker factors."""
+    return [(torch.linalg.eigh(0.5 * (a + a.T))[1], torch.linalg.eigh(0.5 * (g + g.T))[1]) for a, g in covariances]
+
+
+def _corrections(samples: list[tuple[Tensor, Tensor]], bases: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """Per layer the eigenvalue correction Lambda[r, s] = sum_jc (Q_G^T D_jc Q_A)[r, s]^2 of the module docstring
+    over the given examples (sums over examples, as ``_covariances``)."""
+    return [(torch.einsum("knlr,nls->knrs", g @ q_g, a @ q_a) ** 2).sum((0, 1))
+            for (a, g), (q_a, q_g) in zip(samples, bases)]
+
+
+def _factors(layers: list[tuple[nn.Module, str, str | None]], bases: list[tuple[Tensor, Tensor]],
+             corrections: list[Tensor]) -> list[LayerFactors]:
+    return [LayerFactors(wname, bname, q_a, q_g, lam)
+            for (_, wname, bname), (q_a, q_g), lam in zip(layers, bases, corrections)]
 
 
 def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "ggn") -> list[LayerFactors]:
     """EK-FAC factors of the Gauss-Newton matrix of L_S(theta) on task ``t``'s support set (weights ``t.ws``)."""
     layers = kfac_layers(model)
     w = t.ws / t.ws.shape[-1]
-    return _combine(layers, _layer_samples(model, layers, t.xs, t.ys, w, theta, fisher), w)
+    samples = _layer_samples(model, layers, t.xs, t.ys, w, theta, fisher)
+    bases = _eigenbases(_covariances(samples, w))
+    return _factors(layers, bases, _corrections(samples, bases))
 
 
 def pooled_ekfac_factors(model: FlatModel, x: Tensor, y: Tensor, w: Tensor, thetas: Tensor, fisher: str = "ggn",
@@ -160,13 +172,34 @@ def pooled_ekfac_factors(model: FlatModel, x: Tensor, y: Tensor, w: Tensor, thet
     """EK-FAC factors of sum_k GN_k, GN_k the Gauss-Newton matrix of sum_j w[k, j] ce(f(thetas[k], x[k, j]), y[k, j])
     (every set k of examples at its own parameters; ``x`` [M, n, ...], ``y`` / ``w`` [M, n], ``thetas`` [M, P]):
     the Kronecker factors and the eigenvalue correction of the module docstring summed over all M n examples.
-    The per-set passes are vmapped ``chunk`` sets at a time. With M = 1 this is :func:`ekfac_factors`."""
+    With M = 1 this is :func:`ekfac_factors`.
+
+    The per-set passes are vmapped ``chunk`` sets at a time, and memory is bounded by one chunk's layer inputs and
+    output backpropagations: the Kronecker factors are summed over the chunks in a first pass, and the eigenvalue
+    correction, which needs their eigenbases, in a second pass that recomputes each chunk's samples (twice the
+    forward and backward passes; one pass when all sets fit in one chunk)."""
     layers = kfac_layers(model)
-    parts = [vmap(lambda xx, yy, ww, th: _layer_samples(model, layers, xx, yy, ww, th, fisher))(
-        x[sl], y[sl], w[sl], thetas[sl]) for sl in chunks(x.shape[0], chunk)]
-    samples = [(torch.cat([p[i][0].flatten(0, 1) for p in parts]),
-                torch.cat([p[i][1].transpose(0, 1).flatten(1, 2) for p in parts], dim=1)) for i in range(len(layers))]
-    return _combine(layers, samples, w.reshape(-1))
+    slices = list(chunks(x.shape[0], chunk))
+
+    def samples_of(sl: slice) -> list[tuple[Tensor, Tensor]]:
+        """The chunk's samples, its sets pooled along n ([n_sets * n, L, d_in'], [K, n_sets * n, L, d_out])."""
+        part = vmap(lambda xx, yy, ww, th: _layer_samples(model, layers, xx, yy, ww, th, fisher))(
+            x[sl], y[sl], w[sl], thetas[sl])
+        return [(a.flatten(0, 1), g.transpose(0, 1).flatten(1, 2)) for a, g in part]
+
+    if len(slices) == 1:
+        samples = samples_of(slices[0])
+        bases = _eigenbases(_covariances(samples, w.reshape(-1)))
+        return _factors(layers, bases, _corrections(samples, bases))
+    covariances = [(torch.zeros(()), torch.zeros(()))] * len(layers)
+    for sl in slices:
+        part = _covariances(samples_of(sl), w[sl].reshape(-1))
+        covariances = [(a + pa, g + pg) for (a, g), (pa, pg) in zip(covariances, part)]
+    bases = _eigenbases(covariances)
+    corrections = [torch.zeros(())] * len(layers)
+    for sl in slices:
+        corrections = [c + pc for c, pc in zip(corrections, _corrections(samples_of(sl), bases))]
+    return _factors(layers, bases, corrections)
 
 
 def _ekfac_map(model: FlatModel, factors: list[LayerFactors], b: Tensor, damping: float, inverse: bool) -> Tensor:
