@@ -17,7 +17,8 @@ positive definite by construction (``ekfac_apply``; parameters outside Linear / 
 delta + damping). What it leaves out: the second-order terms of H_F (the curvature of the inner adaptation and the
 part of the query Hessian beyond Gauss-Newton), which carry the negative curvature of H_data at lam*. The cost,
 paid once per problem: one batched pass over the tasks (the adapted parameters, a forward pass of the query points
-and C backward passes for the C output-Hessian roots) and two eigendecompositions per layer.
+and C backward passes for the C output-Hessian roots; a second pass when the tasks span several ``obj.chunk``
+chunks, so that memory holds one chunk's samples, see ``pooled_ekfac_factors``) and two eigendecompositions per layer.
 """
 
 from __future__ import annotations

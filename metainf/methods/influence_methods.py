@@ -147,8 +147,8 @@ class TaskIFTruncated(TaskIF):
     - ``nystrom``: a rank-``precond_rank`` Rayleigh-Ritz model of H_F on span probes [grad L_eval, G^T R]
       (``precond_rank`` batched HVPs; Nystrom-PCG, ``metainf.linalg.nystrom``);
     - ``ekfac``: an EK-FAC model of the Gauss-Newton part of H_F, (1/M) sum_k tau_k GN of task k's query loss at
-      its adapted parameters, plus (delta + damping) I (one batched pass over the tasks and two eigendecompositions
-      per layer; ``metainf.linalg.total_ekfac``).
+      its adapted parameters, plus (delta + damping) I (one batched pass over the tasks, two when they span several
+      chunks, which bounds its memory by one chunk; two eigendecompositions per layer; ``metainf.linalg.total_ekfac``).
 
     The default of 3 iterations: Spearman with dense task-IF >= 0.98 on the six E5 problems at 100 tasks (digits
     seeds 0-1 and Omniglot seed 0, hidden 8 and 16; lowest 0.993) and on six held-out ones (digits seeds 2-3,
