@@ -25,7 +25,8 @@ row (7,333 parameters: forming H_F would take 7,333 HVPs); the reference is ``ta
 Writes ``results/probes/frontier-conv4-omniglot-<scale>.json`` (atomically) and the figure beside it, and prints a
 table. Usage: OMP_NUM_THREADS=1 python scripts/frontier_conv4.py [scale]
 (quick, the default: about 40 minutes on one core; smoke: a plumbing check, against a smoke E3 result in ``--results``
-given as the second argument)
+given as the second argument). ``python scripts/frontier_conv4.py --plot [scale]`` draws the figure again from the
+written JSON.
 """
 
 from __future__ import annotations
@@ -77,34 +78,83 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return correlations(a, b)["spearman"] if np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
+FAMILIES = (("CG", "C0"), ("CG + Fisher", "C1"), ("CG + EK-FAC", "C2"), ("CG + diagonal", "C8"),
+            ("Nystrom", "C4"), ("Neumann / LiSSA", "C3"), ("curvature model", "C5"), ("task_if_fast / reference", "k"))
+
+
+def family(estimator: str) -> str:
+    """The estimator family of a frontier row's name (its colour in the figure)."""
+    if estimator in ("fast", "task_if_cg"):
+        return "task_if_fast / reference"
+    if estimator.startswith("cg"):
+        for suffix, name in (("_fisher", "CG + Fisher"), ("_ekfac", "CG + EK-FAC"), ("_diag", "CG + diagonal")):
+            if suffix in estimator:
+                return name
+        return "CG"
+    if estimator.startswith("nystrom"):
+        return "Nystrom"
+    if estimator.startswith(("neumann", "lissa")):
+        return "Neumann / LiSSA"
+    return "curvature model"
+
+
 def figure(rows: list[dict], ceiling: dict, path: Path) -> None:
     """Two panels over the median meta-epochs (IQR as horizontal bars): LDS with its 95% CI (E3's ceiling as a band)
-    and the Spearman with the reference; Pareto rows filled."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    and the Spearman with the reference. Colour: the estimator family; filled and named: the panel's Pareto rows
+    (and ``fast`` and the reference, always named)."""
+    ok = [dict(r) for r in rows if r["status"] == "ok"]  # copies: the figure adds its own keys
+    colours = dict(FAMILIES)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    for r in ok:  # 1 - Spearman on a log axis spreads the rows that agree with the reference to 1e-3 and better
+        r["_gap"] = max(1.0 - r["spearman_vs_reference"], 1e-6)
     for ax, key, pareto, label in ((axes[0], "lds", "lds_pareto", "LDS (E3's ground truth, 95% CI)"),
-                                   (axes[1], "spearman_vs_reference", "reference_pareto",
-                                    "Spearman with the reference (CG to 1e-4)")):
+                                   (axes[1], "_gap", "reference_pareto",
+                                    "1 - Spearman with the reference (CG to 1e-4; log, better is up)")):
         if key == "lds":
-            ax.axhspan(ceiling["low"], ceiling["high"], color="0.9", label="LDS ceiling (A vs B), 95% CI")
+            ax.axhspan(ceiling["low"], ceiling["high"], color="0.92", label="LDS ceiling (A vs B), 95% CI")
+        named = sorted((r for r in ok if r[pareto] or r["estimator"] in ("fast", "task_if_cg")),
+                       key=lambda r: r["task_epochs_median"])
+        # a label above its point when the point lies above its neighbour in cost, else below: fewer overlaps
+        sign = -1 if key == "_gap" else 1  # the gap axis is inverted
+        offsets = {r["estimator"]: (4, 5 if sign * r[key] >= sign * named[i - 1 if i else min(1, len(named) - 1)][key]
+                                    else -11) for i, r in enumerate(named)}
         for r in ok:
-            x = r["task_epochs_median"]
+            x, c = r["task_epochs_median"], colours[family(r["estimator"])]
             xerr = [[x - r["task_epochs_q25"]], [r["task_epochs_q75"] - x]]
             yerr = ([[r["lds"] - r["lds_ci95_low"]], [r["lds_ci95_high"] - r["lds"]]] if key == "lds" else None)
-            ax.errorbar(x, r[key], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2,
-                        mfc="C0" if r[pareto] else "white", mec="C0", ecolor="0.6")
-            ax.annotate(r["estimator"], (x, r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.errorbar(x, r[key], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, elinewidth=0.8,
+                        mfc=c if r[pareto] else "white", mec=c, ecolor="0.75", zorder=3)
+            if r["estimator"] in offsets:
+                text = r["estimator"]
+                if key == "_gap" and text == "task_if_cg":
+                    text += " (the reference: gap 0)"
+                ax.annotate(text, (x, r[key]), fontsize=7.5, xytext=offsets[r["estimator"]],
+                            textcoords="offset points", zorder=4)
         ax.set_xscale("log")
+        if key == "_gap":
+            ax.set_yscale("log")
+            ax.invert_yaxis()
         ax.set_xlabel("cost: meta-epochs (median, IQR of 5 runs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=name) for name, c in FAMILIES
+               if any(family(r["estimator"]) == name for r in ok)]
+    axes[1].legend(handles=handles, loc="upper left", fontsize=8, title="filled, named: Pareto", title_fontsize=8)
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Task-IF estimators on E3's Conv-4 problem (Omniglot, 7,333 parameters, float32): filled = Pareto")
+    fig.suptitle("Task-IF estimators on E3's Conv-4 problem (Omniglot, 7,333 parameters, float32)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def redraw(scale: str = "quick") -> None:
+    """Draw the figure again from the written JSON (no rebuild, no timing)."""
+    out = OUT / f"frontier-conv4-omniglot-{scale}.json"
+    stored = json.loads(out.read_text())
+    figure(stored["rows"], stored["lds_ceiling"], out.with_suffix(".png"))
+    print(f"drawn: {out.with_suffix('.png').relative_to(ROOT)}")
 
 
 def main(scale: str = "quick", results_dir: str | None = None) -> None:
@@ -172,4 +222,7 @@ def main(scale: str = "quick", results_dir: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1:2] == ["--plot"]:
+        redraw(*sys.argv[2:3])
+    else:
+        main(*sys.argv[1:3])
