@@ -16,7 +16,7 @@ _PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-o
            ("query", "query_spearman", "instance", "Spearman with exact instance-IF"))
 #: frontier families in legend order, each with its own colour (tab20) and marker
 _FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "cg_diag_fisher", "cg_diag_hutchinson", "nystrom", "nystrom_pcg",
-             "fisher", "fast", "gn", "neumann", "lissa", "ekfac")
+             "cg_ekfac", "fisher", "fast", "gn", "neumann", "lissa")
 _MARKERS = "osD^v<>phX*Pd8"
 
 
@@ -33,7 +33,8 @@ def _family_style(family: str) -> dict:
 def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
     """Accuracy against cost of every frontier row: one panel each for tasks / support / query points; x = median
     meta-epochs (log) with the 25th-75th percentile as error bar, y = Spearman; the Pareto frontier drawn as a
-    step line; every point labelled with its row, coloured by family (legend in the last panel)."""
+    step line; coloured and marked by family (legend in the last panel); the rows on the frontier are named (their
+    labels alternate above and below along the frontier)."""
     fig, axes = new_figure(ncols=4, width=4.2, height=4.2)
     axes = np.ravel(axes)
     rows = {n: m for n, m in frontier.items() if m.get("status") == "ok"}
@@ -42,7 +43,9 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
         if f"{cost}_epochs_median" not in next(iter(rows.values()), {}):
             cost, what = "task", "scoring all tasks (points not timed)"
         pts = []
-        for i, (name, m) in enumerate(sorted(rows.items())):
+        on_frontier = sorted((float(m[f"{cost}_epochs_median"]), n) for n, m in rows.items() if m.get(f"{kind}_pareto"))
+        label_below = {n: i % 2 == 1 for i, (_, n) in enumerate(on_frontier)}
+        for name, m in sorted(rows.items()):
             x, y = float(m[f"{cost}_epochs_median"]), float(m[accuracy])
             if not (np.isfinite(x) and np.isfinite(y)):
                 continue
@@ -51,9 +54,9 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
             style = _family_style(fam)
             ax.errorbar([x], [y], xerr=err, fmt=style["marker"], ms=4, color=style["color"], ecolor=style["color"],
                         elinewidth=0.8, capsize=2, label=fam)
-            ax.annotate(name, (x, y), xytext=(4, 3 if i % 2 else -7), textcoords="offset points", fontsize=5.5,
-                        fontweight="bold" if m.get(f"{kind}_pareto") else "normal")
             if m.get(f"{kind}_pareto"):
+                ax.annotate(name, (x, y), xytext=(4, -8 if label_below[name] else 3), textcoords="offset points",
+                            fontsize=6.5)
                 pts.append((x, y))
         if pts:
             pts.sort()
@@ -68,7 +71,7 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
     order = sorted(unique, key=lambda f: (_FAMILIES + (f,)).index(f))
     axes[-1].axis("off")
     axes[-1].legend([unique[f] for f in order], order, loc="center left", fontsize=7, frameon=False,
-                    title="estimator family (bold label: on the frontier)", title_fontsize=7)
+                    title="estimator family (named: on the frontier)", title_fontsize=7)
     fig.suptitle(title)
     return save_figure(fig, path)
 
