@@ -158,13 +158,18 @@ def _factors(layers: list[tuple[nn.Module, str, str | None]], bases: list[tuple[
             for (_, wname, bname), (q_a, q_g), lam in zip(layers, bases, corrections)]
 
 
+def _factors_of(layers: list[tuple[nn.Module, str, str | None]], samples: list[tuple[Tensor, Tensor]],
+                w: Tensor) -> list[LayerFactors]:
+    """The factors of the module docstring from all the examples' samples at once (one pass)."""
+    bases = _eigenbases(_covariances(samples, w))
+    return _factors(layers, bases, _corrections(samples, bases))
+
+
 def ekfac_factors(model: FlatModel, t: TaskData, theta: Tensor, fisher: str = "ggn") -> list[LayerFactors]:
     """EK-FAC factors of the Gauss-Newton matrix of L_S(theta) on task ``t``'s support set (weights ``t.ws``)."""
     layers = kfac_layers(model)
     w = t.ws / t.ws.shape[-1]
-    samples = _layer_samples(model, layers, t.xs, t.ys, w, theta, fisher)
-    bases = _eigenbases(_covariances(samples, w))
-    return _factors(layers, bases, _corrections(samples, bases))
+    return _factors_of(layers, _layer_samples(model, layers, t.xs, t.ys, w, theta, fisher), w)
 
 
 def pooled_ekfac_factors(model: FlatModel, x: Tensor, y: Tensor, w: Tensor, thetas: Tensor, fisher: str = "ggn",
@@ -188,9 +193,7 @@ def pooled_ekfac_factors(model: FlatModel, x: Tensor, y: Tensor, w: Tensor, thet
         return [(a.flatten(0, 1), g.transpose(0, 1).flatten(1, 2)) for a, g in part]
 
     if len(slices) == 1:
-        samples = samples_of(slices[0])
-        bases = _eigenbases(_covariances(samples, w.reshape(-1)))
-        return _factors(layers, bases, _corrections(samples, bases))
+        return _factors_of(layers, samples_of(slices[0]), w.reshape(-1))
     covariances = [(torch.zeros(()), torch.zeros(()))] * len(layers)
     for sl in slices:
         part = _covariances(samples_of(sl), w[sl].reshape(-1))
