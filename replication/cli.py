@@ -5,8 +5,8 @@
     metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
                          [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
                          [--scheduler ADDR] [--wandb offline|online|disabled] [--jobs N]
-                         [--device cpu|cuda|auto] [--estimate-only] [--yes]
-    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--jobs N]
+                         [--device cpu|cuda|auto] [--estimate-only] [--yes] [--reuse]
+    metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--reuse] [--jobs N]
                       [--estimate-only] [--yes] [...]
     metainf-repro figures [--results DIR]
     metainf-repro report [--results DIR] [--out REPRODUCE.md]
@@ -105,6 +105,9 @@ def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
                         help="print the estimated time and memory (one measured outer step x the run's steps), exit")
     parser.add_argument("--yes", action="store_true",
                         help="run the paper (GPU) scale on a CPU anyway, after its estimate")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the seeds an existing result already holds for the same config and methods and "
+                             "compute only the others (default: recompute every seed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +189,7 @@ def _request(args: argparse.Namespace, exp_id: str, dataset: str, argv: Sequence
         argv=(PROG, *argv),
         device=args.device,
         dtype=args.dtype,
+        reuse=args.reuse,
     )
 
 

@@ -58,6 +58,7 @@ class RunRequest:
     argv: tuple[str, ...] = ()
     device: str = "cpu"
     dtype: str | None = None
+    reuse: bool = False  # keep the seeds the existing result file holds for the same run key (adopt_result_seeds)
 
 
 @dataclass(frozen=True)
@@ -277,10 +278,12 @@ def _seed_file(run: PreparedRun, seed: int) -> Path:
 
 
 def adopt_result_seeds(run: PreparedRun) -> list[int]:
-    """Seeds that the run's existing result file already holds for the same run key (experiment, dataset, scale,
-    config and methods) become seed files, so that a run asking for more seeds (``--seed 0 1 2`` after ``--seed 0
-    1``) computes only the new ones. Returns the seeds adopted; ``provenance.reused_seeds`` lists them."""
-    if not Path(run.path).exists():
+    """With ``request.reuse`` (``--reuse``), the seeds that the run's existing result file already holds for the
+    same run key (experiment, dataset, scale, config and methods) become seed files, so that a run asking for more
+    seeds (``--seed 0 1 2 --reuse`` after ``--seed 0 1``) computes only the new ones. Without it nothing is adopted:
+    a run recomputes every seed, so a reproduction on a clone recomputes the committed results instead of copying
+    them. Returns the seeds adopted; ``provenance.reused_seeds`` lists them."""
+    if not run.request.reuse or not Path(run.path).exists():
         return []
     previous = results.read_or_set_aside(Path(run.path))
     if previous is None or previous.get("run_key") != run.key:
@@ -358,7 +361,8 @@ def execute(run: PreparedRun) -> dict[str, Any]:
 
     Seeds already saved in the run's cache folder are loaded, not rerun: those of an interrupted run
     (``provenance.resumed_seeds``), those run by :func:`run_seeds_in_pool` (``provenance.pooled_seeds``) and those
-    the existing result file holds for the same run key (:func:`adopt_result_seeds`, ``provenance.reused_seeds``).
+    the existing result file holds for the same run key, with ``--reuse`` (:func:`adopt_result_seeds`,
+    ``provenance.reused_seeds``).
     """
     request = run.request
     name = f"{run.experiment.id}-{request.dataset}-{request.scale}"

@@ -156,14 +156,14 @@ def test_interrupted_run_resumes_finished_seeds_and_units(tmp_path: Path, monkey
 
 
 def test_more_seeds_reuse_those_the_result_already_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run asking for more seeds than its result holds (same run key) computes only the new ones; a changed
-    config (another run key) computes everything again."""
+    """With ``--reuse``, a run asking for more seeds than its result holds (same run key) computes only the new
+    ones; a changed config (another run key) computes everything again."""
     dummy = use(monkeypatch, Dummy())
     out = tmp_path / "out"
     assert main(["run", "E0", "--scale", "quick", "--seed", "0", "--out", str(out)]) == 0
     assert dummy.seeds == [0]
     dummy.seeds.clear()
-    assert main(["run", "E0", "--scale", "quick", "--out", str(out)]) == 0
+    assert main(["run", "E0", "--scale", "quick", "--reuse", "--out", str(out)]) == 0
     assert dummy.seeds == [1]
     path = out / "E0" / "omniglot-quick.json"
     data = results.read_json(path)
@@ -173,8 +173,21 @@ def test_more_seeds_reuse_those_the_result_already_holds(tmp_path: Path, monkeyp
     assert main(["run", "E0", "--scale", "quick", "--out", str(tmp_path / "fresh")]) == 0
     assert without_provenance(path) == without_provenance(tmp_path / "fresh" / "E0" / "omniglot-quick.json")
     dummy = use(monkeypatch, Dummy())
-    assert main(["run", "E0", "--scale", "quick", "--set", "ways=3", "--out", str(out)]) == 0
+    assert main(["run", "E0", "--scale", "quick", "--set", "ways=3", "--reuse", "--out", str(out)]) == 0
     assert dummy.seeds == [0, 1]
+
+
+def test_a_rerun_recomputes_every_seed_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``--reuse`` a run whose result already exists (a clone with committed results) computes every seed
+    again and records none as reused."""
+    dummy = use(monkeypatch, Dummy())
+    out = tmp_path / "out"
+    assert main(["run", "E0", "--scale", "quick", "--out", str(out)]) == 0
+    assert dummy.seeds == [0, 1]
+    dummy.seeds.clear()
+    assert main(["run", "E0", "--scale", "quick", "--out", str(out)]) == 0
+    assert dummy.seeds == [0, 1]
+    assert results.read_json(out / "E0" / "omniglot-quick.json")["provenance"]["reused_seeds"] == []
 
 
 def test_figures_and_report_come_from_json_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
