@@ -251,12 +251,16 @@ def _up_to_date(run: runner.PreparedRun) -> bool:
 def _record_all_run(args: argparse.Namespace, argv: Sequence[str], todo: list[runner.PreparedRun], started: str,
                     wall_s: float, up_to_date: list[str], failed: list[str]) -> None:
     """``results/all-<scale>.json``: this invocation's wall time, what it ran and on which code and machine; it is
-    *complete* when every run it prepared was made (none skipped as up to date, none failed)."""
+    *complete* when every run it prepared was made (none skipped as up to date, none failed, no seed kept from an
+    earlier result with ``--reuse``)."""
+    reused = [f"{r.experiment.id} {r.request.dataset} seed {seed}" for r in todo if r.path.is_file()
+              for seed in results.read_json(r.path).get("provenance", {}).get("reused_seeds", [])]
     results.write_json(results.all_run_path(args.out, args.scale), {
         "command": " ".join(["metainf-repro", *runner.portable_argv(argv)]), "scale": args.scale, "jobs": args.jobs,
         "started_utc": started, "finished_utc": results.utc_now(), "wall_s": wall_s,
         "runs": [{"experiment": r.experiment.id, "dataset": r.request.dataset, "seeds": list(r.seeds)} for r in todo],
-        "skipped_up_to_date": up_to_date, "failed": failed, "complete": not (up_to_date or failed),
+        "skipped_up_to_date": up_to_date, "failed": failed, "reused_seeds": reused,
+        "complete": not (up_to_date or failed or reused),
         "versions": results.library_versions(),
     })
 

@@ -186,7 +186,7 @@ def measured_budget(results_dir: Path, scale: str = "quick") -> str | None:
                else "no verdict, part of the run")
     scope = ("every run made" if rec.get("complete") else
              f"incomplete: {len(rec.get('skipped_up_to_date', []))} up to date and skipped, "
-             f"{len(rec.get('failed', []))} failed")
+             f"{len(rec.get('failed', []))} failed, {len(rec.get('reused_seeds', []))} seeds reused")
     return (f"measured: `{rec['command']}` took {minutes:.0f} min wall ({len(rec['runs'])} runs, {seeds} seeds, "
             f"{rec['jobs']} processes, {versions.get('cpu_count')} CPUs, git {commit[:10]}, finished "
             f"{rec['finished_utc']}; {scope}; target {REPRODUCE_BUDGET_MIN} min: {verdict}; setting up the "

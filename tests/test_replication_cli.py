@@ -349,6 +349,12 @@ def test_all_records_its_wall_time_and_the_front_page_reports_it(tmp_path: Path,
     assert not partial["complete"] and partial["skipped_up_to_date"] == ["E0 omniglot"]
     sentence = report.measured_budget(tmp_path / "res", "smoke")
     assert "1 up to date and skipped" in sentence and "no verdict, part of the run" in sentence
+    # one that keeps every seed of the earlier results (--reuse) computed nothing: no verdict on its wall time
+    assert main(["all", "--scale", "smoke", "--out", "res", "--report", "REPRODUCE.md", "--reuse"]) == 0
+    reused = results.read_json(tmp_path / "res" / "all-smoke.json")
+    assert not reused["complete"] and reused["reused_seeds"] == ["E0 omniglot seed 0", "E0 mnist seed 0"]
+    sentence = report.measured_budget(tmp_path / "res", "smoke")
+    assert "2 seeds reused" in sentence and "no verdict, part of the run" in sentence
 
 
 def test_dataset_seeds_override_the_scale_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
