@@ -5,7 +5,9 @@
 A leaf is a number (bool excluded) anywhere in a result JSON, named by its path. Skipped as timing-derived: the
 ``provenance`` block and any leaf whose path has a component naming a time, a memory measurement or a ratio of
 times (``*_s``, ``seconds``, ``runtime``, ``speedup``, ``peak``, ``rss``, ``*_mb``, ``epochs``, ``slope``, E5's
-``growth_exponent`` of time vs tasks, ``grad_passes``: time over one gradient pass) or chosen by wall time (E4's ``best``: the fastest configuration within a margin).
+``growth_exponent`` of time vs tasks, ``grad_passes``: time over one gradient pass, E4's ``*_ratios``: the timed
+repeats in meta-epochs) or chosen by wall time (E4's ``best`` and ``best_*``: the fastest configuration within a
+margin; ``*_pareto``: whether a configuration is on the accuracy-cost frontier).
 Numbers are compared exactly (NaN equals NaN). Prints the count compared and the count that differ (with the first
 ``--show`` of them); exit status 1 if any differ or a result file is missing on one side.
 """
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TIMING = re.compile(r"(_s$|^s$|seconds|runtime|speedup|peak|rss|_mb$|epochs|slope|growth_exponent|grad_passes|(^|\.)best(\.|$)|^provenance$)")
+TIMING = re.compile(r"(_s$|^s$|seconds|runtime|speedup|peak|rss|_mb$|epochs|slope|growth_exponent|grad_passes|_ratios$|pareto|(^|\.)best(\.|_|$)|^provenance$)")
 
 
 def leaves(x: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
