@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from metainf.core.bilevel import UnrolledInner
+from metainf.core.bilevel import ProximalInner, UnrolledInner
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective
 from metainf.groundtruth.lds import (EnsembleTrainer, PerRun, draw_subsets, subset_losses, subset_objective)
@@ -36,11 +36,15 @@ def test_draw_subsets_sizes_seeded_and_stratified():
         draw_subsets(20, 24, 0.0)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_ensemble_trainer_equals_train_stochastic_per_subset(optimizer):
+INNERS = {"unrolled": lambda: UnrolledInner(steps=1, lr=0.4),  # one vmapped pass over every run's tasks
+          "proximal": lambda: ProximalInner(beta=4.0, inner_solver="dense")}  # per-run objectives (stateful)
+
+
+@pytest.mark.parametrize("optimizer,inner", [("sgd", "unrolled"), ("adam", "unrolled"), ("adam", "proximal")])
+def test_ensemble_trainer_equals_train_stochastic_per_subset(optimizer, inner):
     model = build_model("mlp", INPUT, N_WAY, hidden=(4,))
-    obj = MetaObjective(model, UnrolledInner(steps=1, lr=0.4), make_tasks(0, 10), delta=0.01)
-    ev = MetaObjective(model, UnrolledInner(steps=1, lr=0.4), make_tasks(1, 5))
+    obj = MetaObjective(model, INNERS[inner](), make_tasks(0, 10), delta=0.01)
+    ev = MetaObjective(model, INNERS[inner](), make_tasks(1, 5))
     lam0 = model.init(0, dtype=DT)
     masks, seeds = draw_subsets(10, 3, 0.5, seed=1), [11, 12, 13]
     trainer = EnsembleTrainer(obj, ev, lam0, steps=7, batch=2, lr=0.3 if optimizer == "sgd" else 0.05,

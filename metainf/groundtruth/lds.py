@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metainf.core.bilevel import TaskData, UnrolledInner
+from metainf.core.bilevel import TaskData
 from metainf.core.objective import MetaObjective, check_finite, stacked_value_and_grad
 from metainf.groundtruth.trajectory import optimizer_step
 from metainf.metrics import LDS, lds, lds_ceiling
@@ -216,7 +216,7 @@ class EnsembleTrainer:
         obj = self.objective
         tasks = TaskData(*(x[idx] for x in obj.tasks))  # [B, batch, ...]
         tau = obj.tau[idx]
-        if isinstance(obj.inner, UnrolledInner):
+        if not obj.inner.stationary:  # no per-task state to solve: every run's tasks in one vmapped pass
             model, inner = obj.model, obj.inner
 
             def one(lam: Tensor, tk: TaskData, tau_b: Tensor) -> Tensor:
