@@ -131,9 +131,7 @@ def task_and_eval_grads(obj: MetaObjective, eval_obj: MetaObjective, lam: Tensor
         return obj.task_grads(lam), eval_obj.mean_loss_grad(lam)
     joint = MetaObjective(obj.model, obj.inner, TaskData(*(torch.cat([a, c]) for a, c in zip(t, e))),
                           chunk=obj.chunk)
-    # the unrolled inner problem keeps no state: map total_grad directly (task_grads would first adapt every task)
-    both = check_finite(joint.map_tasks(lambda tk, s: obj.inner.total_grad(obj.model, lam, tk, s)),
-                        "a per-task total gradient")
+    both = joint.task_grads(lam)  # the unrolled problem keeps no inner state: one pass of total gradients
     return both[:obj.n_tasks], both[obj.n_tasks:].mean(0)
 
 
