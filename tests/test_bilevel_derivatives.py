@@ -197,3 +197,19 @@ def test_non_finite_input_raises(where: str, setup: Setup):
     msg = str(info.value)
     assert "not finite" in msg
     assert any(hint in msg for hint in ("learning rate", "beta", "delta", "float64")), msg
+
+
+def test_unrolled_objective_solves_no_inner_state(monkeypatch: pytest.MonkeyPatch):
+    """The unrolled map keeps no state: value, gradient, HVP and a subset never call ``prepare`` (each would adapt
+    every task once more), and the gradient still matches the stateful path's (a finite-difference check is above)."""
+    s = Setup("unrolled")
+    reference = s.obj.grad(s.lam)
+    calls = []
+    monkeypatch.setattr(s.inner, "prepare", lambda *a, **k: calls.append(1))
+    obj = MetaObjective(s.model, s.inner, make_tasks(0), delta=0.01)
+    lam = s.lam + 0.01  # a lam no cache has seen
+    obj.value_and_grad(lam)
+    obj.hvp(lam, s.randn(lam.numel()))
+    obj.subset(lam, [0, 1]).grad(lam)
+    torch.testing.assert_close(obj.grad(s.lam), reference, rtol=0, atol=0)
+    assert calls == []

@@ -186,7 +186,7 @@ class MetaObjective:
     def _prime(self, lam: Tensor) -> None:
         """Solve (or reuse) the inner problems at ``lam`` that :meth:`map_tasks` hands to its ``fn``: stationary inner
         problems only. An unrolled map keeps no state (its methods recompute theta_K(lam)), so computing one would
-        only repeat the inner steps: a fifth of a MAML training step on Conv-4."""
+        only repeat the inner steps."""
         if self.inner.stationary:
             self.state_at(lam)
 
