@@ -60,7 +60,7 @@ _BASE = {
     "n_way": 5, "k_shot": 1, "q_query": 2, "model": "mlp", "delta": 0.1, "tol": 1e-6, "max_iter": 300,
     "outer_steps": 50, "outer_batch": 8, "outer_lr": 1.0, "outer_optimizer": "sgd", "inners": ["unrolled"],
     "unrolled": {"steps": 1, "lr": 0.4}, "proximal": {"beta": 2.0}, "n_eval_tasks": 20, "loo_sample": 2,
-    "timing_repeats": 5, "timing_budget_s": 0.5,
+    "timing_repeats": 11, "timing_budget_s": 0.5,
 }
 # Omniglot as in E3 (12 px, outer L2 0.03): at 8 px with L2 0.1 lam* collapses to 0 at 100 tasks and every score is
 # ~1e-21 (rank correlations of round-off)
