@@ -87,6 +87,18 @@ def e3_problem(dataset: str, seed: int, inner: str):
     return problem, h, per_seed["series"][inner], per_seed["metrics"][inner]["task_if"]
 
 
+def e5_problem(dataset: str, seed: int, hidden: int, n_tasks: int = 100):
+    """(set-up, fitted, converged problem) of E5's quick grid point (``n_tasks`` tasks, hidden width ``hidden``) on
+    ``dataset``, trained as E5 trains it (unrolled MAML, its ``by_dataset`` settings merged in)."""
+    quick = E5_CONFIGS["quick"]
+    cfg = {**quick, "n_train_tasks": n_tasks, "hidden": [hidden], **quick["by_dataset"].get(dataset, {})}
+    ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU,
+                                torch_dtype=lambda default: default, seed=seed)
+    setup = setups.build_setup(ctx, "unrolled")
+    fitted = setups.fit(setup, cfg, seed)
+    return setup, fitted, setups.problems(setup, fitted, seed)["converged"]
+
+
 def dense_v(problem, h: torch.Tensor) -> torch.Tensor:
     """v = H^-1 grad L_eval by a dense solve (the reference: exact task-IF)."""
     return torch.linalg.solve(h, problem.eval_objective.mean_loss_grad(problem.lam))
@@ -133,12 +145,8 @@ def part_e3() -> None:
 def part_e5() -> None:
     for dataset, seed in E5_PROBLEMS:
         for hidden in (8, 16):
-            cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden],
-                   **E5_CONFIGS["quick"]["by_dataset"].get(dataset, {})}
-            setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed),
-                                       "unrolled")
+            setup, _, problem = e5_problem(dataset, seed, hidden)
             lam0 = setup.model.init(seed)
-            problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
             obj, lam = problem.objective, problem.lam
             exact = (obj.task_grads(lam) @ dense_v(problem, obj.dense_hessian(lam))).numpy()
             for name, opts in E5_CANDIDATES.items():

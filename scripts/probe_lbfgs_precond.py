@@ -20,7 +20,6 @@ Usage: OMP_NUM_THREADS=1 python scripts/probe_lbfgs_precond.py   (about 2 min on
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import CPU, E5_CONFIGS, dense_v, spearman  # noqa: E402
-from experiments import setups  # noqa: E402
+from measure_fast import dense_v, e5_problem, spearman  # noqa: E402
 from metainf.core.objective import MetaObjective  # noqa: E402
 from metainf.linalg.cg import cg  # noqa: E402
 from metainf.linalg.finite_difference import fd_hessian_operator  # noqa: E402
@@ -82,12 +80,7 @@ def main() -> None:
     warnings.simplefilter("ignore", RuntimeWarning)
     for seed in (0, 1):
         for hidden in (8, 16):
-            cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden]}
-            ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
-                                        torch_dtype=lambda default: default, seed=seed)
-            setup = setups.build_setup(ctx, "unrolled")
-            fitted = setups.fit(setup, cfg, seed)
-            problem = setups.problems(setup, fitted, seed)["converged"]
+            _, fitted, problem = e5_problem("mnist", seed, hidden)
             obj, lam = problem.objective, problem.lam
             h, g = obj.dense_hessian(lam), obj.task_grads(lam)
             b = problem.eval_objective.mean_loss_grad(lam)

@@ -22,7 +22,6 @@ Usage: OMP_NUM_THREADS=1 python scripts/probe_stopping.py [e3] [e5]   (e3: ~5 mi
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -32,8 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import CPU, E5_CONFIGS, E5_PROBLEMS, KINDS, dense_v, e3_problem, spearman  # noqa: E402
-from experiments import setups  # noqa: E402
+from measure_fast import E5_PROBLEMS, KINDS, dense_v, e3_problem, e5_problem, spearman  # noqa: E402
 from experiments.scoring import unit_values  # noqa: E402
 from metainf.influence import hessian_operator, instance_scores  # noqa: E402
 from metainf.linalg.cg import cg  # noqa: E402
@@ -105,12 +103,7 @@ def part_e3() -> None:
 def part_e5() -> None:
     for dataset, seed in E5_PROBLEMS:
         for hidden in (8, 16):
-            cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden],
-                   **E5_CONFIGS["quick"]["by_dataset"].get(dataset, {})}
-            ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU,
-                                        torch_dtype=lambda default: default, seed=seed)
-            setup = setups.build_setup(ctx, "unrolled")
-            problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
+            problem = e5_problem(dataset, seed, hidden)[2]
             obj, lam = problem.objective, problem.lam
             h, g = obj.dense_hessian(lam), obj.task_grads(lam)
             exact = (g @ dense_v(problem, h)).numpy()

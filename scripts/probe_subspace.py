@@ -22,7 +22,6 @@ Usage: OMP_NUM_THREADS=1 python scripts/probe_subspace.py [e5] [e3]   (~2 min ea
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -31,8 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import CPU, E5_CONFIGS, e3_problem, spearman  # noqa: E402
-from experiments import setups  # noqa: E402
+from measure_fast import e3_problem, e5_problem, spearman  # noqa: E402
 
 STEPS = 5
 RANKS = (4, 16)
@@ -66,11 +64,7 @@ def trace(name: str, h: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> None:
 def part_e5() -> None:
     for seed in (0, 1):
         for hidden in (8, 16):
-            cfg = {**E5_CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden]}
-            ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
-                                        torch_dtype=lambda default: default, seed=seed)
-            setup = setups.build_setup(ctx, "unrolled")
-            problem = setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
+            problem = e5_problem("mnist", seed, hidden)[2]
             obj, lam = problem.objective, problem.lam
             trace(f"E5 mnist s{seed} h{hidden}", obj.dense_hessian(lam), obj.task_grads(lam),
                   problem.eval_objective.mean_loss_grad(lam))
