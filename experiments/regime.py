@@ -39,13 +39,12 @@ from experiments.base import RunContext, Workload
 from experiments.removal import weights_without
 from metainf.core.objective import MetaObjective
 from metainf.core.problem import AttributionProblem
-from metainf.groundtruth.trajectory import batch_objective
 from metainf.influence import hessian_operator
 from metainf.linalg.finite_difference import fd_hessian_operator, prefer_fd
 from metainf.linalg.neumann import power_iteration
 from metainf.linalg.cg import cg
 from metainf.methods.static import masked_unit_gradient
-from metainf.train import Trajectory, train_stochastic
+from metainf.train import Trajectory, batch_objective, train_stochastic
 
 
 #: the attribution methods that scale to Conv-4 (the Conv-4 parts of E2 and E3): E1's, task_if_fast and grad_cos

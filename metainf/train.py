@@ -261,6 +261,27 @@ class Trajectory:
     lrs: list[float] = field(default_factory=list)
 
 
+def batch_objective(obj: MetaObjective, idx: list[int]) -> MetaObjective:
+    """The sub-objective of one meta-batch (one entry per slot, duplicates kept): its ``grad`` is the step's
+    meta-gradient g_t of :func:`train_stochastic`, so a replay that takes it reproduces the recorded run bit for bit."""
+    tasks = type(obj.tasks)(*(x[idx] for x in obj.tasks))
+    return MetaObjective(obj.model, obj.inner, tasks, obj.delta, obj.tau[idx], obj.chunk)
+
+
+def optimizer_step(optimizer: str, lam: Tensor, m1: Tensor, m2: Tensor, g: Tensor, lr: float,
+                   t: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One outer update (lam, m1, m2) -> (lam', m1', m2') of :func:`train_stochastic`: SGD lam - lr g, or Adam
+    (beta 0.9 / 0.999, eps 1e-8, bias-corrected at step t)."""
+    if optimizer == "sgd":
+        return lam - lr * g, m1, m2
+    if optimizer != "adam":
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    m1 = 0.9 * m1 + 0.1 * g
+    m2 = 0.999 * m2 + 0.001 * g * g
+    lam = lam - lr * (m1 / (1 - 0.9 ** (t + 1))) / ((m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+    return lam, m1, m2
+
+
 def train_stochastic(obj: MetaObjective, lam0: Tensor, steps: int, batch: int, lr: float, optimizer: str = "sgd",
                      seed: int = 0, record_every: int = 1) -> tuple[Tensor, Trajectory]:
     """Meta-training with task mini-batches (epoch-wise permutations from ``numpy.random.default_rng(seed)``).
@@ -284,21 +305,14 @@ def train_stochastic(obj: MetaObjective, lam0: Tensor, steps: int, batch: int, l
         if len(order) < batch:
             order += rng.permutation(m).tolist()
         idx, order = order[:batch], order[batch:]
-        sub = MetaObjective(obj.model, obj.inner, type(obj.tasks)(*(x[idx] for x in obj.tasks)), obj.delta,
-                            obj.tau[idx], obj.chunk)
-        g = check_finite(sub.grad(lam), "a meta-gradient")
+        g = check_finite(batch_objective(obj, idx).grad(lam), "a meta-gradient")
         norm = float(g.norm())
         reference = norm if t == 0 else reference
         if norm > DIVERGENCE_FACTOR * max(1.0, reference):
             raise DivergenceError(f"meta-training diverged: the meta-gradient norm grew from {reference:.3g} to "
                                   f"{norm:.3g} by step {t} (over {DIVERGENCE_FACTOR:g}x). Lower the outer learning "
                                   f"rate lr={lr:g} (experiments: config key outer_lr) or raise the outer L2 delta.")
-        if optimizer == "sgd":
-            lam = lam - lr * g
-        else:
-            m1 = 0.9 * m1 + 0.1 * g
-            m2 = 0.999 * m2 + 0.001 * g * g
-            lam = lam - lr * (m1 / (1 - 0.9 ** (t + 1))) / ((m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+        lam, m1, m2 = optimizer_step(optimizer, lam, m1, m2, g, lr, t)
         traj.schedule.append(idx)
         traj.lrs.append(lr)
         if (t + 1) % record_every == 0 or t + 1 == steps:

@@ -30,9 +30,9 @@ from torch.func import vmap
 
 from metainf.core.bilevel import TaskData
 from metainf.core.objective import MetaObjective, check_finite, stacked_value_and_grad
-from metainf.groundtruth.trajectory import optimizer_step
 from metainf.metrics import LDS, lds, lds_ceiling
 from metainf.runtime.executor import run_units
+from metainf.train import optimizer_step
 
 #: (subset masks [B, M] bool, one seed per run) -> evaluation losses [B, E] of the B retrained models
 TrainMany = Callable[[Tensor, Sequence[int]], Tensor]

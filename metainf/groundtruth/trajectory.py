@@ -30,28 +30,9 @@ from metainf.core.bilevel import TaskData
 from metainf.core.problem import AttributionProblem, check_kind
 from metainf.core.objective import MetaObjective
 from metainf.linalg.chunked import chunks
-from metainf.train import Trajectory
+from metainf.train import Trajectory, batch_objective, optimizer_step
 
 Unit = tuple[int, int | None]
-
-
-def batch_objective(obj: MetaObjective, idx: list[int]) -> MetaObjective:
-    """The sub-objective of one meta-batch (one entry per slot, duplicates kept), exactly as ``train_stochastic``."""
-    tasks = type(obj.tasks)(*(x[idx] for x in obj.tasks))
-    return MetaObjective(obj.model, obj.inner, tasks, obj.delta, obj.tau[idx], obj.chunk)
-
-
-def optimizer_step(optimizer: str, lam: Tensor, m1: Tensor, m2: Tensor, g: Tensor, lr: float,
-                   t: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One outer update (lam, m1, m2) -> (lam', m1', m2') with the arithmetic of ``train_stochastic``."""
-    if optimizer == "sgd":
-        return lam - lr * g, m1, m2
-    if optimizer != "adam":
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    m1 = 0.9 * m1 + 0.1 * g
-    m2 = 0.999 * m2 + 0.001 * g * g
-    lam = lam - lr * (m1 / (1 - 0.9 ** (t + 1))) / ((m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
-    return lam, m1, m2
 
 
 @dataclass
@@ -116,11 +97,10 @@ def replay(obj: MetaObjective, lam0: Tensor, schedule: list[list[int]], lrs: lis
     adam = keep and optimizer == "adam"
     out = ReplayResult([lam] if keep else [], [m1] if adam else [], [m2] if adam else [])
     for t, idx in enumerate(schedule):
-        if lanes is None:
-            tau, ws, wq = obj.tau[idx][None], obj.tasks.ws[idx][None], obj.tasks.wq[idx][None]
+        if lanes is None:  # the recorded run itself: the trainer's own gradient, so the replay is bit for bit
+            g = batch_objective(obj, idx).grad(lam[0])[None]
         else:
-            tau, ws, wq = lanes.weights(obj, idx, t)
-        g = _lane_grads(obj, lam, idx, tau, ws, wq)
+            g = _lane_grads(obj, lam, idx, *lanes.weights(obj, idx, t))
         lam, m1, m2 = optimizer_step(optimizer, lam, m1, m2, g, lrs[t], t)
         if keep:
             out.lams.append(lam)

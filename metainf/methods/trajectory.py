@@ -47,10 +47,11 @@ from torch.func import vjp
 
 from metainf.core.objective import MetaObjective
 from metainf.core.problem import UNIT_KINDS, AttributionProblem, check_kind
-from metainf.groundtruth.trajectory import batch_objective, optimizer_step, require_trajectory, trajectory_states
+from metainf.groundtruth.trajectory import require_trajectory, trajectory_states
 from metainf.influence import instance_scores
 from metainf.methods.base import AttributionMethod
 from metainf.methods.registry import get_method
+from metainf.train import batch_objective, optimizer_step
 
 
 def unit_derivatives(obj: MetaObjective, lam: Tensor, v: Tensor, kinds: tuple[str, ...],
