@@ -3,12 +3,13 @@
 For each (number of training tasks M, hidden width) on the grid, measured in one process:
 
 - ``epoch_s``: one meta-epoch, i.e. one full-batch F value and total gradient over all M tasks (median of 3), as the
-  trainer computes it (``MetaObjective.value_and_grad``: a pass of task losses, then a pass of per-task total
+  trainer computes it (``MetaObjective.value_and_grad``: for unrolled MAML one reverse pass of the summed task
+  losses, which gives F and its gradient at once; for iMAML a pass of task losses, then one of per-task total
   gradients);
 - ``summed_grad_s`` (unrolled second-order MAML only): one reverse pass of the summed task losses
-  (``metainf.linalg.finite_difference.data_gradient_and_losses``), which gives F and its gradient at once: the
-  cheapest meta-epoch a trainer could take, and the cost of one finite-difference total HVP. Every method's time is
-  also reported in these passes (``{method}_summed_grad_passes``), the stricter unit;
+  (``metainf.linalg.finite_difference.data_gradient_and_losses``), the cost of one finite-difference total HVP: the
+  same pass as the meta-epoch there, timed apart. Every method's time is also reported in these passes
+  (``{method}_summed_grad_passes``);
 - ``train_s``: the meta-training that produces lam* (recorded stochastic phase, then full-batch convergence): the
   unit of the retraining cost, measured on the training the methods explain (no second training);
 - every method's scoring time for all tasks (the median over up to ``timing_repeats`` runs, repeated while they take

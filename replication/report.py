@@ -445,7 +445,7 @@ def _lds(found: Found) -> list[str]:
 
 def _e5(found: Found) -> list[str]:
     lines = ["## E5: cost of scoring 100 tasks (meta-epochs: one F value and gradient over the tasks, as the trainer "
-             "computes them: a pass of task losses, then one of per-task gradients)", ""]
+             "computes them: for MAML one reverse pass of the summed task losses)", ""]
     by_dataset = found.get("E5", {})
     if not by_dataset:
         return [*lines, f"E5: {NOT_RUN}.", ""]

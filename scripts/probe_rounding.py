@@ -1,4 +1,4 @@
-"""How far does a rounding-level change move E1's Conv-4 training, and what would a summed-loss trainer save?
+"""How far does a rounding-level change move E1's Conv-4 training, and what does the summed-loss trainer save?
 
 E1 trains Conv-4 in float32 with Adam for a fixed budget (``experiments/regime.py``). For each dataset and seed this
 trains E1's full-data model twice from ``model.init(seed)``:
@@ -12,10 +12,10 @@ and prints the relative distance of the two lam_T and both accuracies. Their dif
 one seed's figure, to set beside the spread over seeds that E1's intervals carry.
 
 It also times, on one training batch of E1 (``outer_batch`` tasks, float32, one thread; median of 15 interleaved
-rounds), the meta-gradient as the trainer computes it (``MetaObjective.grad``: per-task total gradients, then their
-weighted mean) against one reverse pass of the summed task losses (``data_gradient_and_losses``), which gives the
-same gradient up to rounding for unrolled MAML. A trainer on the second would take other rounding, so, by the
-first part, other figures.
+rounds), the meta-gradient as the trainer computes it (``MetaObjective.grad``: one reverse pass of the summed task
+losses) against the per-task path the trainer took before 7a0afc3 (per-task total gradients ``task_grads``, then
+their weighted mean), which gives the same gradient up to rounding for unrolled MAML. The two take other rounding,
+so, by the first part, other figures: every Conv-4 result was rerun with the summed pass.
 
 Usage: OMP_NUM_THREADS=1 python scripts/probe_rounding.py [omniglot] [mnist]   (~3 min per dataset on one core)
 """
@@ -37,7 +37,6 @@ from experiments import regime, removal, setups  # noqa: E402
 from experiments.e1_removal import regime_config  # noqa: E402
 from metainf.core.bilevel import TaskData  # noqa: E402
 from metainf.core.objective import MetaObjective  # noqa: E402
-from metainf.linalg.finite_difference import data_gradient_and_losses  # noqa: E402
 
 SEEDS = (0, 1, 2)
 ROUNDS = 15
@@ -49,8 +48,8 @@ def step_times(obj: MetaObjective, lam: torch.Tensor, batch: int) -> tuple[float
     idx = list(range(batch))
     sub = MetaObjective(obj.model, obj.inner, TaskData(*(x[idx] for x in obj.tasks)), obj.delta, obj.tau[idx],
                         obj.chunk)
-    paths = {"per_task": lambda: sub.grad(lam),
-             "summed": lambda: data_gradient_and_losses(sub, lam)[0] + sub.delta * lam}
+    paths = {"per_task": lambda: sub.tau @ sub.task_grads(lam) / sub.n_tasks + sub.delta * lam,
+             "summed": lambda: sub.grad(lam)}
     grads = {name: fn() for name, fn in paths.items()}
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(ROUNDS):

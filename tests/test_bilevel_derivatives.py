@@ -213,3 +213,34 @@ def test_unrolled_objective_solves_no_inner_state(monkeypatch: pytest.MonkeyPatc
     obj.subset(lam, [0, 1]).grad(lam)
     torch.testing.assert_close(obj.grad(s.lam), reference, rtol=0, atol=0)
     assert calls == []
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_unrolled_gradient_from_summed_losses_equals_the_per_task_path(first_order: bool, chunk: int | None):
+    """An unrolled problem's F and grad F come from one reverse pass of the summed task losses per chunk
+    (``losses_and_data_grad``); they equal the per-task path (1/M) sum_k tau_k g_k + delta lam and the loss pass's
+    F, with non-uniform tau and point weights, second and first order (whose surrogate's gradient is the FO-MAML
+    map), in one chunk and in several."""
+    model = build_model("mlp", INPUT, N_WAY, hidden=(5,))
+    tasks = make_tasks(3)
+    gen = torch.Generator().manual_seed(4)
+    tasks = tasks._replace(ws=torch.rand(tasks.ws.shape, generator=gen, dtype=DT),
+                           wq=torch.rand(tasks.wq.shape, generator=gen, dtype=DT))
+    tau = torch.rand(N_TASKS, generator=gen, dtype=DT)
+    obj = MetaObjective(model, UnrolledInner(steps=2, lr=0.3, first_order=first_order), tasks, delta=0.01, tau=tau,
+                        chunk=chunk)
+    lam = model.init(0, dtype=DT)
+    per_task = tau @ obj.task_grads(lam) / N_TASKS + 0.01 * lam
+    value, grad = obj.value_and_grad(lam)
+    torch.testing.assert_close(grad, per_task, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(obj.grad(lam), per_task, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(value, obj.value(lam), rtol=1e-13, atol=0)
+    with torch.no_grad():  # torch.optim.LBFGS calls its closure under no_grad
+        torch.testing.assert_close(obj.grad(lam), per_task, rtol=1e-12, atol=1e-14)
+
+
+def test_summed_loss_gradient_refuses_a_proximal_problem():
+    s = Setup("proximal-cg")
+    with pytest.raises(NotImplementedError, match="unrolled"):
+        s.obj.losses_and_data_grad(s.lam)

@@ -102,6 +102,8 @@ class InnerProblem(Protocol):
 
     - ``stationary``: the state solves an inner optimisation problem to a tolerance; such a problem also provides
       ``stationarity(model, lam, t, theta)`` (zero at the solution) and ``newton(model, lam, t, theta, steps)``.
+      A problem that is not stationary (an unrolled map) provides ``outer_loss(model, lam, t)``, a function of lam
+      whose gradient is ``total_grad``, so the meta-gradient is one reverse pass of the summed task losses.
     - ``dense_blocks``: it provides ``dense_total_hessian`` (exact dense per-task total Hessians, small models).
     - ``symmetric_jacobian``: D_lam g_k is symmetric (a Hessian); otherwise ``total_grad_vjp`` gives its transpose
       and ``loss_grad`` the gradient of the post-adaptation loss.

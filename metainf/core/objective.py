@@ -250,12 +250,41 @@ class MetaObjective:
         losses = check_finite(self.task_losses(lam), "a task loss")
         return (self.tau * losses).sum() / self.n_tasks + 0.5 * self.delta * lam @ lam
 
+    def losses_and_data_grad(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """([L_O^k(lam)]_k [M], d(lam) = (1/M) sum_k tau_k g_k(lam) [P]) without per-task gradients: for an unrolled
+        inner problem, d is the lam-gradient of the weighted sum of its ``outer_loss`` (second order: the loss
+        through the unroll; first order: the detached-unroll surrogate whose gradient is the FO-MAML map), so one
+        reverse pass per chunk of ``chunk`` tasks gives it, the graph of one chunk alive at a time. The task losses
+        are those of the same forward pass. Raises ``NotImplementedError`` for a stationary (proximal) problem,
+        whose g_k needs the implicit derivative of its inner solution."""
+        if self.inner.stationary:
+            raise NotImplementedError("the summed-loss gradient needs an unrolled inner problem: a proximal g_k "
+                                      "differentiates the inner solution implicitly (use task_grads)")
+        point = lam.detach().requires_grad_(True)
+        losses, d = [], torch.zeros_like(lam)
+        with torch.enable_grad():  # also inside a no_grad caller (torch.optim.LBFGS's closure)
+            for sl in chunks(self.n_tasks, self.chunk):
+                tasks = TaskData(*(x[sl] for x in self.tasks))
+                part = check_finite(vmap(lambda t: self.inner.outer_loss(self.model, point, t))(tasks), "a task loss")
+                d += torch.autograd.grad(self.tau[sl].to(lam.dtype) @ part / self.n_tasks, point)[0]
+                losses.append(part.detach())
+        return torch.cat(losses), d
+
     def grad(self, lam: Tensor) -> Tensor:
-        """grad F = (1/M) sum_k tau_k g_k + delta lam."""
+        """grad F = (1/M) sum_k tau_k g_k + delta lam: for an unrolled problem one reverse pass of the summed task
+        losses (:meth:`losses_and_data_grad`), for a proximal one the per-task total gradients (:meth:`task_grads`)."""
+        if not self.inner.stationary:
+            return check_finite(self.losses_and_data_grad(lam)[1], "a meta-gradient") + self.delta * lam
         return self.tau @ self.task_grads(lam) / self.n_tasks + self.delta * lam
 
     def value_and_grad(self, lam: Tensor) -> tuple[Tensor, Tensor]:
-        return self.value(lam), self.grad(lam)
+        """(F, grad F): for an unrolled problem both from one summed-loss pass (:meth:`losses_and_data_grad`), as a
+        trainer takes a meta-epoch; for a proximal one :meth:`value` and :meth:`grad`."""
+        if self.inner.stationary:
+            return self.value(lam), self.grad(lam)
+        losses, d = self.losses_and_data_grad(lam)
+        value = (self.tau * losses).sum() / self.n_tasks + 0.5 * self.delta * lam @ lam
+        return value, check_finite(d, "a meta-gradient") + self.delta * lam
 
     def hvp(self, lam: Tensor, u: Tensor, hprime: str = "exact") -> Tensor:
         """Hess F u = (1/M) sum_k tau_k D^2 L_O^k u + delta u (from ``curvature``, if it is

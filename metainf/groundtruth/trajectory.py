@@ -11,7 +11,7 @@ it occurs (mask convention: the rest of the batch keeps its ``1/|B_t|``, nothing
 with ``L_eval = problem.eval_objective.mean_loss``. A unit is a task (its slot weight ``w_s``), a support point or a
 query point of one task (its ``ws``/``wq`` entry while that task's slot is computed). ``occurrence="all"`` removes
 the unit from every visit of its task; an integer removes it from that visit only (visits = the task's batch slots
-in schedule order). Units are replayed side by side as "lanes" (``vmap`` over lanes for the unrolled inner problem).
+in schedule order). Units are replayed side by side as "lanes", each through the trainer's own step.
 
 Its own reliability: a replayed run can be chaotic, and then every removal effect is amplified noise.
 :func:`chaos_floors` replays the schedule from slightly perturbed starts without any removal, and
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from metainf.core.bilevel import TaskData
 from metainf.core.problem import AttributionProblem, check_kind
@@ -61,17 +60,9 @@ class Lanes:
 
 
 def _lane_grads(obj: MetaObjective, lams: Tensor, idx: list[int], tau: Tensor, ws: Tensor, wq: Tensor) -> Tensor:
-    """Batch meta-gradients g_t of every lane, [U, P]."""
+    """Batch meta-gradients g_t of every lane, [U, P]: each lane through the trainer's own step (its batch
+    objective's ``grad``), one after the other, so every lane rounds as ``train_stochastic`` does."""
     tasks = TaskData(*(x[idx] for x in obj.tasks))
-    if not obj.inner.stationary:  # the unrolled map vmaps over lanes
-        model, inner = obj.model, obj.inner
-
-        def one(lam: Tensor, tau_u: Tensor, ws_u: Tensor, wq_u: Tensor) -> Tensor:
-            g = vmap(lambda tk: inner.total_grad(model, lam, tk, lam))(tasks._replace(ws=ws_u, wq=wq_u))
-            return tau_u @ g / tau_u.shape[0] + obj.delta * lam
-
-        return vmap(one)(lams, tau, ws, wq)
-    # proximal: the inner solves keep Python control flow (polishing), so lanes run one after the other
     return torch.stack([
         MetaObjective(obj.model, obj.inner, tasks._replace(ws=ws[u], wq=wq[u]), obj.delta, tau[u], obj.chunk).grad(
             lams[u]) for u in range(lams.shape[0])])

@@ -4,11 +4,11 @@ For unrolled (second-order) MAML the total Hessian H_F is the Jacobian of the me
 
     H_F u = (d(lam + eps u) - d(lam)) / eps + delta u + O(eps),      d(lam) = (1/M) sum_k tau_k g_k(lam)
 
-costs one reverse pass of the weighted task losses at lam + eps u, vmapped over tasks (``data_gradient``; d(lam) is
-known from the task gradients that task-IF needs anyway): the meta-gradient a trainer needs, without per-task
-gradients. In E5 (100 tasks, digits) that is about 0.5 of a meta-epoch (whose F value and per-task gradients take
-two batched passes) and 0.75 of a batched per-task-gradient pass, against about 2 meta-epochs for the
-forward-over-reverse HVP (``MetaObjective.hvp``). The finite-difference Hessian-vector product is the one DARTS (Liu et al.
+costs one reverse pass of the weighted task losses at lam + eps u, vmapped over tasks (``data_gradient``, i.e.
+``MetaObjective.losses_and_data_grad``): the meta-gradient a trainer takes, without per-task gradients. So one
+finite-difference HVP costs one meta-epoch of an unrolled trainer (``MetaObjective.value_and_grad`` is the same
+pass), cheaper than a batched per-task-gradient pass (``scripts/profile_fast.py``) and than the forward-over-reverse
+HVP (``MetaObjective.hvp``, about 2 meta-epochs of the per-task trainer). The finite-difference Hessian-vector product is the one DARTS (Liu et al.
 2019) uses for its second-order bilevel term. The step is eps = sqrt(machine eps) (1 + ||lam||) / ||u||, which
 balances the O(eps) truncation against the O(machine eps / eps) rounding: in float64 the product is accurate to
 about 1e-7 relative (``tests/test_finite_difference.py``). In float32 it is not accurate at any step
@@ -76,13 +76,10 @@ def _check_fd(obj: MetaObjective) -> None:
 
 def data_gradient_and_losses(obj: MetaObjective, lam: Tensor) -> tuple[Tensor, Tensor]:
     """(d(lam), [L_O^k(lam)]_k) with d(lam) = (1/M) sum_k tau_k g_k(lam) = D_lam (1/M) sum_k tau_k L_O^k(lam)
-    (unrolled second-order MAML): one ``torch.autograd`` reverse pass through the task losses, vmapped ``obj.chunk``
-    tasks at a time; the task losses [M] are those of its forward pass."""
-    inner, model = obj.inner, obj.model
-    point = lam.detach().requires_grad_(True)
-    losses = check_finite(obj.map_tasks(lambda t, s: inner.outer_loss(model, point, t)), "a task loss")
-    total = obj.tau.to(lam.dtype) @ losses / obj.n_tasks
-    return torch.autograd.grad(total, point)[0], losses.detach()
+    (unrolled MAML): one reverse pass of the weighted task losses per chunk of ``obj.chunk`` tasks
+    (``MetaObjective.losses_and_data_grad``); the task losses [M] are those of its forward pass."""
+    losses, d = obj.losses_and_data_grad(lam)
+    return d, losses
 
 
 def data_gradient(obj: MetaObjective, lam: Tensor) -> Tensor:
