@@ -166,7 +166,7 @@ def test_symmetric_adjoint_would_be_wrong_for_first_order(prob: AttributionProbl
 
 
 def test_first_order_step_contribution_is_the_single_occurrence_derivative(prob: AttributionProblem) -> None:
-    """Trajectory-specific LOO lanes (vmapped FO meta-gradients) agree with DVEmbExact's per-step contributions."""
+    """Trajectory LOO lanes (first-order, through the trainer's step) match DVEmbExact's per-step contributions."""
     schedule = prob.trajectory.schedule
     k = next(k for k in range(N_TASKS) if sum(b.count(k) for b in schedule) >= 2)
     steps = [t for t, b in enumerate(schedule) for kk in b if kk == k]
