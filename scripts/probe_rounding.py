@@ -13,7 +13,7 @@ one seed's figure, to set beside the spread over seeds that E1's intervals carry
 
 It also times, on one training batch of E1 (``outer_batch`` tasks, float32, one thread; median of 15 interleaved
 rounds), the meta-gradient as the trainer computes it (``MetaObjective.grad``: one reverse pass of the summed task
-losses) against the per-task path the trainer took before 7a0afc3 (per-task total gradients ``task_grads``, then
+losses) against the per-task path the trainer took before 3e769f8 (per-task total gradients ``task_grads``, then
 their weighted mean), which gives the same gradient up to rounding for unrolled MAML. The two take other rounding,
 so, by the first part, other figures: every Conv-4 result was rerun with the summed pass.
 
