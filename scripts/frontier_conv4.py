@@ -39,6 +39,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -131,6 +132,9 @@ def figure(rows: list[dict], ceiling: dict, path: Path) -> None:
                 ax.annotate(text, (x, r[key]), fontsize=7.5, xytext=offsets[r["estimator"]],
                             textcoords="offset points", zorder=4)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, ...: no crowded minor labels
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         if key == "_gap":
             ax.set_yscale("log")
             ax.invert_yaxis()
