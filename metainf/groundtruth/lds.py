@@ -177,7 +177,9 @@ class EnsembleTrainer:
     """The default :data:`TrainMany` for a meta-objective: ``train_stochastic`` on each subset, vmapped.
 
     Run b is ``metainf.train.train_stochastic(subset_objective(objective, masks[b]), lam0, steps, batch, lr,
-    optimizer, seed=seeds[b])`` (same batch order, same update arithmetic), and returns
+    optimizer, seed=seeds[b])`` (same batch order and update rule; the unrolled meta-gradients are per-task gradients
+    vmapped over runs, so they round differently from the trainer's summed-loss pass, by about 1e-6 relative in
+    float32: each run is a valid retraining, not a bit-for-bit copy of ``train_stochastic``), and returns
     ``eval_objective.task_losses`` of its final lam. ``lam0`` is one start for every run (only the batch order
     depends on the seed) or a function of the seed, e.g. ``model.init``: then the initialisation varies too. The B runs step together: their parameters are stacked
     [B, P] and every step's meta-gradients are one ``vmap`` over runs of a ``vmap`` over the batch's tasks
