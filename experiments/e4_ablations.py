@@ -22,7 +22,8 @@ during the configuration (``PeakSampler``): its peak and its growth over the RSS
 so a configuration run after a larger one shows little growth). Reported per inner problem: the fastest
 configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
 over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
-reuses). Non-local removals (``_loo_effects``: lam* is no longer near a minimum of F without the task, or
+reuses); beside it, the same for the frontier's estimators below (``frontier_speedup``: the fastest row within the
+margin, by its median time, and ``task_if_fast``'s own speed-up, :func:`frontier_speedups`). Non-local removals (``_loo_effects``: lam* is no longer near a minimum of F without the task, or
 retraining moved more than ``JUMP_RATIO`` times the first-order shift or more than ``FAR_SHIFT`` ||lam*||) are
 counted (``loo_nonlocal``); no first-order estimate sees them, and the exact path's Spearman with LOO over the
 other tasks is reported beside the full one (``spearman_loo_local``).
@@ -266,6 +267,29 @@ def _agreement(rows: list[dict], ref: dict, actual: np.ndarray, t_loo: float) ->
                   "speedup_vs_loo": t_loo / r["seconds"] if ok else float("nan")})
 
 
+def frontier_speedups(frontier: dict[str, dict], ref_loo: float, margin: float, t_loo: float) -> dict[str, dict]:
+    """The frontier's side of the speed-up over retraining: ``fastest``, the frontier row with the smallest median
+    wall time of scoring all tasks (``task_seconds_median``, over ``frontier.repeats`` runs) whose Spearman with LOO is
+    at least ``ref_loo - margin`` (``estimator`` "none" and NaN figures when no row is, or LOO is undefined), and
+    ``fast``, the registered default ``task_if_fast`` whether or not it is within the margin (``within_margin``
+    1 / 0). Each with ``seconds``, ``spearman_loo`` and ``speedup_vs_loo`` = ``t_loo`` / ``seconds``."""
+
+    def entry(name: str) -> dict:
+        m = frontier[name]
+        return {"seconds": m["task_seconds_median"], "spearman_loo": m["task_spearman_loo"],
+                "speedup_vs_loo": t_loo / m["task_seconds_median"]}
+
+    ok = [n for n, m in frontier.items() if m["status"] == "ok"]
+    good = [n for n in ok if frontier[n]["task_spearman_loo"] >= ref_loo - margin]  # NaN compares False
+    fastest = ({"estimator": min(good, key=lambda n: frontier[n]["task_seconds_median"])} if good else
+               {"estimator": "none", **{k: float("nan") for k in ("seconds", "spearman_loo", "speedup_vs_loo")}})
+    if good:
+        fastest |= entry(fastest["estimator"])
+    fast = ({**entry("fast"), "within_margin": int("fast" in good)} if "fast" in ok else
+            {**{k: float("nan") for k in ("seconds", "spearman_loo", "speedup_vs_loo")}, "within_margin": 0})
+    return {"fastest": fastest, "fast": fast}
+
+
 def _name(r: dict) -> str:
     return f"{r['inner_solver']}-{r['total_solver']}-{r['curvature'].replace(':', '').replace('.', 'p')}"
 
@@ -364,15 +388,22 @@ def run(ctx: RunContext) -> dict:
         series[kind] = {"loo": actual.tolist(), "scores": {_name(r): r["scores"] for r in rows},
                         "nonlocal": None if nonlocal_ is None else nonlocal_.tolist()}
         grid_rows += [{"inner": kind, **{k: v for k, v in r.items() if k != "scores"}} for r in rows]
+        metrics[kind]["frontier"], series[kind]["frontier"], table = e4_frontier.frontier(obj, ev, lam, lam0, actual,
+                                                                                          cfg, kind, ctx.seed)
+        frontier_rows += table
+        metrics[kind]["frontier_speedup"] = speedups = frontier_speedups(metrics[kind]["frontier"],
+                                                                         ref["spearman_loo"], cfg["loo_margin"], t_loo)
         best_rows.append({"inner": kind, "best_config": metrics[kind]["best"]["config"],
                           "best_spearman_loo": best["spearman_loo"], "exact_spearman_loo": ref["spearman_loo"],
                           "best_s": best["seconds"], "exact_s": ref["seconds"], "loo_s": t_loo,
                           "nonlocal_removals": metrics[kind]["loo_nonlocal"],
                           "exact_spearman_loo_local": metrics[kind]["exact_path"]["spearman_loo_local"],
-                          "speedup_vs_loo": best["speedup_vs_loo"]})
-        metrics[kind]["frontier"], series[kind]["frontier"], table = e4_frontier.frontier(obj, ev, lam, lam0, actual,
-                                                                                          cfg, kind, ctx.seed)
-        frontier_rows += table
+                          "speedup_vs_loo": best["speedup_vs_loo"],
+                          "frontier_fastest": speedups["fastest"]["estimator"],
+                          "frontier_fastest_s": speedups["fastest"]["seconds"],
+                          "frontier_fastest_speedup_vs_loo": speedups["fastest"]["speedup_vs_loo"],
+                          "fast_s": speedups["fast"]["seconds"], "fast_spearman_loo": speedups["fast"]["spearman_loo"],
+                          "fast_speedup_vs_loo": speedups["fast"]["speedup_vs_loo"]})
     return {"metrics": metrics, "series": series,
             "tables": {"E4 fastest configuration within the LOO margin": best_rows, "E4 ablation grid": grid_rows,
                        "E4 accuracy-cost frontier": frontier_rows}}
@@ -387,5 +418,7 @@ EXPERIMENT = Experiment(
     undefined_ok=frozenset({"spearman", "pearson", "spearman_loo", "pearson_loo", "spearman_loo_local",
                             "exact_spearman_loo", "exact_spearman_loo_local", "best_spearman_loo", "rel_err",
                             "rel_residual", "seconds", "best_s", "speedup_vs_loo", "loo_nonlocal",
-                            "nonlocal_removals", "scores", "best"}) | e4_frontier.UNDEFINED_OK,
+                            "nonlocal_removals", "scores", "best", "frontier_speedup", "frontier_fastest_s",
+                            "frontier_fastest_speedup_vs_loo", "fast_s", "fast_spearman_loo", "fast_speedup_vs_loo"})
+    | e4_frontier.UNDEFINED_OK,
 )

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments import e4_frontier
-from experiments.e4_ablations import CONFIGS
+from experiments.e4_ablations import CONFIGS, frontier_speedups
 from experiments.setups import load_opts
 from metainf.core.bilevel import make_inner
 from metainf.core.models import build_model
@@ -127,6 +127,21 @@ def test_pareto_mask_on_a_hand_made_example() -> None:
     # 5 and 6 have NaN; 7 is as accurate as 3 but costs more
     assert e4_frontier.pareto_mask(cost, acc) == [True, True, False, True, True, False, False, False]
     assert e4_frontier.pareto_mask([], []) == []
+
+
+def test_frontier_speedups_pick_the_fastest_row_within_the_margin() -> None:
+    def row(seconds: float, loo: float) -> dict:
+        return {"status": "ok", "task_seconds_median": seconds, "task_spearman_loo": loo}
+
+    rows = {"exact": row(4.0, 0.80), "cg1": row(0.5, 0.70), "cg5": row(1.0, 0.79), "fast": row(2.0, 0.81),
+            "broken": {"status": "failed", "error": "indefinite"}, "lissa": row(0.1, float("nan"))}
+    out = frontier_speedups(rows, ref_loo=0.80, margin=0.02, t_loo=10.0)
+    # cg1 is too far below the exact path, lissa's Spearman is undefined: cg5 is the fastest within the margin
+    assert out["fastest"] == {"estimator": "cg5", "seconds": 1.0, "spearman_loo": 0.79, "speedup_vs_loo": 10.0}
+    assert out["fast"] == {"seconds": 2.0, "spearman_loo": 0.81, "speedup_vs_loo": 5.0, "within_margin": 1}
+    none = frontier_speedups(rows, ref_loo=float("nan"), margin=0.02, t_loo=10.0)  # LOO undefined: no row qualifies
+    assert none["fastest"]["estimator"] == "none" and np.isnan(none["fastest"]["speedup_vs_loo"])
+    assert none["fast"]["within_margin"] == 0 and none["fast"]["speedup_vs_loo"] == 5.0
 
 
 def test_a_failing_row_is_recorded_and_left_off_the_frontier() -> None:
