@@ -47,7 +47,45 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                 metrics = payload["metrics"][problem]
                 paths.append(lds_figure(metrics, by_kind, out_dir / f"e3-{dataset}-{problem}-lds-seed{seed}.png",
                                         f"E3 {dataset} {problem} (Conv-4), seed {seed}"))
+    seeds = list(result["per_seed"])
+    if len(seeds) > 1:
+        for problem in result["per_seed"][seeds[0]]["series"]:
+            by_seed = {s: result["per_seed"][s]["metrics"].get(problem, {}) for s in seeds}
+            if all("lds" in m for m in by_seed.values()):
+                paths.append(lds_seeds_figure(by_seed, out_dir / f"e3-{dataset}-{problem}-lds-seeds.png",
+                                              f"E3 {dataset} {problem} (Conv-4), seeds {', '.join(seeds)}"))
     return paths
+
+
+def lds_seeds_figure(by_seed: dict[str, dict], path: Path, title: str) -> Path:
+    """Every method's LDS (left) and partial LDS, the subsets' corrupted count regressed out (right), one marker
+    with its 95% interval per seed, each seed's ceiling as a vertical line in that seed's colour. Methods are
+    ordered by their mean LDS over the seeds."""
+    fig, axes = new_figure(ncols=2, width=5.0, height=4.0)
+    axes = np.ravel(axes)
+    seeds = list(by_seed)
+    methods = sorted((k for k, v in by_seed[seeds[0]].items() if isinstance(v, dict) and "task_lds" in v
+                      and all(k in by_seed[s] for s in seeds)),
+                     key=lambda k: np.mean([by_seed[s][k]["task_lds"] for s in seeds]))
+    offsets = np.linspace(-0.25, 0.25, len(seeds))
+    for ax, key, label in ((axes[0], "task_lds", "LDS"), (axes[1], "task_lds_partial", "partial LDS")):
+        ceiling_key = key.replace("task_lds", "lds_ceiling")
+        for j, (seed, offset) in enumerate(zip(seeds, offsets)):
+            colour = f"C{j}"
+            rows = [(i + offset, by_seed[seed][m]) for i, m in enumerate(methods)
+                    if np.isfinite(float(by_seed[seed][m][key]))]
+            x = np.array([float(r[key]) for _, r in rows])
+            err = np.array([[x[i] - float(r[f"{key}_ci95_low"]), float(r[f"{key}_ci95_high"]) - x[i]]
+                            for i, (_, r) in enumerate(rows)]).T.reshape(2, -1)
+            ax.errorbar(x, [y for y, _ in rows], xerr=err, fmt="o", ms=3, color=colour, ecolor=colour,
+                        elinewidth=0.7, capsize=1.5, label=f"seed {seed}")
+            ax.axvline(float(by_seed[seed]["lds"][ceiling_key]), color=colour, lw=0.8, ls="--")
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set_yticks(np.arange(len(methods)), methods, fontsize=7)
+        ax.set_xlabel(f"{label} over subsets, 95% CI (dashed: each seed's ceiling)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 def lds_figure(metrics: dict, series: dict, path: Path, title: str) -> Path:
