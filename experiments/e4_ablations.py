@@ -23,10 +23,11 @@ so a configuration run after a larger one shows little growth). Reported per inn
 configuration whose Spearman with LOO is within ``loo_margin`` of the exact path's (or above it), and its speed-up
 over retraining every task (timed in the same run, including the dense Hessian that the Newton stage of retraining
 reuses); beside it, the same for the frontier's estimators below (``frontier_speedup``: the fastest row within the
-margin, by its median time, and ``task_if_fast``'s own speed-up, :func:`frontier_speedups`). Non-local removals (``_loo_effects``: lam* is no longer near a minimum of F without the task, or
-retraining moved more than ``JUMP_RATIO`` times the first-order shift or more than ``FAR_SHIFT`` ||lam*||) are
-counted (``loo_nonlocal``); no first-order estimate sees them, and the exact path's Spearman with LOO over the
-other tasks is reported beside the full one (``spearman_loo_local``).
+margin, by its median time, and ``task_if_fast``'s own speed-up, :func:`frontier_speedups`). Non-local removals
+(``_loo_effects``: lam* is no longer near a minimum of F without the task, or retraining moved more than
+``JUMP_RATIO`` times the first-order shift or more than ``FAR_SHIFT`` ||lam*||) are counted (``loo_nonlocal``); no
+first-order estimate sees them, and the exact path's Spearman with LOO over the other tasks is reported beside the
+full one (``spearman_loo_local``).
 
 Frontier (``experiments.e4_frontier``, config section ``frontier``): on the same trained problems and LOO effects,
 every estimator (exact solve, CG to tolerance, truncated CG with and without the Fisher preconditioner, Nystrom and
@@ -281,12 +282,10 @@ def frontier_speedups(frontier: dict[str, dict], ref_loo: float, margin: float, 
 
     ok = [n for n, m in frontier.items() if m["status"] == "ok"]
     good = [n for n in ok if frontier[n]["task_spearman_loo"] >= ref_loo - margin]  # NaN compares False
-    fastest = ({"estimator": min(good, key=lambda n: frontier[n]["task_seconds_median"])} if good else
-               {"estimator": "none", **{k: float("nan") for k in ("seconds", "spearman_loo", "speedup_vs_loo")}})
-    if good:
-        fastest |= entry(fastest["estimator"])
-    fast = ({**entry("fast"), "within_margin": int("fast" in good)} if "fast" in ok else
-            {**{k: float("nan") for k in ("seconds", "spearman_loo", "speedup_vs_loo")}, "within_margin": 0})
+    undefined = {k: float("nan") for k in ("seconds", "spearman_loo", "speedup_vs_loo")}
+    name = min(good, key=lambda n: frontier[n]["task_seconds_median"]) if good else "none"
+    fastest = {"estimator": name, **(entry(name) if good else undefined)}
+    fast = {**(entry("fast") if "fast" in ok else undefined), "within_margin": int("fast" in good)}
     return {"fastest": fastest, "fast": fast}
 
 
