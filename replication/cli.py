@@ -5,11 +5,11 @@
     metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
                          [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
                          [--scheduler ADDR] [--wandb offline|online|disabled] [--jobs N]
-                         [--device cpu|cuda|auto] [--estimate-only] [--yes] [--reuse]
+                         [--device cpu|cuda|auto] [--estimate-only] [--yes] [--reuse] [--replace]
     metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--reuse] [--jobs N]
                       [--estimate-only] [--yes] [...]
     metainf-repro figures [--results DIR]
-    metainf-repro report [--results DIR] [--out REPRODUCE.md]
+    metainf-repro report [--results DIR] [--out FILE]
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
     metainf-repro data info DATASET [--data-root DIR]
     metainf-repro leaderboard --method MODULE:CLASS [--scale quick] [--dataset mnist] [--results DIR] [--out DIR]
@@ -20,6 +20,11 @@ failures (non-finite or exploded numbers, divergence) print one line on stderr a
 traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
 the next run resumes. A failed ``check`` exits with 1, as does ``all`` when an experiment failed for another
 reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
+
+A run with ``--method`` does not write over a result file that holds other methods (exit 2; ``--out DIR`` or
+``--replace``). Scorings an experiment skipped (a method that raised or returned non-finite scores or scores of the
+wrong shape; an indefinite total Hessian) are recorded in the result and counted in one warning line; a method given
+with ``--method`` whose every scoring was skipped makes ``run`` exit 2 with its first reason.
 
 At ``--scale paper`` (the GPU scale) ``run`` and ``all`` print each run's estimated time and memory before anything
 runs (``replication.estimate``: one measured outer step of each Conv-4 model, times the steps the run takes) and
@@ -45,6 +50,7 @@ from experiments.base import DATASETS, SCALES, ConfigError
 from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
 from metainf.runtime.device import resolve_device
+from metainf.runtime.executor import SchedulerUnreachableError
 from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner
 from replication.estimate import format_estimate
 from replication.errors import UsageError
@@ -53,7 +59,8 @@ from replication.wandb_mirror import MODES
 PROG = "metainf-repro"
 #: errors that are the input's fault or a numerical failure of the configured problem: one line, exit 2
 BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ConfigError, DataNotFoundError, DataFormatError,
-                                              results.CorruptFileError, results.NumericalError, FloatingPointError)
+                                              results.CorruptFileError, results.NumericalError, FloatingPointError,
+                                              SchedulerUnreachableError)
 
 
 class Stopped(Exception):
@@ -87,7 +94,7 @@ def _positive_int(text: str) -> int:
 
 
 def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
-    parser.add_argument("--scale", choices=SCALES, default=default_scale)
+    parser.add_argument("--scale", choices=SCALES, default=default_scale, help=f"default: {default_scale}")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: metainf's search order)")
     parser.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
@@ -122,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", nargs="+", action="extend", type=int, default=[], help="seeds (default: the scale's)")
     run.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                      help="override config keys (dotted for nested keys; JSON values)")
+    run.add_argument("--replace", action="store_true",
+                     help="with --method: write over a result file that holds other methods (default: refuse)")
     _run_options(run, "quick")
     run.set_defaults(handler=_cmd_run)
 
@@ -138,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="regenerate REPRODUCE.md from the result JSON files")
     rep.add_argument("--results", type=Path, default=Path("results"))
-    rep.add_argument("--out", type=Path, default=Path("REPRODUCE.md"))
+    rep.add_argument("--out", type=Path, default=None,
+                     help="the report; its pages go to docs/results/ beside it (default: REPRODUCE.md for "
+                          "--results results, else DIR/REPRODUCE.md)")
     rep.set_defaults(handler=_cmd_report)
 
     chk = commands.add_parser("check", help="rerun the floors file's experiments and guard their metrics")
@@ -147,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--data-root", default=None)
     chk.add_argument("--executor", choices=runner.EXECUTORS, default="serial")
     chk.add_argument("--results", type=Path, default=None,
-                     help="check only the result files in DIR against replication/committed_floors.json "
-                          "(default: rerun the smoke floors, then check results/)")
+                     help="check only the result files in DIR against replication/committed_floors.json, the "
+                          "floors of the committed quick-scale results (default: rerun the smoke floors, then "
+                          "check results/)")
     chk.set_defaults(handler=_cmd_check)
 
     board = commands.add_parser("leaderboard", help="a new method's row on the benchmark beside the baselines")
@@ -190,12 +202,28 @@ def _request(args: argparse.Namespace, exp_id: str, dataset: str, argv: Sequence
         device=args.device,
         dtype=args.dtype,
         reuse=args.reuse,
+        replace=getattr(args, "replace", False),
     )
 
 
 def _print_result(run: runner.PreparedRun, result: dict) -> None:
     print("\n".join(runner.summary_lines(result)))
     print(f"result: {run.path}")
+    skipped = runner.skipped_scorings(result)
+    if skipped:
+        first = skipped[0]
+        print(f"{PROG}: warning: {len(skipped)} scoring(s) skipped, recorded in {run.path} under "
+              f"per_seed.<seed>.metrics (keys 'skipped'); the first: seed {first.seed} {first.path} {first.key}: "
+              f"{one_line(first.reason)}", file=sys.stderr)
+
+
+def _fail_on_methods_without_scores(run: runner.PreparedRun, result: dict) -> None:
+    """Exit 2 (:class:`UsageError`) when a method given with ``--method`` produced no score at all."""
+    failed = runner.methods_without_scores(result, run.request.methods)
+    if failed:
+        reason = next(entry.reason for entry in runner.skipped_scorings(result) if entry.names(failed[0]))
+        raise UsageError(f"method {failed[0]} produced no scores ({one_line(reason)}); "
+                         f"the reasons are recorded in {run.path}")
 
 
 def _estimate_gate(runs: list[runner.PreparedRun],
@@ -239,7 +267,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         failures = runner.run_seeds_in_pool([prepared], args.jobs, availability)
         for error in failures.values():
             raise error
-    _print_result(prepared, runner.execute(prepared))
+    result = runner.execute(prepared)
+    _print_result(prepared, result)
+    _fail_on_methods_without_scores(prepared, result)
     return 0
 
 
@@ -316,14 +346,36 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return (2 if bad_input else 1) if failed else 0
 
 
+def _results_folder(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise UsageError(f"--results {folder}: no such folder")
+    return folder
+
+
 def _cmd_figures(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    written = figures.regenerate_all(args.results)
+    try:
+        written = figures.regenerate_all(_results_folder(args.results))
+    except OSError as error:
+        raise UsageError(f"cannot write the figures under {args.results}: {error.strerror or error}") from None
     print(f"{len(written)} figures written under {args.results / 'figures'}")
     return 0
 
 
+def report_path(results_dir: Path, out: Path | None) -> Path:
+    """Where ``report`` writes: ``out`` if given, else ``REPRODUCE.md`` for the default results folder and
+    ``<results_dir>/REPRODUCE.md`` for any other (so reporting on another folder never replaces the repository's)."""
+    if out is not None:
+        return out
+    return Path("REPRODUCE.md") if results_dir.resolve() == Path("results").resolve() else results_dir / "REPRODUCE.md"
+
+
 def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    print(f"report: {report.write_report(args.results, args.out)}")
+    out = report_path(_results_folder(args.results), args.out)
+    try:
+        written = report.write_report(args.results, out)
+    except OSError as error:
+        raise UsageError(f"cannot write the report {out}: {error.strerror or error}") from None
+    print(f"report: {written} (its pages: {written.resolve().parent / report.DETAIL_DIR})")
     return 0
 
 
@@ -346,6 +398,8 @@ def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     module = capabilities.optional_module("metainf.data.info")
     if module is None:
         raise UsageError("metainf.data.info is not installed")
+    if args.data_root is not None:
+        runner.check_data_root(args.data_root)  # as run does: a missing or empty root is not silently skipped
     try:
         print(module.format_info(module.dataset_info(args.dataset, args.data_root)))
     except (ValueError, KeyError, FileNotFoundError) as error:

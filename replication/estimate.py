@@ -160,7 +160,7 @@ def estimate_run(experiment: Experiment, dataset: str, config: Mapping[str, Any]
     start = time.perf_counter()
     if experiment.train_steps is None:
         return Estimate(experiment.id, dataset, str(device), dtype_name or "-", n_seeds, (),
-                        f"no estimate available for {experiment.id}: it declares no Conv-4 training steps (MLP only)",
+                        "no estimate available: it declares no Conv-4 training steps (MLP only)",
                         0.0)
     workloads = experiment.train_steps(config, methods)
     parts = []
@@ -173,7 +173,7 @@ def estimate_run(experiment: Experiment, dataset: str, config: Mapping[str, Any]
         parts.append(PartEstimate(w.part, cost.n_params, cost.seconds, w.batch, w.steps,
                                   cost.seconds * w.steps * n_seeds / 3600, cost.peak_mb, cost.memory_kind,
                                   w.recorded * cost.n_params * itemsize / 2**20))
-    note = "" if parts else f"no estimate available for {experiment.id} on {dataset}: no Conv-4 part in this config"
+    note = "" if parts else "no estimate available: no Conv-4 part in this config"
     if parts and config.get("model") == "mlp":
         note = "its MLP parts are not estimated"
     return Estimate(experiment.id, dataset, str(device), dtype_used, n_seeds, tuple(parts), note,

@@ -25,17 +25,20 @@ def figure_dir(results_dir: Path, exp_id: str, dataset: str, scale: str) -> Path
 
 
 def render_result(experiment: Experiment, result: Mapping[str, Any], results_dir: Path) -> list[str]:
-    """Regenerate one result's figures from its JSON; returns their paths relative to ``results_dir``."""
+    """Regenerate one result's figures from its JSON; returns their paths relative to ``results_dir``. The folder's
+    other PNGs (figures the result no longer draws) are deleted once the new ones are written, so a drawing that
+    fails leaves the old figures in place."""
     out = figure_dir(results_dir, result["experiment"], result["dataset"], result["scale"])
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.png"):
-        stale.unlink()
     draw = FIGURES.get(experiment.id)
-    if draw is None:  # an experiment without figures
-        return []
-    with plt.rc_context(STYLE):
-        paths = draw(dict(result), out)
-    return sorted(Path(p).resolve().relative_to(Path(results_dir).resolve()).as_posix() for p in paths)
+    paths: list[Path] = []
+    if draw is not None:  # else an experiment without figures
+        with plt.rc_context(STYLE):
+            paths = [Path(p).resolve() for p in draw(dict(result), out)]
+    for stale in out.glob("*.png"):
+        if stale.resolve() not in paths:
+            stale.unlink()
+    return sorted(p.relative_to(Path(results_dir).resolve()).as_posix() for p in paths)
 
 
 def regenerate_all(results_dir: Path) -> list[str]:

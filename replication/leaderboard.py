@@ -108,7 +108,8 @@ def run_section(exp_id: str, method: str, dataset: str, scale: str, committed_di
         methods = (method,)
     request = runner.RunRequest(exp_id=exp_id, dataset=dataset, scale=scale, methods=methods,
                                 results_dir=out / "runs", data_root=data_root, wandb_mode="disabled",
-                                argv=(PROG, "leaderboard", "--method", method, "--scale", scale))
+                                argv=(PROG, "leaderboard", "--method", method, "--scale", scale),
+                                replace=True)  # out/runs is this leaderboard's own scratch
     prepared = runner.prepare(request, availability)
     result = runner.execute(prepared)
     fresh = method_cells(result)
@@ -193,7 +194,7 @@ def run_leaderboard(method: str, scale: str, dataset: str, committed_dir: Path, 
     for exp_id in experiments:  # validate everything before the first run starts
         runner.prepare(runner.RunRequest(exp_id=exp_id, dataset=dataset, scale=scale,
                                          methods=(*baselines, method), results_dir=out / "runs",
-                                         data_root=data_root, wandb_mode="disabled"), availability)
+                                         data_root=data_root, wandb_mode="disabled", replace=True), availability)
     sections = [run_section(exp_id, method, dataset, scale, committed_dir, out, baselines, data_root, availability)
                 for exp_id in experiments]
     out.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,13 @@ import copy
 import hashlib
 import shlex
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -59,6 +60,7 @@ class RunRequest:
     device: str = "cpu"
     dtype: str | None = None
     reuse: bool = False  # keep the seeds the existing result file holds for the same run key (adopt_result_seeds)
+    replace: bool = False  # let a run with explicit methods write over a result that holds other methods
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,40 @@ def _importable_method(name: str) -> bool:
         module.get_method(name)
     except module.UnknownMethodError as error:
         raise UsageError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - a plug-in's own import or constructor failed: the input's fault
+        raise UsageError(f"method {name!r} cannot be loaded: {type(error).__name__}: {error}") from None
     return True
+
+
+#: the seeds numpy's and torch's generators accept (``seed_everything``)
+SEED_RANGE = range(0, 2**32)
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Raise :class:`UsageError` for a seed outside :data:`SEED_RANGE` or a seed given twice."""
+    bad = [s for s in seeds if s not in SEED_RANGE]
+    if bad:
+        raise UsageError(f"--seed {bad[0]}: a seed must be an integer in 0..{SEED_RANGE.stop - 1}")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seed {repeated[0]} is given twice; list each seed once")
+
+
+def check_no_methods_dropped(request: RunRequest, path: Path, methods: Sequence[str]) -> None:
+    """A run with explicit ``--method`` must not write over a result holding methods it lacks (a plug-in run into
+    the committed ``results/`` would replace every baseline): raise :class:`UsageError` naming them, unless
+    ``request.replace``. A run of the experiment's default methods writes over its result as documented."""
+    if not request.methods or request.replace or not path.is_file():
+        return
+    try:
+        held = results.read_json(path).get("methods", [])
+    except results.CorruptFileError:
+        return  # set aside and recomputed by execute, as without --method
+    dropped = [m for m in held if m not in methods]
+    if dropped:
+        raise UsageError(f"{path} holds the results of {len(dropped)} other method(s) ({', '.join(dropped[:4])}"
+                         f"{', ...' if len(dropped) > 4 else ''}), which this run would replace: write elsewhere "
+                         "with --out DIR, or pass --replace")
 
 
 def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | None = None) -> PreparedRun:
@@ -157,10 +192,12 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         raise UsageError(f"dataset {request.dataset} is not under --data-root {request.data_root} (found only at "
                          f"{note}); put it there or drop --data-root")
     seeds = request.seeds or experiment.seeds_for(request.scale, request.dataset)
+    check_seeds(seeds)
     keyed = config if request.dtype is None else {**config, "dtype": request.dtype}  # another dtype, other numbers
     key = run_key(experiment.id, request.dataset, request.scale, keyed, methods)
     results_dir = Path(request.results_dir)
     path = results.result_path(results_dir, experiment.id, request.dataset, request.scale)
+    check_no_methods_dropped(request, path, methods)
     _check_writable(path.parent)
     return PreparedRun(
         request=request,
@@ -430,7 +467,11 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         }
         results.write_json(run.path, result)
         result = results.read_json(run.path)
-        result["figures"] = figures.render_result(run.experiment, result, Path(request.results_dir))
+        try:
+            result["figures"] = figures.render_result(run.experiment, result, Path(request.results_dir))
+        except Exception as error:  # noqa: BLE001 - the result is written; a figure must not fail the run
+            print(f"metainf-repro: warning: {run.path}: figures not drawn ({type(error).__name__}: {error}); the "
+                  "result is kept, redraw with 'metainf-repro figures'", file=sys.stderr)
         results.write_json(run.path, result)
         mirror.summarize({path: stats["mean"] for path, stats in result["aggregate"]["metrics"].items()})
         mirror.log_images([Path(request.results_dir) / p for p in result["figures"]])
@@ -442,6 +483,50 @@ def execute(run: PreparedRun) -> dict[str, Any]:
     return result
 
 
+class Skipped(NamedTuple):
+    """A scoring an experiment skipped: its ``seed``, the ``path`` of its ``skipped`` map under
+    ``per_seed.<seed>.metrics``, the entry's ``key`` (its parts joined by ``__``: method, unit kind, ...) and
+    ``reason``."""
+
+    seed: str
+    path: str
+    key: str
+    reason: str
+
+    def names(self, method: str) -> bool:
+        """Whether the entry is ``method``'s (its name, or with dots made ``_`` as some experiments record it)."""
+        return bool({method, method.replace(".", "_")} & set(self.key.split("__")))
+
+
+def skipped_scorings(result: Mapping[str, Any]) -> list[Skipped]:
+    """Every scoring the experiment recorded as skipped (a method that raised, returned non-finite scores or scores
+    of the wrong shape; an indefinite total Hessian): the ``skipped`` maps of its per-seed metrics."""
+    found: list[Skipped] = []
+
+    def walk(node: Any, path: list[str], seed: str) -> None:
+        if not isinstance(node, Mapping):
+            return
+        for key, value in node.items():
+            if key == "skipped" and isinstance(value, Mapping):
+                found.extend(Skipped(seed, ".".join(path), str(k), str(v)) for k, v in value.items())
+            else:
+                walk(value, [*path, str(key)], seed)
+
+    for seed, payload in result.get("per_seed", {}).items():
+        walk(payload.get("metrics", {}), [], seed)
+    return found
+
+
+def methods_without_scores(result: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
+    """Of ``methods``, those whose every scoring was skipped: named by a skipped entry and by no aggregate metric
+    (whose paths join their parts with ``.``, a method's dots made ``_``). A method the experiment does not run at
+    all is in neither and is not reported."""
+    metric_parts = {part for path in result.get("aggregate", {}).get("metrics", {}) for part in path.split(".")}
+    skipped = skipped_scorings(result)
+    return [m for m in methods
+            if not {m, m.replace(".", "_")} & metric_parts and any(entry.names(m) for entry in skipped)]
+
+
 def summary_lines(result: Mapping[str, Any]) -> list[str]:
     """The end-of-run summary: one line per metric (mean ± std over seeds), then runtime."""
     metrics = result["aggregate"]["metrics"]
@@ -451,7 +536,12 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
              f"{'metric'.ljust(width)}  value"]
     for path in sorted(metrics):
         lines.append(f"{path.ljust(width)}  {format_stats(metrics[path])}")
-    lines.append(f"runtime: {result['provenance']['runtime_s']['total']:.1f} s")
+    provenance = result["provenance"]
+    for key, what in (("resumed_seeds", "resumed from an interrupted run"),
+                      ("reused_seeds", "kept from the existing result (--reuse)")):
+        if provenance.get(key):
+            lines.append(f"seeds {provenance[key]}: {what}")
+    lines.append(f"runtime: {provenance['runtime_s']['total']:.1f} s (the seeds' recorded runtimes)")
     return lines
 
 

@@ -50,7 +50,7 @@ from metainf.linalg.types import IndefiniteHessianError, SolverNotConvergedError
 from metainf.methods import AttributionProblem
 from metainf.runtime.executor import run_units, unit_file_name
 from metainf.train import train_converged, train_stochastic
-from replication import cli, results, wandb_mirror
+from replication import cli, figures, results, runner, wandb_mirror
 from tests.fixtures_data import omniglot_tree, write_omniglot_zip
 
 DT = torch.float64
@@ -641,3 +641,126 @@ def test_corrupt_unit_cache_is_set_aside_and_recomputed(tmp_path: Path, capsys) 
     short_error(err, unit_file_name("u1"), "corrupt", ".corrupt", "recomputing")
     assert (tmp_path / (unit_file_name("u1") + ".corrupt")).exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# -- plug-in runs, seeds, report and figures (a new user's audit) ------------------------------------------------
+E2 = ["run", "E2", "--dataset", "mnist", "--scale", "smoke"]
+
+
+def test_a_run_with_method_does_not_replace_a_result_of_other_methods(tmp_path: Path, capsys) -> None:
+    """A plug-in run into a folder holding other methods' results (the committed results/) would lose them."""
+    out = tmp_path / "out"
+    mnist = ["--dataset", "mnist", "--out", str(out), *FAST]
+    assert cli_run(capsys, *E6, *mnist, "--method", "tracin")[0] == 0
+    path = out / "E6" / "mnist-smoke.json"
+    before = path.read_bytes()
+    code, err = cli_run(capsys, *E6, *mnist, "--method", "tests.plugin_method:NormScore")
+    assert code == 2
+    short_error(err, str(path), "tracin", "--out DIR", "--replace")
+    assert path.read_bytes() == before
+    assert cli_run(capsys, *E6, *mnist, "--method", "tracin", "tests.plugin_method:NormScore")[0] == 0  # keeps tracin
+    assert cli_run(capsys, *E6, *mnist, "--method", "tests.plugin_method:NormScore", "--replace")[0] == 0
+    assert results.read_json(path)["methods"] == ["tests.plugin_method:NormScore"]
+
+
+def test_a_method_without_any_score_exits_2_and_the_result_keeps_why(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, err = cli_run(capsys, *E2, "--out", str(out), "--method", "tests.plugin_method:NonFinite")
+    assert code == 2
+    assert "error: method tests.plugin_method:NonFinite produced no scores" in err and "non-finite" in err
+    assert "Traceback" not in err
+    result = results.read_json(out / "E2" / "mnist-smoke.json")
+    assert any(entry.names("tests.plugin_method:NonFinite") for entry in runner.skipped_scorings(result))
+    # beside a method that scores: the same exit, one warning line before it, and the other method's results kept
+    code, err = cli_run(capsys, *E2, "--out", str(out), "--method", "grad_dot", "tests.plugin_method:NonFinite",
+                        "--replace")
+    assert code == 2
+    short_error(err, "warning: 1 scoring(s) skipped", "produced no scores", "non-finite")
+    metrics = results.read_json(out / "E2" / "mnist-smoke.json")["aggregate"]["metrics"]
+    assert any(".grad_dot." in path for path in metrics)
+
+
+@pytest.mark.parametrize("seeds, names", [
+    (["-1"], ["--seed -1", "0..4294967295"]),
+    (["4294967296"], ["--seed 4294967296", "0..4294967295"]),
+    (["0", "1", "0"], ["--seed 0", "twice"]),
+])
+def test_bad_seeds_exit_2_before_anything_is_written(tmp_path: Path, capsys, seeds: list[str],
+                                                     names: list[str]) -> None:
+    out = tmp_path / "out"
+    for extra in ([], ["--estimate-only"]):
+        code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), "--seed", *seeds, *extra)
+        assert code == 2
+        short_error(err, *names)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("source, attribute, names", [
+    ("def broken(:\n", "X", ["SyntaxError"]),
+    ("raise RuntimeError('import failed on purpose')\n", "X", ["RuntimeError", "import failed on purpose"]),
+    ("class NeedsArgs:\n    def __init__(self, required):\n        pass\n", "NeedsArgs", ["TypeError", "required"]),
+])
+def test_a_plugin_that_cannot_load_is_one_line(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch,
+                                               source: str, attribute: str, names: list[str]) -> None:
+    module = f"plugin_{abs(hash(source))}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(tmp_path / "out"),
+                        "--method", f"{module}:{attribute}")
+    assert code == 2
+    short_error(err, f"{module}:{attribute}", "cannot be loaded", *names)
+
+
+def test_report_on_another_folder_writes_inside_it(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``report --results DIR`` must not replace the repository's REPRODUCE.md and docs/results/ pages."""
+    assert cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(tmp_path / "other"), *FAST)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "--results", "other"]) == 0
+    assert (tmp_path / "other" / "REPRODUCE.md").is_file() and (tmp_path / "other" / "docs" / "results").is_dir()
+    assert not (tmp_path / "REPRODUCE.md").exists() and not (tmp_path / "docs").exists()
+    assert cli.report_path(Path("results"), None) == Path("REPRODUCE.md")
+
+
+def test_report_and_figures_on_a_missing_or_unwritable_folder(tmp_path: Path, capsys,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for command in ("report", "figures"):
+        code, err = cli_run(capsys, command, "--results", str(tmp_path / "nope"))
+        assert code == 2
+        short_error(err, "no such folder")
+
+    def read_only(*args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(cli.report, "write_report", read_only)
+    monkeypatch.setattr(cli.figures, "regenerate_all", read_only)
+    for command in ("report", "figures"):
+        code, err = cli_run(capsys, command, "--results", str(tmp_path / "ro"))
+        assert code == 2
+        short_error(err, "cannot write", "Read-only file system")
+
+
+def test_a_figure_that_fails_keeps_the_result_and_the_old_figures(tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    assert cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), *FAST)[0] == 0
+    drawn = sorted((out / "figures").rglob("*.png"))
+    assert drawn
+
+    def broken(result: dict, out_dir: Path) -> list[Path]:
+        raise ValueError("figure broke on purpose")
+
+    monkeypatch.setitem(figures.FIGURES, "E6", broken)
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), *FAST)
+    assert code == 0, err
+    short_error(err, "figures not drawn", "figure broke on purpose", "metainf-repro figures")
+    assert sorted((out / "figures").rglob("*.png")) == drawn
+    assert results.read_json(out / "E6" / "mnist-smoke.json")["per_seed"]
+
+
+def test_data_info_rejects_a_missing_or_empty_data_root(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for root, names in ((tmp_path / "empty", ["is empty"]), (tmp_path / "nope", ["does not exist"])):
+        code, err = cli_run(capsys, "data", "info", "omniglot", "--data-root", str(root))
+        assert code == 2
+        short_error(err, str(root), *names)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import metainf.runtime.executor as executor_module
-from metainf.runtime.executor import CacheMismatchError, UnitFailedError, deterministic_call, run_units, unit_file_name
+from metainf.runtime.executor import (CacheMismatchError, SchedulerUnreachableError, UnitFailedError,
+                                      deterministic_call, run_units, unit_file_name)
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
 needs_dask = pytest.mark.skipif(not HAS_DASK,
@@ -219,3 +220,13 @@ def test_units_must_map_ids_to_tuples() -> None:
         run_units(lsq_job, {"a": 1}, progress=False)  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="picklable"):
         run_units(lambda: 0, {"a": ()}, executor="local", progress=False)
+
+
+@needs_dask
+def test_unreachable_dask_scheduler_is_one_clear_error() -> None:
+    """An address nothing listens on: SchedulerUnreachableError naming it (the CLI prints it on one line, exit 2)."""
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(SchedulerUnreachableError, match=r"tcp://127\.0\.0\.1:9 .*drop --scheduler"):
+            run_units(lsq_job, {"a": (0,)}, executor="dask", scheduler="tcp://127.0.0.1:9", progress=False)

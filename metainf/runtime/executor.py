@@ -250,6 +250,10 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+class SchedulerUnreachableError(ConnectionError):
+    """The dask scheduler at the given address cannot be reached."""
+
+
 def _run_dask(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracker, n_workers: int,
               scheduler: str | None) -> None:
     """Dask futures; dead workers surface as ``KilledWorker`` after Dask's own retries and are retried here."""
@@ -260,7 +264,12 @@ def _run_dask(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracker
     cluster = None if scheduler else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                                   host="127.0.0.1", dashboard_address=None)
     try:
-        with Client(scheduler or cluster) as client:
+        try:
+            client = Client(scheduler or cluster)
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnreachableError(f"cannot reach the dask scheduler {scheduler or 'LocalCluster'}: {exc}; "
+                                            "start it ('dask scheduler') or drop --scheduler") from None
+        with client:
             futures = {client.submit(deterministic_call, fn, todo[uid], pure=False): uid for uid in todo}
             pending = as_completed(futures)
             for fut in pending:

@@ -31,6 +31,8 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
     seed, payload = next(iter(result["per_seed"].items()))
     grid = payload["series"]["grid"]
     panels = [(s, k, c) for s, by_kind in payload["series"]["curves"].items() for k, c in by_kind.items()]
+    if not panels:  # no method scored any unit (every scoring skipped)
+        return []
     fig, axes = new_figure(ncols=len(panels), height=4.6)
     for ax, (setting, kind, curves) in zip(np.ravel(axes), panels):
         for method, curve in curves.items():

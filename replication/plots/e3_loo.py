@@ -11,8 +11,9 @@ from replication.plots.style import method_color, new_figure, save_figure
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
-    """Predicted vs actual change for task-IF (and DVEmb on trajectory LOO), one panel per unit kind, one figure per
-    problem (``unrolled``, ``proximal``, a variant such as ``unrolled_5shot``) and ground truth."""
+    """Predicted vs actual change for task-IF (and DVEmb on trajectory LOO) and any plug-in (``module:Class``) method,
+    one panel per unit kind, one figure per problem (``unrolled``, ``proximal``, a variant such as
+    ``unrolled_5shot``) and ground truth."""
     paths = []
     dataset = result.get("dataset", "")
     for seed, payload in result["per_seed"].items():
@@ -25,8 +26,10 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                 axes = np.ravel(axes)
                 for ax, kind in zip(axes, kinds):
                     actual = np.array(by_kind[kind][gt_name])
-                    for method in methods:
-                        pred = by_kind[kind]["predicted"].get(gt_name, {}).get(method)
+                    predicted = by_kind[kind]["predicted"].get(gt_name, {})
+                    plugins = [m for m in predicted if ":" in m]  # module:Class methods, drawn beside the reference
+                    for method in (*methods, *plugins):
+                        pred = predicted.get(method)
                         if pred is None:
                             continue
                         pred = np.array(pred)
@@ -40,7 +43,8 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                     ax.set_xlabel(f"actual change, {gt_name} LOO")
                     ax.set_ylabel("predicted (rescaled)")
                     ax.set_title(f"{kind} units")
-                    ax.legend(fontsize=7)
+                    if ax.get_legend_handles_labels()[0]:
+                        ax.legend(fontsize=7)
                 fig.suptitle(f"E3 {dataset} {problem}, seed {seed}")
                 paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{problem}-{gt_name}-seed{seed}.png"))
             if "losses_a" in by_kind:
