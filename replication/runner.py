@@ -101,6 +101,9 @@ def _command(request: RunRequest, experiment: Experiment, methods: tuple[str, ..
 
 
 def _check_writable(folder: Path) -> None:
+    """Raise :class:`UsageError` unless a file can be written in ``folder``; the folders made to find out are
+    removed again, so a request refused later (or only estimated) leaves no empty folders behind."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{time.monotonic_ns()}"
@@ -108,6 +111,10 @@ def _check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def _importable_method(name: str) -> bool:
@@ -158,7 +165,7 @@ def check_no_methods_dropped(request: RunRequest, path: Path, methods: Sequence[
 
 
 def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | None = None) -> PreparedRun:
-    """Validate ``request`` completely; nothing is written except the (empty) output folder."""
+    """Validate ``request`` completely; nothing is written (the output folder is only probed for writing)."""
     experiment = get_experiment(request.exp_id)
     if request.scale not in SCALES:
         raise UsageError(f"unknown scale {request.scale!r}; scales: {', '.join(SCALES)}")

@@ -380,13 +380,14 @@ def test_known_methods_reads_the_library(monkeypatch: pytest.MonkeyPatch) -> Non
     assert LIBRARY_KNOWN_METHODS() == {"task_if", "tracin"}
 
 
-def test_data_info_prints_the_library_description(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_data_info_prints_the_library_description(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
     fake = types.ModuleType("metainf.data.info")
     fake.dataset_info = lambda name, root: {"name": name, "root": root}
     fake.format_info = lambda info: f"{info['name']} at {info['root']}"
     monkeypatch.setitem(sys.modules, "metainf.data.info", fake)
-    assert main(["data", "info", "omniglot", "--data-root", "/d"]) == 0
-    assert capsys.readouterr().out.strip() == "omniglot at /d"
+    (tmp_path / "omniglot").mkdir()  # a data root must exist and hold something (as for run)
+    assert main(["data", "info", "omniglot", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"omniglot at {tmp_path}"
 
 
 def test_registry_skips_missing_modules_and_raises_on_broken_ones(tmp_path: Path,

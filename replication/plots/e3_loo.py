@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from metainf.metrics import correlations
-from replication.plots.style import method_color, new_figure, save_figure
+from replication.plots.style import method_color, new_figure, readable_ticks, save_figure
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
@@ -36,15 +36,16 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
                         # scale each method's scores to the spread of the actual effects for a common axis
                         scale = actual.std() / pred.std() if pred.std() > 0 else 1.0
                         r = correlations(pred, actual)["spearman"]
-                        ax.scatter(actual, pred * scale, s=12, color=method_color(method),
+                        ax.scatter(actual, pred * scale, s=14, facecolors="none", edgecolors=method_color(method),
                                    label=f"{method} (rho={r:.2f})")
                     lim = np.abs(actual).max() * 1.1 if actual.size else 1.0
                     ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8, zorder=0)
                     ax.set_xlabel(f"actual change, {gt_name} LOO")
-                    ax.set_ylabel("predicted (rescaled)")
+                    ax.set_ylabel("predicted (scaled to the std of actual)")
+                    readable_ticks(ax)
                     ax.set_title(f"{kind} units")
                     if ax.get_legend_handles_labels()[0]:
-                        ax.legend(fontsize=7)
+                        ax.legend(fontsize=7, loc="upper left")
                 fig.suptitle(f"E3 {dataset} {problem}, seed {seed}")
                 paths.append(save_figure(fig, out_dir / f"e3-{dataset}-{problem}-{gt_name}-seed{seed}.png"))
             if "losses_a" in by_kind:
@@ -106,13 +107,14 @@ def lds_figure(metrics: dict, series: dict, path: Path, title: str) -> Path:
                     for i, m in enumerate(methods)]).T
     left.errorbar(lds, y, xerr=err, fmt="o", color="0.2", ecolor="0.5", capsize=2)
     for i, m in enumerate(methods):
-        left.plot(lds[i], i, "o", color=method_color(m))
+        left.plot(lds[i], i, "o", color=method_color(m), zorder=3)  # above the error bars' own markers
     ceiling = metrics["lds"]
     left.axvspan(ceiling["lds_ceiling_ci95_low"], ceiling["lds_ceiling_ci95_high"], color="0.85", zorder=0)
     left.axvline(ceiling["lds_ceiling"], color="0.4", lw=1, label=f"ceiling {ceiling['lds_ceiling']:.2f}")
     left.axvline(0, color="0.7", lw=0.8)
     left.set_yticks(y, methods, fontsize=7)
     left.set_xlabel("LDS (Spearman over subsets)")
+    left.set_title("each method's LDS, 95% CI (shaded: ceiling)", fontsize=9)
     left.legend(fontsize=7, loc="lower right")
     masks = np.array(series["masks"], dtype=float)
     n_bad = masks @ np.array(series["corrupted"], dtype=float)
@@ -123,6 +125,7 @@ def lds_figure(metrics: dict, series: dict, path: Path, title: str) -> Path:
     right.scatter(n_bad, b, s=12, label="estimate B")
     right.set_xlabel("corrupted tasks in the subset")
     right.set_ylabel("evaluation loss after retraining")
+    right.set_title("two retrainings (A, B) per subset: the noise", fontsize=9)
     right.legend(fontsize=7)
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 
-from replication.plots.style import new_figure, save_figure
+from replication.plots.style import new_figure, note_empty, save_figure
 
 #: frontier panels: (unit kind, accuracy metric, cost prefix, y label)
 _PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-out"),
@@ -16,8 +16,10 @@ _PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-o
            ("query", "query_spearman", "instance", "Spearman with exact instance-IF"))
 #: frontier families in legend order, each with its own colour (tab20) and marker
 _FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "cg_diag_fisher", "cg_diag_hutchinson", "nystrom", "nystrom_pcg",
-             "cg_ekfac", "fisher", "fast", "gn", "neumann", "lissa")
-_MARKERS = "osD^v<>phX*Pd8"
+             "cg_ekfac", "ekfac", "fisher", "fast", "gn", "neumann", "lissa")
+_MARKERS = "osD^v<>phX*Pd8H"
+#: Neumann-depth curves: one line style and marker per curve, so curves that coincide stay visible
+_CURVE_STYLES = tuple((ls, mk) for mk in "os^D" for ls in ("-", "--", ":"))
 
 
 def _family(row: str) -> str:
@@ -61,6 +63,8 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
         if pts:
             pts.sort()
             ax.step(*zip(*pts), where="post", color="black", lw=0.9, ls="--", label="Pareto frontier")
+        if not any(np.isfinite(float(m[accuracy])) for m in rows.values()):
+            note_empty(ax, "no finite Spearman on this seed\n(undefined for every row)")
         ax.set_xscale("log")
         ax.set_xlabel(f"cost of {what}\n(meta-epochs; median, IQR bars)")
         ax.set_ylabel(ylabel)
@@ -77,35 +81,54 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
 
 
 def figures(result: dict, out_dir: Path) -> list[Path]:
+    """Per seed and inner problem: every ablation configuration's wall time against its Spearman with
+    leave-one-out (the fastest within the LOO margin in red); the relative error of the Neumann series' task
+    scores against its depth, one curve per inner solver / curvature (H' exact, dropped, a Gauss-Newton or
+    EK-FAC model, or the gamma-scaled identity); and the accuracy-cost frontier."""
     paths = []
+    dataset = result.get("dataset", "")
     for seed, payload in result["per_seed"].items():
         for kind, m in payload["metrics"].items():
             configs = m["configs"].values()
             fig, ax = new_figure()
+            best = None
             for name, c in m["configs"].items():
                 seconds, rho = float(c["seconds"]), float(c["spearman_loo"])
                 if np.isfinite(seconds) and np.isfinite(rho):
-                    ax.scatter(seconds, rho, s=10, color="C3" if name == m["best"]["config"] else "C0")
-            ax.axhline(float(m["exact_path"]["spearman_loo"]), color="k", lw=0.8, ls="--", label="exact path")
+                    if name == m["best"]["config"]:
+                        best = (seconds, rho)
+                    else:
+                        ax.scatter(seconds, rho, s=10, color="C0")
+            if best is not None:
+                ax.scatter(*best, s=28, color="C3", zorder=3, label="fastest within the LOO margin")
+            exact = float(m["exact_path"]["spearman_loo"])
+            if np.isfinite(exact):
+                ax.axhline(exact, color="k", lw=0.8, ls="--", label="exact path")
+            if best is None and not ax.collections:
+                note_empty(ax, "Spearman with leave-one-out is undefined\non this seed for every configuration")
             ax.set_xscale("log")
             ax.set_xlabel("wall time of the configuration (s)")
             ax.set_ylabel("Spearman with leave-one-out")
-            ax.set_title(f"E4 {kind}, seed {seed}; red: fastest within margin", fontsize=9)
-            ax.legend()
+            ax.set_title(f"E4 {dataset} {kind}, seed {seed}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="lower right", fontsize=7)
             paths.append(save_figure(fig, out_dir / f"e4-{kind}-time-vs-loo-seed{seed}.png"))
-            fig, ax = new_figure()
-            for inner_solver, curvature in sorted({(c["inner_solver"], c["curvature"]) for c in configs}):
+            fig, ax = new_figure(width=5.6)
+            curves = sorted({(c["inner_solver"], c["curvature"]) for c in configs})
+            for (inner_solver, curvature), (ls, mk) in zip(curves, _CURVE_STYLES * len(curves)):
                 pts = sorted((int(c["total_solver"][len("neumann"):]), float(c["rel_err"])) for c in configs
                              if c["total_solver"].startswith("neumann") and c["inner_solver"] == inner_solver
                              and c["curvature"] == curvature and np.isfinite(float(c["rel_err"])))
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", label=f"{inner_solver} / {curvature}")
+                    ax.plot(*zip(*pts), ls=ls, marker=mk, mfc="none", label=f"{inner_solver} / {curvature}")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("Neumann depth J")
-            ax.set_ylabel("relative error of task scores vs the exact path")
-            ax.set_title(f"E4 {kind}, seed {seed}")
-            ax.legend(fontsize=6)
+            ax.set_xlabel("Neumann depth J (log)")
+            ax.set_ylabel("relative error of the task scores\nvs the exact path (log)")
+            ax.set_title(f"E4 {dataset} {kind}, seed {seed}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                          title="inner solver / curvature", title_fontsize=6.5)
             paths.append(save_figure(fig, out_dir / f"e4-{kind}-neumann-depth-seed{seed}.png"))
             if "frontier" in m:
                 paths.append(frontier_figure(m["frontier"], f"E4 {result.get('dataset', '')} {kind}, seed {seed}: "

@@ -44,10 +44,10 @@ def method_color(name: str) -> tuple[float, float, float]:
     return _PALETTE[index]
 
 
-def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, Any]:
-    """A figure with ``ncols`` axes side by side, in the suite's style."""
+def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0, nrows: int = 1) -> tuple[Figure, Any]:
+    """A figure with ``nrows`` x ``ncols`` axes (``width`` x ``height`` inches each), in the suite's style."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=ncols == 1)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=ncols * nrows == 1)
     return fig, axes
 
 
@@ -60,3 +60,18 @@ def save_figure(fig: Figure, path: Path) -> Path:
         fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def note_empty(ax: Any, what: str) -> None:
+    """Say on an axes that has nothing to draw why it is empty (instead of leaving blank axes)."""
+    ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35", wrap=True)
+
+
+def readable_ticks(ax: Any, n: int = 4) -> None:
+    """At most about ``n`` ticks per axis, small or large values in scientific notation with a shared offset, so
+    tick labels of narrow panels do not run into each other."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(n))
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3), useMathText=True)
