@@ -123,6 +123,7 @@ def test_all_estimates_every_run_first(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert re.search(r"estimate for E8 on \w+: no estimate available: ", out)
     assert "E9 conv4: Conv-4" in out and "all 2 runs:" in out
     assert main(common) == 2
+    assert not (tmp_path / "out").exists()  # refused or only estimated: no empty output folders left behind
     assert "add --yes" in capsys.readouterr().err
     assert not (tmp_path / "R.md").exists() and not any((tmp_path / "out").rglob("*.json"))
 
