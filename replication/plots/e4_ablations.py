@@ -35,9 +35,10 @@ def _family_style(family: str) -> dict:
 def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
     """Accuracy against cost of every frontier row: one panel each for tasks / support / query points; x = median
     meta-epochs (log) with the 25th-75th percentile as error bar, y = Spearman; the Pareto frontier drawn as a
-    step line; coloured and marked by family (legend in the last panel); the rows on the frontier are named (their
-    labels alternate above and below along the frontier)."""
-    fig, axes = new_figure(ncols=4, width=4.2, height=4.2)
+    step line; coloured and marked by family (legend in the last panel); the rows on the frontier are ringed and
+    named where a name has room (labels alternate above and below along the frontier; a name that would overlap
+    one already placed is left out)."""
+    fig, axes = new_figure(ncols=4, width=4.2, height=4.6)
     axes = np.ravel(axes)
     rows = {n: m for n, m in frontier.items() if m.get("status") == "ok"}
     for ax, (kind, accuracy, cost, ylabel) in zip(axes, _PANELS):
@@ -57,12 +58,23 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
             ax.errorbar([x], [y], xerr=err, fmt=style["marker"], ms=4, color=style["color"], ecolor=style["color"],
                         elinewidth=0.8, capsize=2, label=fam)
             if m.get(f"{kind}_pareto"):
-                ax.annotate(name, (x, y), xytext=(4, -8 if label_below[name] else 3), textcoords="offset points",
-                            fontsize=6.5)
-                pts.append((x, y))
+                ax.scatter([x], [y], s=55, facecolors="none", edgecolors="black", lw=0.7, zorder=3)
+                pts.append((x, y, name))
         if pts:
             pts.sort()
-            ax.step(*zip(*pts), where="post", color="black", lw=0.9, ls="--", label="Pareto frontier")
+            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", lw=0.9, ls="--",
+                    label="Pareto frontier")
+            ax.set_xscale("log")
+            ax.autoscale_view()
+            placed: list[tuple[float, float]] = []
+            for x, y, name in pts:
+                below = label_below[name]
+                px, py = ax.transData.transform((x, y))
+                py += -8 if below else 6
+                if any(abs(px - qx) < 48 and abs(py - qy) < 11 for qx, qy in placed):
+                    continue
+                ax.annotate(name, (x, y), xytext=(4, -8 if below else 3), textcoords="offset points", fontsize=6.5)
+                placed.append((px, py))
         if not any(np.isfinite(float(m[accuracy])) for m in rows.values()):
             note_empty(ax, "no finite Spearman on this seed\n(undefined for every row)")
         ax.set_xscale("log")
@@ -75,7 +87,7 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
     order = sorted(unique, key=lambda f: (_FAMILIES + (f,)).index(f))
     axes[-1].axis("off")
     axes[-1].legend([unique[f] for f in order], order, loc="center left", fontsize=7, frameon=False,
-                    title="estimator family (named: on the frontier)", title_fontsize=7)
+                    title="estimator family (ringed: on the frontier,\nnamed where there is room)", title_fontsize=7)
     fig.suptitle(title)
     return save_figure(fig, path)
 
