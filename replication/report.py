@@ -213,14 +213,15 @@ def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapp
                      f"metainf {metainf}")
     quick = [t for r in everything if r.get("scale") == "quick" for t in default_seed_runtimes(r)]
     wall = longest_first_makespan(quick, REPRODUCE_JOBS) / 60
+    estimated = (f"estimated from the {len(quick)} recorded runtimes of the seeds it runs, scheduled longest first on "
+                 f"{REPRODUCE_JOBS} processes as `metainf-repro all` schedules them, without the runs not made yet: "
+                 f"about {wall:.0f} min ({'met' if wall <= REPRODUCE_BUDGET_MIN else 'not met'})" if quick else
+                 "no estimate: these results hold no quick-scale seeds")
     lines += [f"- Code: git {', '.join(commits)}",
               f"- Runtime: {total:.0f} s of measured compute over {len(everything)} result files "
               f"(sum over seeds; finished {finished[0]} to {finished[-1]})",
               f"- Budget of `make reproduce` (quick scale, {REPRODUCE_JOBS} processes, target {REPRODUCE_BUDGET_MIN} min): "
-              + (f"{measured}; " if measured else "")
-              + f"estimated from the {len(quick)} recorded runtimes of the seeds it runs, scheduled longest first on "
-              f"{REPRODUCE_JOBS} processes as `metainf-repro all` schedules them, without the runs not made yet: about "
-              f"{wall:.0f} min ({'met' if wall <= REPRODUCE_BUDGET_MIN else 'not met'})",
+              + (f"{measured}; " if measured else "") + estimated,
               "- Commands: " + "; ".join(f"`{a}`" for a in argvs), "",
               "Each result below, its exact command, and its detail page:", ""]
     overview = []

@@ -132,6 +132,19 @@ def test_the_budget_counts_only_the_seeds_make_reproduce_runs(monkeypatch: pytes
     assert report.default_seed_runtimes({**result, "experiment": "E9"}) == [400.0, 300.0, 290.0]
 
 
+def test_the_budget_line_of_smoke_results_gives_no_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results without a quick-scale seed say so, instead of estimating 'about 0 min (met)'."""
+    monkeypatch.setattr(registry, "EXPERIMENTS", {})
+    root = tmp_path / "results"
+    write_result(root, "E2", "mnist", {}, {})
+    path = results.result_path(root, "E2", "mnist", "quick")
+    results.write_json(results.result_path(root, "E2", "mnist", "smoke"), {**results.read_json(path), "scale": "smoke"})
+    path.unlink()
+    report.write_report(root, tmp_path / "R.md")
+    budget = [line for line in (tmp_path / "R.md").read_text().splitlines() if line.startswith("- Budget")]
+    assert len(budget) == 1 and budget[0].endswith("no estimate: these results hold no quick-scale seeds")
+
+
 def test_lds_per_evaluation_task_and_own_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "EXPERIMENTS", {})
     root = tmp_path / "results"
