@@ -31,9 +31,11 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
             ax.legend(loc="best", fontsize=8)
         ax.axhline(0, color="0.7", lw=0.8)
         ax.axvline(0, color="0.7", lw=0.8)
-        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-        ax.set_xlabel("early-phase contribution")
-        ax.set_ylabel("late-phase contribution")
+        ax.ticklabel_format(style="sci", scilimits=(-2, 3), useMathText=True)
+        ax.set_xlabel("from the first third of the steps")
+        ax.set_ylabel("from the last third")
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"E6 {dataset}: influence by training phase, seed {seed}")
+    n_seeds = len(result["per_seed"])
+    fig.suptitle(f"E6 {dataset}: each unit's score split by training phase (positive helps), seed {seed}"
+                 + (f" (1 of {n_seeds}; the tables hold all)" if n_seeds > 1 else ""))
     return [save_figure(fig, out_dir / f"e6-{dataset}.png")]
