@@ -86,7 +86,7 @@ def detect(setting: str, method: str, kind: str, sc: Scores, corrupted: np.ndarr
            retrain: Callable[[np.ndarray], tuple[float, float]] | None) -> tuple[dict, dict, list[float]]:
     """(metric entry, table row, detection curve) of one method's scores on one unit kind; ``retrain`` (removal
     mask -> meta-test accuracy and its 95% half-width) is given for the methods judged by retraining."""
-    curve = detection_curve(sc.values.numpy(), corrupted, GRID)
+    curve = detection_curve(sc.values.cpu().numpy(), corrupted, GRID)
     entry = {f"{kind}_auc": float(np.mean(curve)), f"{kind}_found_at_40": curve[GRID.index(0.4)],
              f"{kind}_score_s": sc.seconds}
     row = {"setting": setting, "unit": kind, "method": method, "auc": entry[f"{kind}_auc"],

@@ -325,7 +325,7 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
                          for k, _ in units])
     first_order = torch.linalg.solve(curvature[0], (obj.task_grads(lam) * obj.tau[:, None]).T / obj.n_tasks)
     shift = np.array([float((res.lam - lam).norm()) for res in results])
-    jumped = (shift > JUMP_RATIO * first_order.norm(dim=0).numpy()) | (shift > FAR_SHIFT * float(lam.norm()))
+    jumped = (shift > JUMP_RATIO * first_order.norm(dim=0).cpu().numpy()) | (shift > FAR_SHIFT * float(lam.norm()))
     return np.array([res.effect for res in results]), unstable | jumped
 
 

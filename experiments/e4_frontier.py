@@ -222,7 +222,7 @@ def pareto_mask(cost: list[float], accuracy: list[float]) -> list[bool]:
 
 
 def _flat(scores: Tensor) -> np.ndarray:
-    return scores.detach().reshape(-1).numpy()
+    return scores.detach().reshape(-1).cpu().numpy()
 
 
 def measure_row(row: Row, epoch: Callable[[], object], fr: dict) -> tuple[dict, dict, dict]:

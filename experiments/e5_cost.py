@@ -133,7 +133,7 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
         out[f"{prefix}_peak_mb"] = max(r[1].peak_rss_mb for r in runs)
         out[f"{prefix}_epoch_ratios"] = [r[1].seconds / r[0] for r in runs]
         if kind == "task":
-            scores[name] = sc.values.numpy()
+            scores[name] = sc.values.cpu().numpy()
 
     scores: dict = {}
     for name in ctx.methods:

@@ -85,7 +85,7 @@ def phase_split(problem: AttributionProblem, methods: tuple[str, ...], kinds: li
             except Exception as error:  # noqa: BLE001 - recorded as failed; the other methods' results are kept
                 metrics.setdefault(scoring.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
                 continue
-            parts = parts.numpy()
+            parts = parts.cpu().numpy()
             total = parts.sum(0)
             mass = np.abs(parts).sum(1)
             share = mass / max(mass.sum(), 1e-300)

@@ -121,4 +121,4 @@ def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, unit
 
 def trajectory_loo(problem: AttributionProblem, kind: str, units: list[Unit]) -> np.ndarray:
     """Trajectory-specific leave-one-out (every occurrence masked) for ``units``."""
-    return trajectory_loo_many(problem, kind, units, "all").numpy()
+    return trajectory_loo_many(problem, kind, units, "all").cpu().numpy()

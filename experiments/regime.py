@@ -77,7 +77,8 @@ def fit_regime(ctx: RunContext, inner_kind: str) -> Trained:
     cfg = ctx.config
     setup, test_obj = setups.build_noisy_setup(ctx, inner_kind)
     obj = setup.objective
-    lam0 = setup.model.init(ctx.seed, setups.config_dtype(cfg))
+    x = obj.tasks.xs  # the run's dtype (--dtype) and device, as setups.fit takes them
+    lam0 = setup.model.init(ctx.seed, x.dtype).to(x.device)
     lam, traj, t_train = train_budget(obj, lam0, cfg, ctx.seed)
     acc = removal.accuracy(test_obj, lam)
     damping = damping_rule(obj, lam, cfg["damping_factor"], cfg["damping_power_iters"], ctx.seed)

@@ -17,7 +17,7 @@ from metainf.train import train_converged
 
 def weights_without(obj: MetaObjective, kind: str, mask: np.ndarray) -> MetaObjective:
     """The objective with every unit of ``kind`` where ``mask`` is True removed (weight 0, no re-normalisation)."""
-    m = torch.as_tensor(mask)
+    m = torch.as_tensor(mask, device=obj.tau.device)
     if kind == "task":
         return obj.with_weights(tau=obj.tau * (~m).to(obj.tau.dtype))
     if kind == "support":
@@ -50,7 +50,7 @@ def edit_without(obj: MetaObjective, lam_star: Tensor, kind: str, mask: np.ndarr
     """Model editing by influence: lam* + H_F^-1 (sum of the removed units' d grad F / d weight); (lam, seconds)."""
     t0 = time.perf_counter()
     icfg = InfluenceConfig(tol=1e-8, max_iter=2000)
-    m = torch.as_tensor(mask)
+    m = torch.as_tensor(mask, device=lam_star.device)
     if kind == "task":
         lam = edit_tasks(obj, lam_star, torch.nonzero(m).flatten().tolist(), icfg)
     else:

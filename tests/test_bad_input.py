@@ -764,3 +764,11 @@ def test_data_info_rejects_a_missing_or_empty_data_root(tmp_path: Path, capsys) 
         code, err = cli_run(capsys, "data", "info", "omniglot", "--data-root", str(root))
         assert code == 2
         short_error(err, str(root), *names)
+
+
+def test_the_conv4_regime_takes_the_dtype_option(tmp_path: Path, capsys) -> None:
+    """``--dtype float64`` on a Conv-4 run: lam_0 in the run's dtype (it kept the config's float32, and the first
+    meta-gradient failed with 'expected both vectors to have same dtype')."""
+    code, err = cli_run(capsys, "run", "E1", "--dataset", "mnist", "--scale", "smoke", "--dtype", "float64",
+                        "--out", str(tmp_path / "out"))
+    assert code == 0, err

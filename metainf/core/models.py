@@ -8,6 +8,8 @@ uniform, and lets ``vmap`` batch over tasks.
 
 from __future__ import annotations
 
+import copy
+
 import math
 from dataclasses import dataclass
 
@@ -116,16 +118,17 @@ class FlatModel:
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
     def init(self, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
-        """Flat initial parameters: the module's default init under ``torch.manual_seed(seed)``."""
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            for m in self.module.modules():
-                if hasattr(m, "reset_parameters") and m is not self.module:
+        """Flat initial parameters on the CPU (callers move them): the module's default init under
+        ``torch.manual_seed(seed)``, drawn from the CPU generator on a CPU copy of the module, so a seed gives the
+        same lam_0 whatever device the module lives on (a CUDA module would draw from the CUDA generator). The
+        caller's CPU generator state is restored."""
+        module = copy.deepcopy(self.module).cpu()
+        with torch.random.fork_rng(devices=[]):  # restores the CPU generator; no device generator is touched
+            torch.random.default_generator.manual_seed(seed)
+            for m in module.modules():
+                if hasattr(m, "reset_parameters") and m is not module:
                     m.reset_parameters()
-            flat = torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
-        finally:
-            torch.random.set_rng_state(gen_state)
+            flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
         return flat.to(dtype).clone()
 
     def __call__(self, flat: Tensor, x: Tensor) -> Tensor:

@@ -97,15 +97,15 @@ class SubsetLosses:
     def score(self, scores: Tensor | np.ndarray, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
         """LDS of per-unit ``scores`` (L_eval(without u) - L_eval(with u), positive = helps) against
         :attr:`losses`: ``metainf.metrics.lds`` (partial with ``covariates`` [N] or [N, k])."""
-        s = scores.detach().double().numpy() if isinstance(scores, Tensor) else scores
-        return lds(s, self.masks.numpy(), self.losses.double().numpy(), n_boot, seed, covariates)
+        s = scores.detach().double().cpu().numpy() if isinstance(scores, Tensor) else scores
+        return lds(s, self.masks.cpu().numpy(), self.losses.double().cpu().numpy(), n_boot, seed, covariates)
 
     def ceiling(self, n_boot: int = 1000, seed: int = 0, covariates=None) -> LDS:
         """Spearman between the two estimates A and B over subsets, with its CI (``metainf.metrics.lds_ceiling``;
         partial with ``covariates``). It bounds what a method's LDS against one estimate can reach; against their
         mean the bound is higher."""
-        return lds_ceiling(self.losses_a.double().numpy(), self.losses_b.double().numpy(), self.masks.numpy(),
-                           n_boot, seed, covariates)
+        return lds_ceiling(self.losses_a.double().cpu().numpy(), self.losses_b.double().cpu().numpy(),
+                           self.masks.cpu().numpy(), n_boot, seed, covariates)
 
 
 def run_batch(train: TrainMany, masks: Tensor, seeds: list[int]) -> Tensor:
@@ -234,6 +234,6 @@ class EnsembleTrainer:
         lams = self.train(masks, seeds)
         ev = self.eval_objective
         b = lams.shape[0]
-        ones = torch.ones(b, ev.n_tasks, dtype=lams.dtype)
+        ones = torch.ones(b, ev.n_tasks, dtype=lams.dtype, device=lams.device)
         return stacked_value_and_grad(ev, lams, ones, ev.tasks.ws.expand(b, -1, -1), ev.tasks.wq.expand(b, -1, -1),
                                       with_grad=False).losses.detach()

@@ -48,14 +48,14 @@ class Lanes:
 
     def weights(self, obj: MetaObjective, idx: list[int], t: int) -> tuple[Tensor, Tensor, Tensor]:
         """(tau [U, B], ws [U, B, S], wq [U, B, Q]) of the lanes at step t."""
-        hit = self.slots[:, t, :].to(obj.tau.dtype)
+        hit = self.slots[:, t, :].to(obj.tau)  # the lanes' masks are built on the CPU
         u = hit.shape[0]
         tau = obj.tau[idx].expand(u, -1)
         ws = obj.tasks.ws[idx].expand(u, -1, -1)
         wq = obj.tasks.wq[idx].expand(u, -1, -1)
         if self.kind == "task":
             return tau * (1 - (1 - self.scale) * hit), ws, wq
-        factor = 1 - (1 - self.scale) * hit[:, :, None] * self.onehot[:, None, :]
+        factor = 1 - (1 - self.scale) * hit[:, :, None] * self.onehot.to(obj.tau)[:, None, :]
         return (tau, ws * factor, wq) if self.kind == "support" else (tau, ws, wq * factor)
 
 
@@ -256,7 +256,7 @@ def chaos_floors(problem: AttributionProblem, sizes: list[float], n_replays: int
     traj = require_trajectory(problem)
     obj, lam0 = problem.objective, traj.lams[0]
     gen = torch.Generator().manual_seed(seed)
-    d = torch.randn(n_replays, lam0.numel(), generator=gen, dtype=lam0.dtype)
+    d = torch.randn(n_replays, lam0.numel(), generator=gen, dtype=lam0.dtype).to(lam0.device)
     d = d / d.norm(dim=1, keepdim=True)
     starts = torch.cat([lam0[None], *(lam0 + size * d for size in sizes)])
     lanes = Lanes("task", torch.zeros(starts.shape[0], len(traj.schedule), max(map(len, traj.schedule)),

@@ -52,7 +52,7 @@ class WarmStartResult:
 def eval_losses(eval_obj: MetaObjective, lams: Tensor) -> Tensor:
     """L_eval (the unweighted mean query loss over the evaluation pool) at every row of ``lams`` [U, P], batched."""
     u = lams.shape[0]
-    ones = torch.ones(u, eval_obj.n_tasks, dtype=lams.dtype)
+    ones = torch.ones(u, eval_obj.n_tasks, dtype=lams.dtype, device=lams.device)
     return stacked_value_and_grad(eval_obj, lams, ones, eval_obj.tasks.ws.expand(u, -1, -1),
                                   eval_obj.tasks.wq.expand(u, -1, -1), with_grad=False).losses.mean(1).detach()
 

@@ -43,7 +43,7 @@ def power_iteration(op: Operator, like: Tensor, iters: int = 20, seed: int = 0) 
     For a positive semi-definite operator it is a lower bound on lambda_max that tightens with ``iters``.
     """
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(like.shape, generator=gen, dtype=like.dtype)
+    v = torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)  # CPU draw: the same on any device
     v = v / v.norm()
     rayleigh = 0.0
     for _ in range(iters):

@@ -39,10 +39,10 @@ def eval_gradient(problem: AttributionProblem) -> Tensor:
 
 def _basis(kind: str, t: TaskData) -> tuple[Tensor, Tensor]:
     """(es, eq) unit directions for every point of ``kind`` in one task: [n, S] and [n, Q]."""
-    n_s, n_q, dt = t.ws.shape[-1], t.wq.shape[-1], t.ws.dtype
+    n_s, n_q, like = t.ws.shape[-1], t.wq.shape[-1], {"dtype": t.ws.dtype, "device": t.ws.device}
     if kind == "support":
-        return torch.eye(n_s, dtype=dt), torch.zeros(n_s, n_q, dtype=dt)
-    return torch.zeros(n_q, n_s, dtype=dt), torch.eye(n_q, dtype=dt)
+        return torch.eye(n_s, **like), torch.zeros(n_s, n_q, **like)
+    return torch.zeros(n_q, n_s, **like), torch.eye(n_q, **like)
 
 
 def unit_gradients(obj: MetaObjective, lam: Tensor, kind: str) -> Tensor:
@@ -71,7 +71,7 @@ def masked_unit_gradient(obj: MetaObjective, lam: Tensor, kind: str, mask: Tenso
     the sum over a task's masked points is one directional derivative along the task's 0/1 mask; one per task
     instead of one per point (:func:`unit_gradients` costs n times as much).
     """
-    m = torch.as_tensor(mask, dtype=torch.bool)
+    m = torch.as_tensor(mask, dtype=torch.bool, device=obj.tasks.ws.device)
     if kind == "task":
         return obj.task_grads(lam)[m].sum(0) / obj.n_tasks
     state = obj.state_at(lam)
@@ -167,7 +167,7 @@ class Random:
 
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
         gen = torch.Generator().manual_seed(problem.seed)
-        return torch.randn(problem.shape(kind), generator=gen, dtype=problem.lam.dtype)
+        return torch.randn(problem.shape(kind), generator=gen, dtype=problem.lam.dtype).to(problem.lam.device)
 
 
 @dataclass
@@ -225,7 +225,7 @@ class GradientAscentUnlearning:
         if kind == "task":  # es / eq unused: the direction is g_k
             task_of = torch.arange(m)
             es, eq = obj.tasks.ws, obj.tasks.wq
-            scale = torch.full((m,), 1.0 / m, dtype=lam.dtype)
+            scale = torch.full((m,), 1.0 / m, dtype=lam.dtype, device=lam.device)
         else:
             task_of = torch.arange(m).repeat_interleave(shape[1])
             es, eq = (b.repeat(m, 1) for b in _basis(kind, TaskData(*(x[0] for x in obj.tasks))))

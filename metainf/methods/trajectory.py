@@ -70,15 +70,15 @@ def unit_derivatives(obj: MetaObjective, lam: Tensor, v: Tensor, kinds: tuple[st
 
 
 def _zeros(problem: AttributionProblem, kinds: tuple[str, ...], n_steps: int) -> dict[str, Tensor]:
-    return {k: torch.zeros(n_steps, *problem.shape(k), dtype=problem.lam.dtype) for k in kinds}
+    lam = problem.lam
+    return {k: torch.zeros(n_steps, *problem.shape(k), dtype=lam.dtype, device=lam.device) for k in kinds}
 
 
 def _add(out: dict[str, Tensor], t: int, idx: list[int], r: dict[str, Tensor], factor: float) -> None:
     """out[kind][t, k_s] += factor * r[kind][s] for every slot s of step t."""
-    rows = torch.tensor(idx)
     for kind, values in r.items():
         if kind in out:
-            out[kind][t].index_add_(0, rows, factor * values)
+            out[kind][t].index_add_(0, torch.tensor(idx, device=out[kind].device), factor * values)
 
 
 @dataclass(kw_only=True)
@@ -215,7 +215,8 @@ class DVEmbFisher(_StepMethod):
             return None
         gen = torch.Generator().manual_seed(problem.seed if self.seed is None else self.seed)
         n = problem.lam.numel()
-        return torch.randn(self.proj_dim, n, generator=gen, dtype=problem.lam.dtype) / self.proj_dim ** 0.5
+        proj = torch.randn(self.proj_dim, n, generator=gen, dtype=problem.lam.dtype) / self.proj_dim ** 0.5
+        return proj.to(problem.lam.device)  # drawn on the CPU: the same projection on any device
 
     def _sweep(self, problem: AttributionProblem, kinds: tuple[str, ...]) -> dict[str, Tensor]:
         obj, traj = problem.objective, problem.trajectory

@@ -65,10 +65,11 @@ class TRAK:
         exact = k == p
         v = torch.zeros_like(b)
         for i in range(1 if exact else self.n_projections):
-            proj = torch.eye(p, dtype=b.dtype) if exact else gaussian_projection(p, k, problem.seed + i, b.dtype)
+            proj = (torch.eye(p, dtype=b.dtype) if exact else
+                    gaussian_projection(p, k, problem.seed + i, b.dtype)).to(b.device)  # drawn on the CPU
             phi = g @ proj.T
             kernel = phi.T @ (obj.tau[:, None] * phi) + m * obj.delta * proj @ proj.T
-            kernel = kernel + self.damping * torch.eye(kernel.shape[0], dtype=b.dtype)
+            kernel = kernel + self.damping * torch.eye(kernel.shape[0], dtype=b.dtype, device=b.device)
             v = v + proj.T @ (torch.linalg.pinv(kernel, hermitian=True) @ (proj @ b))
         return m * v / (1 if exact else self.n_projections)
 
