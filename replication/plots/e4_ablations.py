@@ -14,10 +14,18 @@ from replication.plots.style import new_figure, note_empty, save_figure
 _PANELS = (("task", "task_spearman_loo", "task", "Spearman with leave-one-task-out"),
            ("support", "support_spearman", "instance", "Spearman with exact instance-IF"),
            ("query", "query_spearman", "instance", "Spearman with exact instance-IF"))
-#: frontier families in legend order, each with its own colour (tab20) and marker
-_FAMILIES = ("exact", "task_if_cg", "cg", "cg_fisher", "cg_diag_fisher", "cg_diag_hutchinson", "nystrom", "nystrom_pcg",
-             "cg_ekfac", "ekfac", "fisher", "fast", "gn", "neumann", "lissa")
-_MARKERS = "osD^v<>phX*Pd8H"
+#: frontier families in legend order with their (tab10 colour, marker): the CG variants and the Nystrom ones each a
+#: hue of their own, the curvature models (fisher, gn, ekfac), the series (neumann, lissa) and the references (exact,
+#: task_if_cg) a shared hue told apart by marker, task_if_fast a star
+_FAMILY_STYLES = {
+    "exact": ("black", "o"), "task_if_cg": ("black", "s"), "fast": ("tab:cyan", "*"),
+    "cg": ("tab:blue", "o"), "cg_fisher": ("tab:orange", "s"), "cg_diag_fisher": ("tab:green", "D"),
+    "cg_diag_hutchinson": ("tab:red", "^"), "cg_ekfac": ("tab:purple", "v"),
+    "nystrom": ("tab:brown", "p"), "nystrom_pcg": ("tab:pink", "h"),
+    "fisher": ("tab:olive", "<"), "gn": ("tab:olive", ">"), "ekfac": ("tab:olive", "X"),
+    "neumann": ("tab:gray", "P"), "lissa": ("tab:gray", "d"),
+}
+_FAMILIES = tuple(_FAMILY_STYLES)
 #: Neumann-depth curves: one line style and marker per curve, so curves that coincide stay visible
 _CURVE_STYLES = tuple((ls, mk) for mk in "os^D" for ls in ("-", "--", ":"))
 
@@ -28,8 +36,9 @@ def _family(row: str) -> str:
 
 
 def _family_style(family: str) -> dict:
-    i = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES) + sum(family.encode())
-    return {"color": colormaps["tab20"](i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
+    """The family's colour and marker (an unknown family: a tab20 colour by a stable hash, a plain circle)."""
+    colour, marker = _FAMILY_STYLES.get(family, (colormaps["tab20"](sum(family.encode()) % 20), "o"))
+    return {"color": colour, "marker": marker}
 
 
 def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
@@ -55,7 +64,8 @@ def frontier_figure(frontier: dict, title: str, path: Path) -> Path:
             err = [[x - float(m[f"{cost}_epochs_q25"])], [float(m[f"{cost}_epochs_q75"]) - x]]
             fam = _family(name)
             style = _family_style(fam)
-            ax.errorbar([x], [y], xerr=err, fmt=style["marker"], ms=4, color=style["color"], ecolor=style["color"],
+            ax.errorbar([x], [y], xerr=err, fmt=style["marker"], ms=8 if style["marker"] == "*" else 5,
+                        color=style["color"], ecolor=style["color"],
                         elinewidth=0.8, capsize=2, label=fam)
             if m.get(f"{kind}_pareto"):
                 ax.scatter([x], [y], s=55, facecolors="none", edgecolors="black", lw=0.7, zorder=3)
