@@ -472,6 +472,10 @@ def execute(run: PreparedRun) -> dict[str, Any]:
                 "finished_utc": results.utc_now(),
             },
         }
+        existing = results.read_or_set_aside(run.path)  # a corrupt file is moved aside, not overwritten
+        if existing is not None and "schema" not in existing:
+            results.set_aside(run.path, f"{run.path} is JSON but not a metainf result (no 'schema')",
+                              "writing the new result in its place")
         results.write_json(run.path, result)
         result = results.read_json(run.path)
         try:

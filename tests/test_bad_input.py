@@ -772,3 +772,16 @@ def test_the_conv4_regime_takes_the_dtype_option(tmp_path: Path, capsys) -> None
     code, err = cli_run(capsys, "run", "E1", "--dataset", "mnist", "--scale", "smoke", "--dtype", "float64",
                         "--out", str(tmp_path / "out"))
     assert code == 0, err
+
+
+def test_a_file_in_the_results_place_that_is_not_a_result_is_kept(tmp_path: Path, capsys) -> None:
+    """Writing a result over a JSON file that is not one (or a corrupt one) moves that file aside first."""
+    out = tmp_path / "out"
+    path = out / "E6" / "mnist-smoke.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"seeds": [0], "mine": true}')
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(out), *FAST, "--reuse")
+    assert code == 0, err
+    assert "not a metainf result" in err
+    assert json.loads(path.with_name(path.name + ".corrupt").read_text())["mine"] is True
+    assert results.read_json(path)["experiment"] == "E6"
