@@ -1,6 +1,6 @@
 """Task-IF, instance-IF, direct-IF and model editing for a trained meta-objective.
 
-Sign convention (DESIGN.md)::
+Sign convention (``metainf/methods/base.py``)::
 
     score[u] ~ L_eval(trained without u) - L_eval(trained with u)        (positive: u helps)
 

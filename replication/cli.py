@@ -5,14 +5,16 @@
     metainf-repro run E1 [--dataset D] [--scale smoke|quick|paper] [--method NAME ...] [--seed N ...]
                          [--set key=value ...] [--out DIR] [--data-root DIR] [--executor serial|local|dask]
                          [--scheduler ADDR] [--wandb offline|online|disabled] [--jobs N]
-                         [--device cpu|cuda|auto] [--estimate-only] [--yes] [--reuse] [--replace]
+                         [--device cpu|cuda|auto] [--dtype float64|float32] [--estimate-only] [--yes] [--reuse]
+                         [--replace]
     metainf-repro all [--scale quick] [--out results] [--report REPRODUCE.md] [--skip-done] [--reuse] [--jobs N]
                       [--estimate-only] [--yes] [...]
     metainf-repro figures [--results DIR]
     metainf-repro report [--results DIR] [--out FILE]
     metainf-repro check [--floors FILE] [--out DIR] [--data-root DIR] [--results DIR]
     metainf-repro data info DATASET [--data-root DIR]
-    metainf-repro leaderboard --method MODULE:CLASS [--scale quick] [--dataset mnist] [--results DIR] [--out DIR]
+    metainf-repro leaderboard --method MODULE:CLASS [--scale quick] [--dataset mnist] [--experiment E ...]
+                              [--baseline NAME ...] [--results DIR] [--out DIR] [--data-root DIR]
 
 Bad input (unknown experiment, dataset, method or scale; a config that breaks its schema or cannot run; a missing,
 empty or malformed data root or dataset file; an unwritable output folder; a bad floors file) and numerical
@@ -106,8 +108,8 @@ def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
     parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                         help="where tensors live: cpu (default), cuda (or cuda:N; exit 2 if there is none) or auto")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                        help="floating-point type (default: each experiment's own, float64 for the influence "
-                             "experiments, float32 for E0)")
+                        help="floating-point type (default: the config's: float32 for E0 and the Conv-4 learning "
+                             "regime, float64 for the MLP exact layer)")
     parser.add_argument("--estimate-only", action="store_true",
                         help="print the estimated time and memory (one measured outer step x the run's steps), exit")
     parser.add_argument("--yes", action="store_true",

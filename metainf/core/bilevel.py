@@ -1,6 +1,6 @@
 """The two inner problems of bilevel meta learning and their exact total derivatives.
 
-Notation (DESIGN.md, ``paper-meta-influence.md`` section 2). Meta-parameters ``lam`` (lambda) and adapted
+Notation (the paper's section 2, as in ``metainf/influence.py``). Meta-parameters ``lam`` (lambda) and adapted
 parameters ``theta`` live in the same flat space. For task k with support set S and query set Q, and per-point
 weights ``ws``, ``wq`` (1 = present, 0 = removed; the denominators stay ``|S|`` and ``|Q|``: removal does not
 re-normalise)::

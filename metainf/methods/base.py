@@ -5,7 +5,7 @@ against an evaluation functional, here the mean query loss of the evaluation tas
 
     L_eval(lam) = eval_objective.mean_loss(lam)
 
-Sign convention (DESIGN.md), shared by every method and by leave-one-out retraining::
+Sign convention, shared by every method and by leave-one-out retraining::
 
     score[u] ~ L_eval(trained without u) - L_eval(trained with u)          (positive: u helps)
 

@@ -10,9 +10,9 @@ weight omega_u changes g_t in every slot of its task; removing it (omega_u -> 0)
 
     r_u(lam; v) = omega_u v^T d(tau_k g_k(lam))/d omega_u       (task: tau_k v . g_k;  points: ``weight_scores``)
 
-Sign convention (DESIGN.md): score[u] ~ L_eval(trained without u) - L_eval(trained with u), positive = helpful,
-L_eval = ``problem.eval_objective.mean_loss``. Every method returns per-step contributions ``step_scores``
-[T, *shape] (summed over the slots of each step, so duplicate slots add) whose sum over steps is its score::
+Sign convention (``metainf/methods/base.py``): score[u] ~ L_eval(trained without u) - L_eval(trained with u), positive =
+helpful, L_eval = ``problem.eval_objective.mean_loss``. Every method returns per-step contributions ``step_scores`` [T,
+*shape] (summed over the slots of each step, so duplicate slots add) whose sum over steps is its score::
 
     TracIn      step t:  (lr_t/|B_t|) sum_{s: k_s = k} r_u(lam_t; grad L_eval(lam_t))
     TracInCP    step t:  (lr_t/|B_t|) sum_{s: k_s = k} r_u(lam_c; grad L_eval(lam_c)),  lam_c the checkpoint of
