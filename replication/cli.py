@@ -223,8 +223,8 @@ def _fail_on_methods_without_scores(run: runner.PreparedRun, result: dict) -> No
     """Exit 2 (:class:`UsageError`) when a method given with ``--method`` produced no score at all."""
     failed = runner.methods_without_scores(result, run.request.methods)
     if failed:
-        reason = next(entry.reason for entry in runner.skipped_scorings(result) if entry.names(failed[0]))
-        raise UsageError(f"method {failed[0]} produced no scores ({one_line(reason)}); "
+        method, reason = next(iter(failed.items()))
+        raise UsageError(f"method {method} produced no scores ({one_line(reason)}); "
                          f"the reasons are recorded in {run.path}")
 
 
@@ -383,9 +383,7 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.results is not None:
-        if not args.results.is_dir():
-            raise UsageError(f"--results {args.results}: no such folder")
-        return check.report_outcomes(check.check_committed(args.results))
+        return check.report_outcomes(check.check_committed(_results_folder(args.results)))
     return check.run_check(args.floors, args.out, args.data_root, args.executor)
 
 

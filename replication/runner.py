@@ -528,14 +528,17 @@ def skipped_scorings(result: Mapping[str, Any]) -> list[Skipped]:
     return found
 
 
-def methods_without_scores(result: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
-    """Of ``methods``, those whose every scoring was skipped: named by a skipped entry and by no aggregate metric
-    (whose paths join their parts with ``.``, a method's dots made ``_``). A method the experiment does not run at
-    all is in neither and is not reported."""
+def methods_without_scores(result: Mapping[str, Any], methods: Sequence[str]) -> dict[str, str]:
+    """Of ``methods``, those whose every scoring was skipped, each with its first skip's reason: named by a skipped
+    entry and by no aggregate metric (whose paths join their parts with ``.``, a method's dots made ``_``). A method
+    the experiment does not run at all is in neither and is not reported."""
     metric_parts = {part for path in result.get("aggregate", {}).get("metrics", {}) for part in path.split(".")}
-    skipped = skipped_scorings(result)
-    return [m for m in methods
-            if not {m, m.replace(".", "_")} & metric_parts and any(entry.names(m) for entry in skipped)]
+    failed: dict[str, str] = {}
+    for entry in skipped_scorings(result):
+        for m in methods:
+            if m not in failed and entry.names(m) and not {m, m.replace(".", "_")} & metric_parts:
+                failed[m] = entry.reason
+    return failed
 
 
 def summary_lines(result: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,6 @@ uniform, and lets ``vmap`` batch over tasks.
 from __future__ import annotations
 
 import copy
-
 import math
 from dataclasses import dataclass
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from metainf.core.objective import MetaObjective, stacked_value_and_grad
+from metainf.runtime.seeding import seeded_randn
 from metainf.train import QuasiNewtonRun, chord_newton, train_converged
 
 LOG = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def noise_floor(obj: MetaObjective, lam_star: Tensor, eval_obj: MetaObjective, k
     (``hessian``, ``chord``: the start curvature and path of both, as in :func:`retrain`; with ``chord`` the two
     retrainings share batched evaluations, :func:`retrain_many`)."""
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(lam_star.shape, generator=gen, dtype=lam_star.dtype).to(lam_star.device) * scale
+    noise = seeded_randn(*lam_star.shape, generator=gen, dtype=lam_star.dtype, device=lam_star.device) * scale
     if chord and hessian is not None:
         a, b = retrain_many(obj, lam_star, eval_obj, [(kind, task, point)] * 2, [hessian] * 2, tol,
                             starts=[lam_star, lam_star + noise])

@@ -29,6 +29,7 @@ from metainf.core.bilevel import TaskData
 from metainf.core.problem import AttributionProblem, check_kind
 from metainf.core.objective import MetaObjective
 from metainf.linalg.chunked import chunks
+from metainf.runtime.seeding import seeded_randn
 from metainf.train import Trajectory, batch_objective, optimizer_step
 
 Unit = tuple[int, int | None]
@@ -256,7 +257,7 @@ def chaos_floors(problem: AttributionProblem, sizes: list[float], n_replays: int
     traj = require_trajectory(problem)
     obj, lam0 = problem.objective, traj.lams[0]
     gen = torch.Generator().manual_seed(seed)
-    d = torch.randn(n_replays, lam0.numel(), generator=gen, dtype=lam0.dtype).to(lam0.device)
+    d = seeded_randn(n_replays, lam0.numel(), generator=gen, dtype=lam0.dtype, device=lam0.device)
     d = d / d.norm(dim=1, keepdim=True)
     starts = torch.cat([lam0[None], *(lam0 + size * d for size in sizes)])
     lanes = Lanes("task", torch.zeros(starts.shape[0], len(traj.schedule), max(map(len, traj.schedule)),

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from metainf.linalg.types import IndefiniteHessianError, SolveInfo, SolverNotConvergedError
+from metainf.runtime.seeding import seeded_randn
 
 Operator = Callable[[Tensor], Tensor]
 BatchOperator = Callable[[Tensor, Sequence[int]], Tensor]
@@ -43,7 +44,7 @@ def power_iteration(op: Operator, like: Tensor, iters: int = 20, seed: int = 0) 
     For a positive semi-definite operator it is a lower bound on lambda_max that tightens with ``iters``.
     """
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)  # CPU draw: the same on any device
+    v = seeded_randn(*like.shape, generator=gen, dtype=like.dtype, device=like.device)
     v = v / v.norm()
     rayleigh = 0.0
     for _ in range(iters):

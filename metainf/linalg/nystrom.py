@@ -52,6 +52,7 @@ from torch import Tensor
 from metainf.core.objective import MetaObjective, check_finite
 from metainf.linalg.cg import cg
 from metainf.linalg.types import IndefiniteHessianError, SolveInfo
+from metainf.runtime.seeding import seeded_randn
 
 APPROXIMATIONS: tuple[str, ...] = ("ritz", "nystrom")
 PROBES: tuple[str, ...] = ("gauss", "span")
@@ -93,19 +94,19 @@ def probe_matrix(n_params: int, k: int, kind: str = "span", b: Tensor | None = N
         raise ValueError(f"unknown probes {kind!r}: choose one of {list(PROBES)}")
     if not 1 <= k:
         raise ValueError(f"the sketch rank k must be >= 1, got {k}")
-    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU (the same probes on any device), then moved
+    gen = torch.Generator().manual_seed(seed)
     device = None if b is None else b.device
     if kind == "gauss":
-        return torch.randn(n_params, k, generator=gen, dtype=dtype).to(device)
+        return seeded_randn(n_params, k, generator=gen, dtype=dtype, device=device)
     if b is None or grads is None:
         raise ValueError("probes='span' needs b (the evaluation gradient) and grads (the task gradients)")
     m = grads.shape[0]
     n_span = min(k - 1, m)
     cols = [b.to(dtype).reshape(-1, 1)]
     if n_span:
-        cols.append(grads.to(dtype).T @ torch.randn(m, n_span, generator=gen, dtype=dtype).to(device))
+        cols.append(grads.to(dtype).T @ seeded_randn(m, n_span, generator=gen, dtype=dtype, device=device))
     if k - 1 - n_span:
-        cols.append(torch.randn(n_params, k - 1 - n_span, generator=gen, dtype=dtype).to(device))
+        cols.append(seeded_randn(n_params, k - 1 - n_span, generator=gen, dtype=dtype, device=device))
     return torch.cat(cols, 1)
 
 

@@ -28,6 +28,7 @@ from metainf.core.objective import MetaObjective
 from metainf.influence import instance_scores, task_scores
 from metainf.linalg.chunked import chunks, map_chunked
 from metainf.methods.base import AttributionProblem
+from metainf.runtime.seeding import seeded_randn
 
 ALL_KINDS: tuple[str, ...] = ("task", "support", "query")
 
@@ -167,7 +168,7 @@ class Random:
 
     def score(self, problem: AttributionProblem, kind: str) -> Tensor:
         gen = torch.Generator().manual_seed(problem.seed)
-        return torch.randn(problem.shape(kind), generator=gen, dtype=problem.lam.dtype).to(problem.lam.device)
+        return seeded_randn(*problem.shape(kind), generator=gen, dtype=problem.lam.dtype, device=problem.lam.device)
 
 
 @dataclass

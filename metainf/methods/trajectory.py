@@ -51,6 +51,7 @@ from metainf.groundtruth.trajectory import require_trajectory, trajectory_states
 from metainf.influence import instance_scores
 from metainf.methods.base import AttributionMethod
 from metainf.methods.registry import get_method
+from metainf.methods.trak import gaussian_projection
 from metainf.train import batch_objective, optimizer_step
 
 
@@ -213,10 +214,9 @@ class DVEmbFisher(_StepMethod):
     def _projection(self, problem: AttributionProblem) -> Tensor | None:
         if self.proj_dim is None:
             return None
-        gen = torch.Generator().manual_seed(problem.seed if self.seed is None else self.seed)
-        n = problem.lam.numel()
-        proj = torch.randn(self.proj_dim, n, generator=gen, dtype=problem.lam.dtype) / self.proj_dim ** 0.5
-        return proj.to(problem.lam.device)  # drawn on the CPU: the same projection on any device
+        lam = problem.lam
+        return gaussian_projection(lam.numel(), self.proj_dim, problem.seed if self.seed is None else self.seed,
+                                   lam.dtype, lam.device)
 
     def _sweep(self, problem: AttributionProblem, kinds: tuple[str, ...]) -> dict[str, Tensor]:
         obj, traj = problem.objective, problem.trajectory

@@ -31,12 +31,13 @@ from torch import Tensor
 
 from metainf.influence import instance_scores, task_scores
 from metainf.methods.base import AttributionProblem
+from metainf.runtime.seeding import seeded_randn
 
 
-def gaussian_projection(p: int, k: int, seed: int, dtype: torch.dtype) -> Tensor:
-    """P in R^{k x p} with N(0, 1/k) entries, from ``torch.Generator().manual_seed(seed)``."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(k, p, generator=gen, dtype=dtype) / k ** 0.5
+def gaussian_projection(p: int, k: int, seed: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """P in R^{k x p} with N(0, 1/k) entries, from ``torch.Generator().manual_seed(seed)`` (the same P on any
+    ``device``; ``seeded_randn``)."""
+    return seeded_randn(k, p, generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device) / k ** 0.5
 
 
 @dataclass
@@ -65,8 +66,8 @@ class TRAK:
         exact = k == p
         v = torch.zeros_like(b)
         for i in range(1 if exact else self.n_projections):
-            proj = (torch.eye(p, dtype=b.dtype) if exact else
-                    gaussian_projection(p, k, problem.seed + i, b.dtype)).to(b.device)  # drawn on the CPU
+            proj = (torch.eye(p, dtype=b.dtype, device=b.device) if exact else
+                    gaussian_projection(p, k, problem.seed + i, b.dtype, b.device))
             phi = g @ proj.T
             kernel = phi.T @ (obj.tau[:, None] * phi) + m * obj.delta * proj @ proj.T
             kernel = kernel + self.damping * torch.eye(kernel.shape[0], dtype=b.dtype, device=b.device)

@@ -14,3 +14,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seeded_randn(*shape: int, generator: torch.Generator, dtype: torch.dtype,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """Standard normal draws of ``shape`` from the CPU ``generator`` in ``dtype``, then moved to ``device``: a seed
+    gives the same numbers on every device (a CUDA generator would draw others)."""
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)

@@ -105,9 +105,9 @@ def lds_figure(metrics: dict, series: dict, path: Path, title: str) -> Path:
     lds = np.array([metrics[m]["task_lds"] for m in methods])
     err = np.array([[lds[i] - metrics[m]["task_lds_ci95_low"], metrics[m]["task_lds_ci95_high"] - lds[i]]
                     for i, m in enumerate(methods)]).T
-    left.errorbar(lds, y, xerr=err, fmt="o", color="0.2", ecolor="0.5", capsize=2)
+    left.errorbar(lds, y, xerr=err, fmt="none", ecolor="0.5", capsize=2)
     for i, m in enumerate(methods):
-        left.plot(lds[i], i, "o", color=method_color(m), zorder=3)  # above the error bars' own markers
+        left.plot(lds[i], i, "o", color=method_color(m))
     ceiling = metrics["lds"]
     left.axvspan(ceiling["lds_ceiling_ci95_low"], ceiling["lds_ceiling_ci95_high"], color="0.85", zorder=0)
     left.axvline(ceiling["lds_ceiling"], color="0.4", lw=1, label=f"ceiling {ceiling['lds_ceiling']:.2f}")
