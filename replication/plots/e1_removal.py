@@ -8,7 +8,7 @@ import numpy as np
 
 from replication import paper_targets
 from replication.intervals import basis_note, over_seeds
-from replication.plots.style import method_color, new_figure, save_figure
+from replication.plots.style import method_color, new_mosaic, save_figure
 
 
 def _rows(result: dict) -> list[dict]:
@@ -28,10 +28,16 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
     full = next(r for r in rows if r["unit"] == "-")
     kinds = [k for k in ("task", "support", "query") if any(r["unit"] == k for r in rows)]
     panels = [[r for r in rows if r["unit"] == kind and r.get("inner") == full.get("inner")] for kind in kinds]
-    # one 0.3-inch slot per bar keeps the 7-point tick labels apart however many methods ran
-    fig, axes = new_figure(ncols=len(kinds), width=4.5, height=1.6 + 0.3 * max(map(len, panels)))
+    # the first kind (tasks, with every method) fills the left column; the others, which hold only the
+    # instance-level methods, are stacked on the right, each as tall as its bars: one 0.3-inch slot per bar keeps the
+    # 7-point tick labels apart however many methods ran, and the 1.6 inches hold title, axis label and legend
+    slots = [len(sel) + 1.6 / 0.3 for sel in panels]
+    layout = [[kinds[0]] + ([kind] if len(kinds) > 1 else []) for kind in (kinds[1:] or kinds)]
+    fig, axes = new_mosaic(layout, width=4.5 * min(len(kinds), 2),
+                           height=0.3 * max(slots[0], sum(slots[1:])), height_ratios=slots[1:] or None)
     estimates = []
-    for ax, kind, sel in zip(np.ravel(axes), kinds, panels):
+    for kind, sel in zip(kinds, panels):
+        ax = axes[kind]
         acc = [over_seeds(r["acc"], r.get("acc_ci95")) for r in sel]
         estimates += acc
         means = [e.mean for e in acc]
@@ -54,7 +60,11 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
         ax.set_yticks(y, [f"{r['method']} ({r['mode']})" for r in sel], fontsize=7)
         ax.set_xlabel("meta-test accuracy")
         ax.set_title(f"{kind} units")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # off the bars and marks
-    fig.suptitle(f"E1 {dataset}: remove the 40% most harmful ({full.get('inner')}); 95% CI: "
+    # one legend for all panels, under the tall left one (off the bars and marks); handles from every panel
+    handles = {label: h for ax in axes.values() for h, label in zip(*ax.get_legend_handles_labels())}
+    axes[kinds[0]].legend(handles.values(), handles.keys(), fontsize=7, loc="upper center",
+                          bbox_to_anchor=(0.5, -0.16), ncol=2)
+    newline = "\n" if len(kinds) == 1 else " "  # one panel is too narrow for the title on one line
+    fig.suptitle(f"E1 {dataset}: remove the 40% most harmful ({full.get('inner')});{newline}95% CI: "
                  f"{basis_note(estimates)}", fontsize=9)
     return [save_figure(fig, out_dir / f"e1-{dataset}.png")]

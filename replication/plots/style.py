@@ -51,6 +51,15 @@ def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0, nrows: i
     return fig, axes
 
 
+def new_mosaic(layout: list[list[str]], width: float, height: float,
+               height_ratios: list[float] | None = None) -> tuple[Figure, dict[str, Any]]:
+    """A figure of named axes laid out as ``layout`` (``plt.subplot_mosaic``; a name repeated down a column spans
+    those rows), ``width`` x ``height`` inches in all, in the suite's style."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplot_mosaic(layout, figsize=(width, height), height_ratios=height_ratios)
+    return fig, axes
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     """Save as PNG without timestamps or version metadata (so identical data give identical bytes) and close."""
     path = Path(path)
