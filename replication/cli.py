@@ -65,8 +65,11 @@ BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ConfigError, DataNotFo
                                               SchedulerUnreachableError)
 
 
-class Stopped(Exception):
-    """SIGTERM arrived; raised in the main thread so that ``finally`` blocks clean up (temp files, workers)."""
+class Stopped(BaseException):
+    """SIGTERM arrived; raised in the main thread so that ``finally`` blocks clean up (temp files, workers).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: the ``except Exception`` that records a failed scoring and goes
+    on must not catch it, or the run would finish (exit 0) with that scoring recorded as failed."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

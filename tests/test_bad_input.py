@@ -452,6 +452,17 @@ def test_a_raising_method_is_recorded_and_the_others_kept(tmp_path: Path, capsys
     assert isinstance(metrics["tracin"]["task_early_share"], float)
 
 
+def test_sigterm_during_a_scoring_stops_the_run_and_records_nothing(tmp_path: Path, capsys) -> None:
+    """SIGTERM inside a method's scoring ends the run (143, one line); it is not recorded as that method failing."""
+    out = tmp_path / "out"
+    code, err = cli_run(capsys, "run", "E2", "--dataset", "mnist", "--scale", "smoke", "--out", str(out),
+                        "--method", "grad_dot", "tests.plugin_method:Terminated")
+    assert code == 143, err
+    short_error(err, "terminated", "resume")
+    assert not (out / "E2" / "mnist-smoke.json").exists()
+    assert not list(out.rglob("seed-0.json"))  # the seed is not cached with the scoring marked as failed
+
+
 def test_score_all_records_a_crashing_method(tmp_path: Path) -> None:
     obj = objective(delta=1.0)
     lam = obj.model.init(0)
