@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -74,6 +75,11 @@ class Stopped(BaseException):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Stopped
+
+
+#: OSError numbers that are the machine's state, not a bug: no space, read-only or forbidden paths (one line, exit 2)
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                                errno.ENOTDIR})
 
 
 def one_line(error: BaseException) -> str:
@@ -420,6 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args, argv)
     except BAD_INPUT as error:
         print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"{PROG}: error: {error.strerror}: {error.filename}; free space or fix the permissions (or choose "
+              "another --out or --data-root); finished seeds and units are kept, rerun to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished seeds and units are kept, rerun the same command to resume",

@@ -26,6 +26,7 @@ lines on stderr, a message naming the problem, no traceback, and earlier results
 from __future__ import annotations
 
 import json
+import errno
 import os
 import signal
 import socket
@@ -749,6 +750,27 @@ def test_report_and_figures_on_a_missing_or_unwritable_folder(tmp_path: Path, ca
         code, err = cli_run(capsys, command, "--results", str(tmp_path / "ro"))
         assert code == 2
         short_error(err, "cannot write", "Read-only file system")
+
+
+def test_a_full_or_read_only_disk_is_one_line_and_keeps_the_finished_seeds(tmp_path: Path, capsys,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails for the machine's sake (no space, read-only, forbidden) mid-run: exit 2, one line naming
+    the file; the seeds written before it stay and the rerun resumes them."""
+    out = tmp_path / "out"
+    write = results.write_json
+    for number, text in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")):
+        def refuse_seed_1(path: Path, data: dict) -> Path:
+            if "seed-1" in path.name:
+                raise OSError(number, text, str(path))
+            return write(path, data)
+
+        monkeypatch.setattr(results, "write_json", refuse_seed_1)
+        code, err = cli_run(capsys, *E2, "--out", str(out), "--seed", "0", "1", "--method", "grad_dot")
+        assert code == 2, err
+        short_error(err, text, "seed-1", "rerun to resume")
+    monkeypatch.setattr(results, "write_json", write)
+    assert cli_run(capsys, *E2, "--out", str(out), "--seed", "0", "1", "--method", "grad_dot")[0] == 0
+    assert results.read_json(out / "E2" / "mnist-smoke.json")["provenance"]["resumed_seeds"] == [0]
 
 
 def test_a_figure_that_fails_keeps_the_result_and_the_old_figures(tmp_path: Path, capsys,
