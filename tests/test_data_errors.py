@@ -6,6 +6,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from metainf.data import sample_task_pool
@@ -17,6 +18,7 @@ from tests.fixtures_data import (
     write_fc100,
     write_miniimagenet_csv,
     write_miniimagenet_pickles,
+    write_mnist_raw,
     write_omniglot_dir,
     write_omniglot_zip,
 )
@@ -33,7 +35,7 @@ def _nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("dataset, expected", [
-    ("omniglot", ["images_background*.zip", "--download", "torchvision.datasets.Omniglot"]),
+    ("omniglot", ["images_background*.zip", "download=True", "torchvision.datasets.Omniglot"]),
     ("miniimagenet", ["mini-imagenet-cache-{train,validation,test}.pkl", "train.csv/val.csv/test.csv", "images/"]),
     ("fc100", ["FC100/{train,val,test}/<class_name>/*.png"]),
 ])
@@ -47,6 +49,7 @@ def test_missing_root_lists_every_place_and_the_fix(tmp_path: Path, dataset: str
         assert place in msg
     for text in expected + ["--data-root DIR", "METAINF_DATA=DIR"]:
         assert text in msg
+    assert "--download" not in msg  # the CLI has no such option
 
 
 def test_data_root_env_is_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,6 +136,22 @@ def test_csv_problems_are_named(tmp_path: Path) -> None:
     (root / "test.csv").write_text("file,class\na.png,x\n")
     with pytest.raises(DataFormatError, match=r"test\.csv must have the header 'filename,label'"):
         load_split("miniimagenet", "test", tmp_path)
+    rows = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join(rows[:3] + [rows[3].split(",")[0]] + rows[4:]) + "\n")
+    with pytest.raises(DataFormatError, match=r"train\.csv line 4 lacks a filename or a label"):
+        load_split("miniimagenet", "train", tmp_path)
+    (root / "train.csv").write_bytes("filename,label\ncaf\u00e9.png,x\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"train\.csv is not a UTF-8 CSV"):
+        load_split("miniimagenet", "train", tmp_path)
+
+
+def test_mnist_raw_file_with_a_bad_header_is_named(tmp_path: Path) -> None:
+    """torchvision checks the idx header with a bare assert: it must still reach the user as a format error."""
+    raw = write_mnist_raw(tmp_path) / "MNIST" / "raw"
+    header = (raw / "t10k-images-idx3-ubyte").read_bytes()
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x09\x09" + header[4:])
+    with pytest.raises(DataFormatError, match=r"torchvision could not read MNIST under .*MNIST\(.*download=True"):
+        load_split("mnist", "train", tmp_path, source="mnist")
 
 
 def test_fc100_missing_split_folder(tmp_path: Path) -> None:
@@ -150,3 +169,23 @@ def test_bad_options_name_the_value(tmp_path: Path) -> None:
         load_split("omniglot", "train", tmp_path, fractions=(0.5, 0.2))
     with pytest.raises(ValueError, match="image_size must be a positive number of pixels, got 0"):
         load_split("omniglot", "train", tmp_path, image_size=0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip"])
+def test_an_unreadable_decoded_image_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      damage: str) -> None:
+    """A cache file cut short (a full disk, a killed copy) or overwritten warns once, naming it, and is rebuilt."""
+    from metainf.data import roots
+
+    def build() -> dict[str, np.ndarray]:
+        return {"x": np.arange(1000.0)}
+
+    monkeypatch.setattr(roots, "_MEMORY", {})
+    roots.cached_arrays("probe", {"k": 1}, build)
+    (path,) = (tmp_path / "cache").rglob("probe-*.npz")
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else b"plain text")
+    monkeypatch.setattr(roots, "_MEMORY", {})
+    with pytest.warns(UserWarning, match=f"ignoring unreadable cache {path}.*rebuilding it"):
+        assert np.array_equal(roots.cached_arrays("probe", {"k": 1}, build)["x"], build()["x"])
+    monkeypatch.setattr(roots, "_MEMORY", {})
+    assert np.array_equal(roots.cached_arrays("probe", {"k": 1}, build)["x"], build()["x"])  # rebuilt file reads

@@ -105,6 +105,18 @@ def test_real_learn2learn_reads_the_fixture(tmp_path: Path) -> None:
     assert torch.equal(via_l2l.images, direct.images) and torch.equal(via_l2l.labels, direct.labels)
 
 
+@pytest.mark.l2l
+def test_real_learn2learn_on_a_pickle_of_another_shape_is_a_format_error(tmp_path: Path) -> None:
+    pytest.importorskip("learn2learn", reason="learn2learn not installed (optional extra 'l2l')")
+    from metainf.data.roots import DataFormatError
+
+    root = write_miniimagenet_pickles(tmp_path / "miniimagenet")
+    with open(root / "mini-imagenet-cache-train.pkl", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(DataFormatError, match=r"mini-imagenet-cache-train\.pkl is not in learn2learn's"):
+        load_miniimagenet("train", tmp_path, use_learn2learn=True)
+
+
 def test_csv_format(tmp_path: Path) -> None:
     root = write_miniimagenet_csv(tmp_path / "mini-imagenet")
     data = load_split("miniimagenet", "val", tmp_path)

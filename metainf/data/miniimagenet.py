@@ -45,8 +45,8 @@ def _from_learn2learn(path: Path, mode: str) -> tuple[np.ndarray, np.ndarray, li
 
     try:
         ds = MiniImagenet(root=str(path.parent), mode=mode)
-    except KeyError as exc:
-        raise _wrong_keys(path, f"missing key {exc}") from exc
+    except (KeyError, TypeError, IndexError) as exc:  # learn2learn indexes the pickle without checking its type
+        raise _wrong_keys(path, f"{type(exc).__name__}: {exc}") from exc
     except (pickle.UnpicklingError, EOFError) as exc:
         raise DataFormatError(f"{path} is not a readable pickle ({exc}). Re-create or re-download it.") from exc
     names = sorted(ds.class_idx, key=ds.class_idx.get)
@@ -87,11 +87,19 @@ def _from_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _read_csv_split(csv_path: Path, image_size: int, disk_cache: bool) -> dict[str, np.ndarray]:
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(f"{csv_path} is not a UTF-8 CSV ({exc}). Fix the CSV (Ravi & Larochelle's split "
+                              "format: header 'filename,label').") from exc
     if not rows or "filename" not in rows[0] or "label" not in rows[0]:
         raise DataFormatError(f"{csv_path} must have the header 'filename,label' and at least one row. "
                               "Fix the CSV (Ravi & Larochelle's split format).")
+    short = next((n for n, r in enumerate(rows, 2) if not r["filename"] or not r["label"]), None)
+    if short is not None:
+        raise DataFormatError(f"{csv_path} line {short} lacks a filename or a label. "
+                              "Fix the CSV (every row 'filename,label').")
     files = [csv_path.parent / "images" / r["filename"] for r in rows]
     missing = [f for f in files if not f.is_file()]
     if missing:

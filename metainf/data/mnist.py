@@ -57,9 +57,10 @@ def _torchvision_mnist(root: str, download: bool) -> tuple[np.ndarray, np.ndarra
     for train, tag in ((True, "train"), (False, "test")):
         try:
             ds = MNIST(root, train=train, download=download)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError, ValueError, EOFError) as exc:  # torchvision checks headers by assert
             raise DataFormatError(f"torchvision could not read MNIST under {root} ({exc}). Restore the "
-                                  "MNIST/raw files or pass --download.") from exc
+                                  "MNIST/raw files, or with a network download them again in Python: "
+                                  f"torchvision.datasets.MNIST({root!r}, download=True).") from exc
         images.append(ds.data.numpy().astype(np.float32) / 255.0)
         labels.append(ds.targets.numpy().astype(np.int64))
         ids += [f"mnist:{tag}/{i}" for i in range(len(ds.targets))]

@@ -211,7 +211,8 @@ def load_characters(data_root: str | os.PathLike | None = None, *, image_size: i
     sources = find_sources(dataset_dir)
     if not sources:
         raise DataFormatError(f"{dataset_dir} has no images_background*/images_evaluation* zips or folders. "
-                              "Add the Omniglot zips there or pass --download.")
+                              "Add the Omniglot zips there, or with a network download them in Python: "
+                              f"torchvision.datasets.Omniglot({str(dataset_dir)!r}, download=True).")
     key = {"sources": [_source_key(s) for s in sources], "image_size": image_size}
     arrays = cached_arrays("omniglot", key, lambda: _decode(sources, image_size), disk=disk_cache)
     return dataset_dir, arrays

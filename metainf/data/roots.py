@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,8 @@ LAYOUTS: dict[str, _Layout] = {
         "Omniglot", ("omniglot", "Omniglot"), _has_omniglot,
         "images_background*.zip / images_evaluation*.zip, or the folders torchvision extracts "
         "(omniglot-py/images_background/<alphabet>/<character>/*.png)",
-        "copy the Omniglot zips (e.g. images_background_small1.zip) into DIR/omniglot, or with a network pass "
-        "--download (download=True in Python; runs "
-        "torchvision.datasets.Omniglot('DIR/omniglot', background=True/False, download=True))"),
+        "copy the Omniglot zips (e.g. images_background_small1.zip) into DIR/omniglot, or with a network download "
+        "them in Python: torchvision.datasets.Omniglot('DIR/omniglot', background=True/False, download=True)"),
     "miniimagenet": _Layout(
         "Mini-ImageNet", ("miniimagenet", "mini-imagenet", "mini_imagenet", "miniImageNet"), _has_miniimagenet,
         "mini-imagenet-cache-{train,validation,test}.pkl (learn2learn format), or train.csv/val.csv/test.csv "
@@ -90,8 +90,7 @@ LAYOUTS: dict[str, _Layout] = {
     "mnist": _Layout(
         "MNIST", ("mnist",), _has_mnist,
         "MNIST/raw (or MNIST/processed) as torchvision.datasets.MNIST stores it",
-        "with a network pass --download (download=True in Python; runs "
-        "torchvision.datasets.MNIST('DIR/mnist', download=True)); "
+        "with a network download it in Python: torchvision.datasets.MNIST('DIR/mnist', download=True); "
         "without MNIST the loader falls back to scikit-learn's bundled digits"),
 }
 
@@ -153,7 +152,7 @@ def portable_path(path: str | os.PathLike) -> str:
 
 
 def download_dir(dataset: str, data_root: str | os.PathLike | None) -> Path:
-    """Where a ``--download`` puts ``dataset``: ``<data_root | $METAINF_DATA | ./data>/<dataset>``."""
+    """Where a download (``download=True``) puts ``dataset``: ``<data_root | $METAINF_DATA | ./data>/<dataset>``."""
     _layout(dataset)
     base = data_root if data_root is not None else os.environ.get("METAINF_DATA") or Path.cwd() / "data"
     return Path(base).expanduser().resolve() / dataset
@@ -222,7 +221,7 @@ def cached_arrays(tag: str, key: dict, build: Callable[[], dict[str, np.ndarray]
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # e.g. truncated by a full disk
             warnings.warn(f"ignoring unreadable cache {path} ({exc}); rebuilding it", stacklevel=2)
     if arrays is None:
         arrays = build()
