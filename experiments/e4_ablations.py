@@ -58,10 +58,10 @@ import torch
 from torch import Tensor
 
 from experiments import e4_frontier
-from experiments.base import Experiment, RunContext
+from experiments.base import ConfigError, Experiment, RunContext
 from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
 from experiments.setups import load_opts
-from metainf.core.bilevel import InnerProblem, make_inner
+from metainf.core.bilevel import HPRIME_MODES, InnerProblem, make_inner, parse_hprime
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.registry import load_split
@@ -408,11 +408,31 @@ def run(ctx: RunContext) -> dict:
                        "E4 accuracy-cost frontier": frontier_rows}}
 
 
+#: curvatures of the grid besides the H' modes of :func:`metainf.core.bilevel.parse_hprime`
+MODEL_CURVATURES = ("gn", "fisher")
+INNER_SOLVERS = ("dense", "cg", "ekfac")
+
+
+def validate(scale: str, config: dict) -> None:
+    """Refuse, before anything runs, a curvature or proximal inner solver that the grid would fail on midway."""
+    bad = []
+    for curvature in config["curvatures"]:
+        try:
+            if curvature not in MODEL_CURVATURES:
+                parse_hprime(curvature)
+        except ValueError:
+            bad.append(f"curvature {curvature!r} (use {', '.join(MODEL_CURVATURES)}, {', '.join(HPRIME_MODES)})")
+    bad += [f"inner solver {s!r} (use {', '.join(INNER_SOLVERS)})"
+            for s in config["inner_solvers"] if s not in INNER_SOLVERS]
+    if bad:
+        raise ConfigError(f"E4 {scale}: unknown " + "; ".join(bad))
+
+
 EXPERIMENT = Experiment(
     id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
     datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
-    reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},
+    reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}}, validate=validate,
     # NaN here means undefined: correlations with constant LOO effects, residuals of direct solves, failed configs
     undefined_ok=frozenset({"spearman", "pearson", "spearman_loo", "pearson_loo", "spearman_loo_local",
                             "exact_spearman_loo", "exact_spearman_loo_local", "best_spearman_loo", "rel_err",

@@ -110,6 +110,11 @@ RULES: dict[str, Rule] = {
 }
 
 
+#: list keys that must hold at least one entry: an empty one leaves a run with nothing to compute or crashes it
+NON_EMPTY: frozenset[str] = frozenset({"inners", "kinds", "tasks_grid", "hidden_grid", "curvatures", "inner_solvers",
+                                       "neumann_depths"})
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -152,6 +157,9 @@ def config_problems(default: Any, value: Any, path: str = "") -> Iterator[str]:
     if not _has_type(value, default):
         expected = _type_name(default) + (f" {rule.describe()}" if rule else "")
         yield f"{path}: expected {expected}, got {value!r}"
+        return
+    if name in NON_EMPTY and isinstance(value, list) and not value:
+        yield f"{path}: expected a non-empty list, got []"
         return
     if isinstance(value, dict):
         for key, item in value.items():

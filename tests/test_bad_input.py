@@ -257,6 +257,25 @@ def test_bad_config_is_one_line_listing_every_bad_key(tmp_path: Path, capsys, it
     assert not (tmp_path / "out" / "E6").exists()  # validated before any work
 
 
+@pytest.mark.parametrize("experiment, items, names", [
+    ("E6", ["inners=[]"], ["inners", "non-empty list"]),
+    ("E2", ["inners=[]", "kinds=[]"], ["inners", "kinds", "non-empty list"]),
+    ("E5", ["tasks_grid=[]"], ["tasks_grid", "non-empty list"]),
+    ("E4", ["curvatures=[\"bogus\", \"gamma_scaled:0.1\"]"], ["E4 smoke", "curvature 'bogus'", "gamma_scaled"]),
+    ("E4", ["inner_solvers=[\"bogus\"]"], ["E4 smoke", "inner solver 'bogus'", "dense, cg, ekfac"]),
+])
+def test_a_config_that_would_fail_midway_is_refused_up_front(tmp_path: Path, capsys, experiment: str,
+                                                              items: list[str], names: list[str]) -> None:
+    """Lists a run cannot do without, and E4's grid names: refused before any work (an empty inners crashed E2 and
+    E6, left E3 with an empty result; a bad curvature failed E4 after part of its grid)."""
+    code, err = cli_run(capsys, "run", experiment, "--dataset", "mnist", "--scale", "smoke",
+                        "--out", str(tmp_path / "out"), "--set", *items)
+    assert code == 2
+    short_error(err, *names)
+    assert "curvature 'gamma_scaled:0.1'" not in err  # a valid H' mode is not refused
+    assert not (tmp_path / "out" / experiment).exists()
+
+
 @pytest.mark.parametrize("argv, name", [
     (["run", "E9"], "unknown experiment 'E9'"),
     (["run", "E6", "--dataset", "cifar"], "cifar"),
