@@ -17,9 +17,9 @@
                               [--baseline NAME ...] [--results DIR] [--out DIR] [--data-root DIR]
 
 Bad input (unknown experiment, dataset, method or scale; a config that breaks its schema or cannot run; a missing,
-empty or malformed data root or dataset file; an unwritable output folder; a bad floors file) and numerical
-failures (non-finite or exploded numbers, divergence) print one line on stderr and exit with status 2, without a
-traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
+empty or malformed data root or dataset file; an unwritable output folder, or a disk that fills or turns read-only
+mid-run; a bad floors file) and numerical failures (non-finite or exploded numbers, divergence) print one line on
+stderr and exit with status 2, without a traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
 the next run resumes. A failed ``check`` exits with 1, as does ``all`` when an experiment failed for another
 reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
 
@@ -407,8 +407,7 @@ def _cmd_data_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     module = capabilities.optional_module("metainf.data.info")
     if module is None:
         raise UsageError("metainf.data.info is not installed")
-    if args.data_root is not None:
-        runner.check_data_root(args.data_root)  # as run does: a missing or empty root is not silently skipped
+    runner.check_data_root(args.data_root)  # as run does: a missing or empty root is not silently skipped
     try:
         print(module.format_info(module.dataset_info(args.dataset, args.data_root)))
     except (ValueError, KeyError, FileNotFoundError) as error:

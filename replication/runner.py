@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
 import shlex
 import shutil
 import sys
@@ -189,8 +190,7 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     config = resolve_config(experiment, request.scale, request.dataset, parse_overrides(request.set_items))
     if experiment.validate is not None:
         experiment.validate(request.scale, config)
-    if request.data_root is not None:
-        check_data_root(request.data_root)
+    check_data_root(request.data_root)
     status = capabilities.dataset_status(request.data_root) if availability is None else availability
     available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
     if not available:
@@ -226,14 +226,20 @@ def estimate(run: PreparedRun) -> Estimate:
                         resolve_device(run.request.device), run.request.dtype)
 
 
-def check_data_root(data_root: str) -> None:
-    """A ``--data-root`` must be an existing, non-empty folder (the search order would silently skip it)."""
-    root = Path(data_root).expanduser()
+def check_data_root(data_root: str | None) -> None:
+    """A ``--data-root`` (or, without one, a set ``$METAINF_DATA``) must be an existing, non-empty folder: the
+    search order would silently skip it and find the data elsewhere."""
+    given, name, fix = data_root, "--data-root", "pass"
+    if given is None:
+        given, name, fix = os.environ.get("METAINF_DATA") or None, "$METAINF_DATA", "set it to (or unset it)"
+    if given is None:
+        return
+    root = Path(given).expanduser()
     if not root.is_dir():
-        raise UsageError(f"--data-root {data_root} does not exist or is not a folder; pass the folder that holds "
-                         "the dataset folders (e.g. omniglot/)")
+        raise UsageError(f"{name} {given} does not exist or is not a folder; {fix} the folder that holds the "
+                         "dataset folders (e.g. omniglot/)")
     if not any(root.iterdir()):
-        raise UsageError(f"--data-root {data_root} is empty; put the dataset folders (e.g. omniglot/) in it")
+        raise UsageError(f"{name} {given} is empty; put the dataset folders (e.g. omniglot/) in it")
 
 
 def _inside(path: Path, root: str) -> bool:
@@ -332,10 +338,14 @@ def adopt_result_seeds(run: PreparedRun) -> list[int]:
     previous = results.read_or_set_aside(Path(run.path))
     if previous is None or previous.get("run_key") != run.key:
         return []
+    per_seed = previous.get("per_seed", {})
+    if not isinstance(per_seed, dict) or not all(isinstance(p, dict) for p in per_seed.values()):
+        results.set_aside(Path(run.path), "its per_seed is not a JSON object of seed results", "recomputing it")
+        return []
     runtimes = previous.get("provenance", {}).get("runtime_s", {}).get("seeds", {})
     adopted = []
     for seed in run.seeds:
-        payload = previous.get("per_seed", {}).get(str(seed))
+        payload = per_seed.get(str(seed))
         if payload is None or _seed_file(run, seed).exists():
             continue
         results.write_json(_seed_file(run, seed), {"payload": payload, "runtime_s": runtimes.get(str(seed), 0.0),

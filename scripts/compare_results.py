@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--show", type=int, default=20)
     args = parser.parse_args(argv)
+    for folder in (args.before, args.after):
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder of results (E*/<dataset>-<scale>.json)")
     files = sorted(p.relative_to(args.before) for p in args.before.glob("E*/*.json"))
+    if not files:
+        parser.error(f"{args.before} holds no result files (E*/*.json): nothing to compare")
     compared, differ, missing = 0, [], []
     for rel in files:
         other = args.after / rel

@@ -359,6 +359,24 @@ def test_missing_or_empty_data_root(tmp_path: Path, capsys, make, names) -> None
     short_error(err, "--data-root", str(root), *names)
 
 
+@pytest.mark.parametrize("make, names", [
+    (lambda root: None, ["does not exist", "or unset it"]),
+    (lambda root: root.write_text("not a folder"), ["is not a folder"]),
+    (lambda root: root.mkdir(), ["is empty"]),
+])
+def test_a_bad_metainf_data_is_not_silently_skipped(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, make,
+                                                    names) -> None:
+    """Without --data-root, a set $METAINF_DATA is the user's choice of data: a wrong one must not fall through to
+    ../shared/data (run and data info alike)."""
+    root = tmp_path / "data"
+    make(root)
+    monkeypatch.setenv("METAINF_DATA", str(root))
+    for argv in ([*E6, "--dataset", "omniglot", "--out", str(tmp_path / "o")], ["data", "info", "omniglot"]):
+        code, err = cli_run(capsys, *argv)
+        assert code == 2
+        short_error(err, "$METAINF_DATA", str(root), *names)
+
+
 def test_data_used_is_recorded_without_machine_paths(tmp_path: Path, capsys, cache) -> None:
     root = tmp_path / "data"
     write_omniglot_zip(root / "omniglot" / "images_background_small1.zip",

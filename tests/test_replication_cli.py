@@ -177,6 +177,24 @@ def test_more_seeds_reuse_those_the_result_already_holds(tmp_path: Path, monkeyp
     assert dummy.seeds == [0, 1]
 
 
+def test_reuse_of_a_result_with_damaged_seeds_recomputes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A result whose run key matches but whose per_seed is not seed results (edited by hand) is set aside with one
+    warning line and every seed computed, not an AttributeError."""
+    dummy = use(monkeypatch, Dummy())
+    out = tmp_path / "out"
+    assert main(["run", "E0", "--scale", "quick", "--seed", "0", "--out", str(out)]) == 0
+    path = out / "E0" / "omniglot-quick.json"
+    data = results.read_json(path)
+    for damaged in ("seeds", {"0": "seed zero"}):
+        results.write_json(path, {**data, "per_seed": damaged})
+        dummy.seeds.clear()
+        assert main(["run", "E0", "--scale", "quick", "--seed", "0", "--reuse", "--out", str(out)]) == 0
+        assert dummy.seeds == [0]
+        assert "per_seed is not a JSON object of seed results; moved to omniglot-quick.json.corrupt" in \
+            capsys.readouterr().err
+
+
 def test_a_rerun_recomputes_every_seed_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``--reuse`` a run whose result already exists (a clone with committed results) computes every seed
     again and records none as reused."""
