@@ -194,7 +194,9 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
     status = capabilities.dataset_status(request.data_root) if availability is None else availability
     available, note = status.get(request.dataset, (False, "unknown to metainf.data.registry"))
     if not available:
-        raise UsageError(f"dataset {request.dataset} is not available: {note}")
+        raise UsageError(f"dataset {request.dataset} is not available: {note}; `metainf-repro data info "
+                         f"{request.dataset}` says where it is looked for and the layout it needs, then pass "
+                         "--data-root DIR")
     if request.data_root is not None and Path(note).is_absolute() and not _inside(Path(note), request.data_root):
         raise UsageError(f"dataset {request.dataset} is not under --data-root {request.data_root} (found only at "
                          f"{note}); put it there or drop --data-root")

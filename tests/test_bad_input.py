@@ -359,6 +359,14 @@ def test_missing_or_empty_data_root(tmp_path: Path, capsys, make, names) -> None
     short_error(err, "--data-root", str(root), *names)
 
 
+def test_a_dataset_not_found_says_how_to_find_out_where_it_belongs(tmp_path: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METAINF_DATA", raising=False)
+    code, err = cli_run(capsys, "run", "E1", "--dataset", "fc100", "--scale", "smoke", "--out", str(tmp_path / "o"))
+    assert code == 2
+    short_error(err, "dataset fc100 is not available", "metainf-repro data info fc100", "--data-root DIR")
+
+
 @pytest.mark.parametrize("make, names", [
     (lambda root: None, ["does not exist", "or unset it"]),
     (lambda root: root.write_text("not a folder"), ["is not a folder"]),
