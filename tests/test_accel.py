@@ -26,6 +26,7 @@ from metainf.core.bilevel import (
     TaskData,
     UnrolledInner,
     parse_hprime,
+    query_loss,
     support_loss,
     weighted_ce,
 )
@@ -276,6 +277,32 @@ def dense_gn_task(inner, model: FlatModel, lam: torch.Tensor, t: TaskData, theta
     h_out = hessian(lambda o: weighted_ce(o, t.yq, t.wq), logits).reshape(logits.numel(), logits.numel())
     j_o = j_o.reshape(logits.numel(), lam.numel())
     return j_o.T @ h_out @ j_o
+
+
+@pytest.mark.parametrize("kind", ["unrolled", "proximal"])
+def test_drop_and_gamma_curvatures_equal_dense_jt_h_j_at_a_generic_point(kind: str) -> None:
+    """H' = drop: J_k^T Hess_theta L_O(theta_k) J_k with the true (for two unrolled steps, non-symmetric) Jacobian
+    J_k = d theta_k / d lam, from torch.autograd.functional; gamma adds ||grad_theta L_O(theta_k)||_1 u, the gradient
+    taken at the adapted theta_k (here far from lam), not at lam."""
+    inner = UnrolledInner(steps=2, lr=0.4) if kind == "unrolled" else ProximalInner(beta=2.0, inner_solver="dense")
+    obj, lam = tiny_objective(inner, n_tasks=2, seed=3)
+    model, thetas, state = obj.model, obj.adapted_params(lam), obj.state_at(lam)
+    u = torch.randn(lam.numel(), generator=torch.Generator().manual_seed(5), dtype=DT)
+    for k in range(obj.n_tasks):
+        t = TaskData(*(x[k] for x in obj.tasks))
+        if kind == "unrolled":
+            j = jacobian(lambda l: inner.adapt(model, l, t), lam)
+            assert rel(j, j.T) > 1e-3  # two steps: J is not symmetric, so J and J^T cannot stand in for each other
+        else:
+            j = inner.beta * torch.linalg.inv(hessian(lambda th: inner.inner_objective(model, lam, t, th), thetas[k]))
+        h_out = hessian(lambda th: query_loss(model, th, t), thetas[k])
+        drop = inner.total_hvp(model, lam, t, state[k], u, "drop")
+        assert rel(drop, j.T @ h_out @ j @ u) < 1e-10
+        g_theta = jacobian(lambda th: query_loss(model, th, t), thetas[k])
+        g_lam = jacobian(lambda th: query_loss(model, th, t), lam)
+        assert abs(float(g_theta.abs().sum() - g_lam.abs().sum())) > 1e-2 * float(g_theta.abs().sum())
+        gamma = inner.total_hvp(model, lam, t, state[k], u, "gamma")
+        assert rel(gamma - drop, float(g_theta.abs().sum()) * u) < 1e-10
 
 
 @pytest.mark.parametrize("kind", ["unrolled", "proximal"])

@@ -16,7 +16,7 @@ from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, NonFiniteError
 
 DT = torch.float64
-N_TASKS, N_S, N_Q, N_WAY = 3, 5, 5, 3
+N_TASKS, N_S, N_Q, N_WAY = 3, 5, 3, 3  # N_Q != N_S: a 1/|S| for 1/|Q| mix-up shows
 INPUT = (1, 4, 4)
 NEWTON_FD = 4  # extra Newton steps after prepare (quadratic convergence from the warm start)
 

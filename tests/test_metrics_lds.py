@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metainf.metrics import column_spearman, lds, lds_ceiling, residualize
+from metainf.metrics import column_spearman, correlations, lds, lds_ceiling, mean_ci95, residualize
 
 SCORES = np.array([1.0, 2.0, 3.0])
 MASKS = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 0, 0]])  # summed scores 3, 5, 4, 1
@@ -115,3 +115,25 @@ def test_residualize_removes_the_covariates_exactly():
     assert np.abs(r[:, 0]).max() < 1e-12
     x = np.column_stack([np.ones(30), c])
     assert np.abs(x.T @ r).max() < 1e-10  # residuals orthogonal to the intercept and the covariates
+
+
+def test_correlations_tell_spearman_from_pearson():
+    """A monotone but nonlinear pair: Spearman (ranks) is exactly 1, Pearson is not; hand values for a linear pair."""
+    x = np.arange(1.0, 8.0)
+    got = correlations(x, x ** 3)
+    assert got["spearman"] == pytest.approx(1.0, abs=1e-12)
+    assert got["pearson"] < 0.95
+    # pred [1, 2, 3] against [1, 3, 2]: Pearson 0.5 by hand; ranks are the values, so Spearman 0.5 too
+    assert correlations([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx({"pearson": 0.5, "spearman": 0.5})
+    # pred [0, 1, 10] against [0, 1, 2]: Spearman 1; Pearson (x - 11/3).(y - 1) / (|x - 11/3| |y - 1|) by hand
+    x, y = np.array([0.0, 1.0, 10.0]), np.array([0.0, 1.0, 2.0])
+    pearson = ((x - x.mean()) @ (y - 1)) / (np.linalg.norm(x - x.mean()) * np.linalg.norm(y - 1))
+    assert correlations(x, y) == pytest.approx({"pearson": pearson, "spearman": 1.0})
+
+
+def test_mean_ci95_hand_computed():
+    """[0, 1, 2]: mean 1, sample standard deviation 1 (n - 1 in the denominator), half-width 1.96 / sqrt(3)."""
+    mean, half = mean_ci95(torch.tensor([0.0, 1.0, 2.0]))
+    assert mean == pytest.approx(1.0)
+    assert half == pytest.approx(1.96 / math.sqrt(3))
+    assert math.isnan(mean_ci95(torch.tensor([4.0]))[1])  # one value: no interval

@@ -38,7 +38,7 @@ from metainf.core.bilevel import ProximalInner, TaskData, UnrolledInner
 from metainf.core.models import FlatModel
 from metainf.core.objective import MetaObjective
 from metainf.groundtruth.converged import retrain
-from metainf.influence import InfluenceConfig, edit_tasks, eval_vector, task_scores
+from metainf.influence import InfluenceConfig, edit_instances, edit_tasks, eval_vector, task_scores
 from metainf.linalg.solvers import solve
 from metainf.train import train_converged
 
@@ -245,6 +245,27 @@ def test_edit_tasks_is_the_closed_form_linearisation(prob: Problem) -> None:
         assert close(edited, want, 1e-8)
 
 
+def test_edit_instances_is_the_closed_form_linearisation(prob: Problem) -> None:
+    """edit_instances = lam* - d lam*/d eps at eps = 0, where the removed points' weights are 1 - eps: the first-order
+    prediction of the optimum without them. The derivative comes from the closed form (the point weights enter A, b,
+    C and d), by a central difference in eps; one support point and one query point are removed, in other tasks."""
+    es = torch.zeros(M_TRAIN, N_S, dtype=torch.bool)
+    eq = torch.zeros(M_TRAIN, N_Q, dtype=torch.bool)
+    es[1, 0] = eq[3, 2] = True
+    tasks, ones = prob.obj.tasks, torch.ones(M_TRAIN, dtype=DT)
+
+    def optimum(eps: float) -> Tensor:
+        weighted = tasks._replace(ws=tasks.ws - eps * es.to(DT), wq=tasks.wq - eps * eq.to(DT))
+        return ClosedForm.of(weighted, prob.obj.inner).optimum(ones, DELTA)
+
+    h = 1e-5
+    want = prob.lam + (optimum(h) - optimum(-h)) / (2 * h)
+    assert float((want - prob.lam).abs().max()) > 1e-3  # the edit is not trivially zero
+    for solver in ("cg", "dense"):
+        edited = edit_instances(prob.obj, prob.lam, es, eq, InfluenceConfig(solver=solver, tol=1e-12))
+        assert close(edited, want, 1e-7)
+
+
 def test_loo_minus_if_is_second_order(prob: Problem) -> None:
     """|Delta(eps) - eps s_k| = O(eps^2): halving eps divides the gap by ~4 for every task; signs agree."""
     scores = prob.closed_form_scores()
@@ -254,6 +275,22 @@ def test_loo_minus_if_is_second_order(prob: Problem) -> None:
         ratios = [a / b for a, b in itertools.pairwise(gaps)]
         assert all(3.3 < r < 4.8 for r in ratios), (k, gaps, ratios)
         assert (prob.exact_change(k, 1e-4) > 0) == (float(scores[k]) > 0)
+
+
+@pytest.mark.parametrize("kind, task, point", [("support", 1, 2), ("query", 4, 3), ("query", 3, 1)])
+def test_point_loo_retraining_matches_closed_form(prob: Problem, kind: str, task: int, point: int) -> None:
+    """Leave-one-point-out retraining removes exactly that point: its effect equals the closed-form optimum with that
+    point's weight zeroed (shapes M = 6, S = 3, Q = 4, so swapped indices would name another point, not fail)."""
+    tasks, ones = prob.obj.tasks, torch.ones(M_TRAIN, dtype=DT)
+    field = "ws" if kind == "support" else "wq"
+    weights = getattr(tasks, field).clone()
+    weights[task, point] = 0.0
+    lam_without = ClosedForm.of(tasks._replace(**{field: weights}), prob.obj.inner).optimum(ones, DELTA)
+    want = float(prob.eval_loss(lam_without) - prob.eval_loss(prob.lam))
+    res = retrain(prob.obj, prob.lam, prob.ev, kind, task, point, tol=1e-11, max_iter=200)
+    assert res.converged
+    assert abs(want) > 1e-5  # removing the point matters
+    assert abs(res.effect - want) <= 1e-9
 
 
 def test_loo_retraining_matches_closed_form(prob: Problem) -> None:
