@@ -12,21 +12,23 @@ Harness level (``metainf-repro``), every case ends in exit 2 (130 / 143 for Ctrl
 lines on stderr, a message naming the problem, no traceback, and earlier results untouched:
 
 - configs that break the schema (bad types, out-of-range values, unknown keys, all listed in one line), unknown
-  experiment / dataset / scale;
-- data: a corrupt zip, a bad CRC, a truncated PNG, a wrong layout, a missing or empty ``--data-root``; the data
-  actually used is recorded in the result without machine paths;
+  experiment / dataset / scale; lists a run cannot do without left empty, E4 grid names it does not know;
+- data: a corrupt zip, a bad CRC, a truncated PNG, a wrong layout, a missing or empty ``--data-root`` or
+  ``$METAINF_DATA``; the data actually used is recorded in the result without machine paths;
+- a disk that fills or turns read-only mid-run: one line naming the file, finished seeds kept;
 - numbers: divergence of the outer or the inner step (naming the config key), non-finite or exploded numbers in a
   result; default runs print nothing on stderr;
 - corrupt result / seed-cache files: named, moved to ``.corrupt``, recomputed; ``report`` and ``figures`` skip them;
 - a raising method is recorded as failed and the other methods' results are kept;
 - W&B online that does not answer falls back to offline within the time limit, said once;
-- SIGINT / SIGTERM: one line, 130 / 143, no ``.tmp`` left, the rerun resumes; result files follow the umask.
+- SIGINT / SIGTERM: one line, 130 / 143, no ``.tmp`` left, the rerun resumes; result files follow the umask;
+  SIGTERM during a method's scoring stops the run rather than being recorded as that method failing.
 """
 
 from __future__ import annotations
 
-import json
 import errno
+import json
 import os
 import signal
 import socket
