@@ -29,6 +29,7 @@ from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
 from metainf.data.roots import portable_path
 from metainf.runtime.device import resolve_device, resolve_dtype
+from metainf.runtime.executor import check_scheduler
 from metainf.runtime.seeding import seed_everything
 from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
@@ -182,6 +183,8 @@ def prepare(request: RunRequest, availability: Mapping[str, tuple[bool, str]] | 
         raise UsageError(f"unknown executor {request.executor!r}; executors: {', '.join(EXECUTORS)}")
     if request.scheduler and request.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
+    if request.scheduler:
+        check_scheduler(request.scheduler)
     try:
         resolve_device(request.device)
         resolve_dtype(request.dtype)

@@ -361,6 +361,15 @@ def test_missing_or_empty_data_root(tmp_path: Path, capsys, make, names) -> None
     short_error(err, "--data-root", str(root), *names)
 
 
+def test_an_unreachable_scheduler_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    """Found up front, not when E3 first hands work to dask after training (E6, which never does, exited 0)."""
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(tmp_path / "o"), "--executor", "dask",
+                        "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2
+    short_error(err, "cannot reach the dask scheduler tcp://127.0.0.1:9", "drop --scheduler")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_dataset_not_found_says_how_to_find_out_where_it_belongs(tmp_path: Path, capsys,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("METAINF_DATA", raising=False)

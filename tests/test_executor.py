@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import metainf.runtime.executor as executor_module
-from metainf.runtime.executor import (CacheMismatchError, SchedulerUnreachableError, UnitFailedError,
+from metainf.runtime.executor import (CacheMismatchError, SchedulerUnreachableError, UnitFailedError, check_scheduler,
                                       deterministic_call, run_units, unit_file_name)
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None
@@ -230,3 +230,21 @@ def test_unreachable_dask_scheduler_is_one_clear_error() -> None:
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(SchedulerUnreachableError, match=r"tcp://127\.0\.0\.1:9 .*drop --scheduler"):
             run_units(lsq_job, {"a": (0,)}, executor="dask", scheduler="tcp://127.0.0.1:9", progress=False)
+
+
+def test_check_scheduler_before_a_run() -> None:
+    """Something listening passes; nothing listening, or an address that is not host:port, is one clear error."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_scheduler(f"tcp://127.0.0.1:{port}")
+        check_scheduler(f"127.0.0.1:{port}")
+    with pytest.raises(SchedulerUnreachableError, match=r"cannot reach the dask scheduler tcp://127\.0\.0\.1:9: .*"
+                                                        r"drop --scheduler"):
+        check_scheduler("tcp://127.0.0.1:9", timeout=2.0)
+    for bad in ("tcp://nohost", "127.0.0.1:port"):
+        with pytest.raises(SchedulerUnreachableError, match="is not tcp://host:port"):
+            check_scheduler(bad)

@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from tqdm.auto import tqdm
@@ -252,6 +254,24 @@ def _run_local(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracke
 
 class SchedulerUnreachableError(ConnectionError):
     """The dask scheduler at the given address cannot be reached."""
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Raise :class:`SchedulerUnreachableError` unless something accepts TCP connections at the dask scheduler
+    ``address`` (``tcp://host:port`` or ``host:port``) within ``timeout`` seconds: a cheap check before a run, which
+    would otherwise find out when it first hands work to dask, possibly after training."""
+    parsed = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.hostname is None or port is None:
+        raise SchedulerUnreachableError(f"the dask scheduler address {address!r} is not tcp://host:port")
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise SchedulerUnreachableError(f"cannot reach the dask scheduler {address}: {exc}; start it ('dask "
+                                        "scheduler') or drop --scheduler") from None
 
 
 def _run_dask(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Tracker, n_workers: int,
