@@ -1,5 +1,5 @@
 """``python -m replication`` is ``metainf-repro``."""
 
-from replication.cli import main
+from replication.launch import main
 
 raise SystemExit(main())

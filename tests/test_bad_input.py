@@ -595,6 +595,24 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The console script's entry point catches a Ctrl-C that arrives while replication.cli and torch load."""
+    import importlib.abc
+    from replication import launch
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "replication.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "replication.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    assert launch.main() == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "metainf-repro: interrupted while starting; nothing was written"
+
+
 def test_signals_stop_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     """SIGTERM after the first seed, then (resumed) Ctrl-C after the second: one line each, exit 143 and 130, no
     temp file, earlier results untouched; the third run resumes both seeds and prints nothing on stderr."""
