@@ -61,7 +61,7 @@ from experiments import e4_frontier
 from experiments.base import ConfigError, Experiment, RunContext
 from experiments.ground_truth import block_curvature, converged_many, unit_start_hessian
 from experiments.setups import load_opts
-from metainf.core.bilevel import HPRIME_MODES, InnerProblem, make_inner, parse_hprime
+from metainf.core.bilevel import HPRIME_MODES, PROXIMAL_INNER_SOLVERS, InnerProblem, make_inner, parse_hprime
 from metainf.core.models import build_model
 from metainf.core.objective import MetaObjective, pool_tensors
 from metainf.data.registry import load_split
@@ -410,7 +410,6 @@ def run(ctx: RunContext) -> dict:
 
 #: curvatures of the grid besides the H' modes of :func:`metainf.core.bilevel.parse_hprime`
 MODEL_CURVATURES = ("gn", "fisher")
-INNER_SOLVERS = ("dense", "cg", "ekfac")
 
 
 def validate(scale: str, config: dict) -> None:
@@ -422,8 +421,8 @@ def validate(scale: str, config: dict) -> None:
                 parse_hprime(curvature)
         except ValueError:
             bad.append(f"curvature {curvature!r} (use {', '.join(MODEL_CURVATURES)}, {', '.join(HPRIME_MODES)})")
-    bad += [f"inner solver {s!r} (use {', '.join(INNER_SOLVERS)})"
-            for s in config["inner_solvers"] if s not in INNER_SOLVERS]
+    bad += [f"inner solver {s!r} (use {', '.join(PROXIMAL_INNER_SOLVERS)})"
+            for s in config["inner_solvers"] if s not in PROXIMAL_INNER_SOLVERS]
     if bad:
         raise ConfigError(f"E4 {scale}: unknown " + "; ".join(bad))
 

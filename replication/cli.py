@@ -19,9 +19,9 @@
 Bad input (unknown experiment, dataset, method or scale; a config that breaks its schema or cannot run; a missing,
 empty or malformed data root or dataset file; an unwritable output folder, or a disk that fills or turns read-only
 mid-run; a bad floors file) and numerical failures (non-finite or exploded numbers, divergence) print one line on
-stderr and exit with status 2, without a traceback and without touching earlier results. Ctrl-C and SIGTERM stop the run with one line and exit 130 and 143;
-the next run resumes. A failed ``check`` exits with 1, as does ``all`` when an experiment failed for another
-reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
+stderr and exit with status 2, without a traceback and without touching earlier results. Ctrl-C and SIGTERM stop the
+run with one line and exit 130 and 143; the next run resumes. A failed ``check`` exits with 1, as does ``all`` when
+an experiment failed for another reason. ``--wandb`` defaults to ``$WANDB_MODE`` if set, else ``offline``.
 
 A run with ``--method`` does not write over a result file that holds other methods (exit 2; ``--out DIR`` or
 ``--replace``). Scorings an experiment skipped (a method that raised or returned non-finite scores or scores of the
@@ -429,8 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
-        print(f"{PROG}: error: {error.strerror}: {error.filename}; free space or fix the permissions (or choose "
-              "another --out or --data-root); finished seeds and units are kept, rerun to resume", file=sys.stderr)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"{PROG}: error: {error.strerror}{where}; free space or fix the permissions (or choose another --out "
+              "or --data-root); finished seeds and units are kept, rerun to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished seeds and units are kept, rerun the same command to resume",

@@ -29,7 +29,7 @@ from experiments import registry
 from experiments.base import SCALES, Experiment, RunContext
 from metainf.data.roots import portable_path
 from metainf.runtime.device import resolve_device, resolve_dtype
-from metainf.runtime.executor import check_scheduler
+from metainf.runtime.executor import UnitFailedError, check_scheduler, run_units
 from metainf.runtime.seeding import seed_everything
 from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
@@ -391,8 +391,6 @@ def run_seeds_in_pool(runs: list[PreparedRun], jobs: int,
     finished seed is saved as the seed file that :func:`execute` then loads, so an interrupted pool resumes like a
     serial run. Returns ``{"<EXP> <dataset>": error}`` for runs with a seed that failed (after one retry).
     """
-    from metainf.runtime.executor import UnitFailedError, run_units
-
     todo: dict[str, tuple] = {}
     owner: dict[str, PreparedRun] = {}
     for run in runs:

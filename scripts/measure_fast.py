@@ -104,6 +104,14 @@ def dense_v(problem, h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(h, problem.eval_objective.mean_loss_grad(problem.lam))
 
 
+def dense_reference(problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """At lam*: (dense total Hessian H, per-task gradients G [M, P], b = grad L_eval, exact task-IF's unscaled task
+    scores G H^-1 b), the reference the solver probes compare against."""
+    obj, lam = problem.objective, problem.lam
+    h, g = obj.dense_hessian(lam), obj.task_grads(lam)
+    return h, g, problem.eval_objective.mean_loss_grad(lam), (g @ dense_v(problem, h)).numpy()
+
+
 def unit_scores(problem, method, series) -> dict[str, np.ndarray]:
     return {kind: unit_values(run_method(method, problem, kind).values,
                                      [tuple(u) for u in series[kind]["units"]]) for kind in KINDS}

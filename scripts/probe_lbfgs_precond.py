@@ -30,7 +30,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import dense_v, e5_problem, spearman  # noqa: E402
+from measure_fast import dense_reference, e5_problem, spearman  # noqa: E402
 from metainf.core.objective import MetaObjective  # noqa: E402
 from metainf.linalg.cg import cg  # noqa: E402
 from metainf.linalg.finite_difference import fd_hessian_operator  # noqa: E402
@@ -82,9 +82,7 @@ def main() -> None:
         for hidden in (8, 16):
             _, fitted, problem = e5_problem("mnist", seed, hidden)
             obj, lam = problem.objective, problem.lam
-            h, g = obj.dense_hessian(lam), obj.task_grads(lam)
-            b = problem.eval_objective.mean_loss_grad(lam)
-            exact = (g @ dense_v(problem, h)).numpy()
+            h, g, b, exact = dense_reference(problem)
             op = fd_hessian_operator(obj, lam)
             preconditioners = {"none": None, **{name: two_loop(*lbfgs_memory(obj, fitted.lam_traj, tol, history))
                                                 for name, (tol, history) in MEMORIES.items()}}

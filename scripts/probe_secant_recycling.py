@@ -31,7 +31,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import dense_v, e5_problem, spearman  # noqa: E402
+from measure_fast import dense_reference, e5_problem, spearman  # noqa: E402
 from probe_lbfgs_precond import MEMORIES, lbfgs_memory  # noqa: E402
 
 MAX_K = 5
@@ -49,10 +49,8 @@ def main() -> None:
     for seed in (0, 1):
         for hidden in (8, 16):
             _, fitted, problem = e5_problem("mnist", seed, hidden)
-            obj, lam = problem.objective, problem.lam
-            h, g = obj.dense_hessian(lam), obj.task_grads(lam)
-            b = problem.eval_objective.mean_loss_grad(lam)
-            exact = (g @ dense_v(problem, h)).numpy()
+            obj = problem.objective
+            h, g, b, exact = dense_reference(problem)
             krylov = [b]
             for _ in range(MAX_K):
                 krylov.append(h @ krylov[-1])

@@ -68,6 +68,8 @@ def _with_weights(t: TaskData, ws: Tensor, wq: Tensor) -> TaskData:
 
 
 HPRIME_MODES = ("exact", "drop", "gamma", "gamma_scaled:<c>")
+#: how ``ProximalInner`` solves its inner linear systems (see there)
+PROXIMAL_INNER_SOLVERS = ("cg", "dense", "ekfac")
 
 
 def parse_hprime(hprime: str) -> tuple[str, float]:
@@ -314,7 +316,7 @@ class ProximalInner:
                  newton_cg_iters: int | None = None, cg_hvp: str = "jvp"):
         if beta <= 0:
             raise ValueError(f"proximal beta must be > 0, got {beta}")
-        if inner_solver not in ("cg", "dense", "ekfac"):
+        if inner_solver not in PROXIMAL_INNER_SOLVERS:
             raise ValueError(f"inner_solver must be 'cg', 'dense' or 'ekfac', got {inner_solver!r}")
         if newton_cg_iters is not None and newton_cg_iters < 1:
             raise ValueError(f"newton_cg_iters must be >= 1 (or None: cg_iters), got {newton_cg_iters}")

@@ -32,7 +32,7 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
     # instance-level methods, are stacked on the right, each as tall as its bars: one 0.3-inch slot per bar keeps the
     # 7-point tick labels apart however many methods ran, and the 1.6 inches hold title, axis label and legend
     slots = [len(sel) + 1.6 / 0.3 for sel in panels]
-    layout = [[kinds[0]] + ([kind] if len(kinds) > 1 else []) for kind in (kinds[1:] or kinds)]
+    layout = [[kinds[0], kind] for kind in kinds[1:]] or [[kinds[0]]]
     fig, axes = new_mosaic(layout, width=4.5 * min(len(kinds), 2),
                            height=0.3 * max(slots[0], sum(slots[1:])), height_ratios=slots[1:] or None)
     estimates = []
