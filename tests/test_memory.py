@@ -1,8 +1,15 @@
-"""``PeakSampler``: the peak RSS of a block, also of a spike shorter than any sampling interval, and nested blocks."""
+"""``PeakSampler``: the peak RSS of a block, also of a spike shorter than any sampling interval, and nested blocks.
+
+The spikes are anonymous mappings (``mmap``), not NumPy arrays: after earlier tests have freed memory, malloc may
+serve a 200 MiB array from pages the process already holds, and the RSS does not move (seen in CI, at 1.5 GB RSS).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,10 +23,23 @@ kernel_mark = pytest.mark.skipif(high_water_mb() is None or not memory.reset_hig
 MB = 2**20
 
 
+@contextlib.contextmanager
+def fresh_pages(mb: int) -> Iterator[None]:
+    """Hold ``mb`` MiB of newly mapped, written pages while the block runs; unmap them after it."""
+    block = mmap.mmap(-1, mb * MB)
+    view = np.frombuffer(block, dtype=np.uint8)
+    view[:] = 1
+    try:
+        yield
+    finally:
+        del view
+        block.close()
+
+
 def spike(mb: int) -> None:
     """Touch ``mb`` MiB of fresh memory and free it at once."""
-    a = np.ones(mb * MB // 8)
-    del a
+    with fresh_pages(mb):
+        pass
 
 
 @kernel_mark
@@ -48,7 +68,6 @@ def test_the_sampling_thread_where_there_is_no_kernel_mark(monkeypatch) -> None:
     monkeypatch.setattr(memory, "reset_high_water", lambda: False)
     with PeakSampler(interval=0.002) as sampler:
         start = rss_mb()
-        a = np.ones(200 * MB // 8)
-        time.sleep(0.1)
-        del a
+        with fresh_pages(200):
+            time.sleep(0.1)
     assert sampler.peak >= start + 150

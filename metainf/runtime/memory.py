@@ -6,6 +6,10 @@ On Linux the kernel keeps the peak RSS (``VmHWM`` in ``/proc/self/status``) and 
 runs. Elsewhere (or where that file cannot be written) a thread samples the RSS every few milliseconds; it competes
 with the measured block for the interpreter lock, which inflates the timings of cheap methods (``scripts/profile_fast.py``
 prints ``task_if_fast`` timed with and without ``run_method``).
+
+The RSS counts the pages the process holds, not what a block allocates: memory that malloc hands back from earlier
+frees (already resident) does not raise it, so a block's peak RSS can be below the process's RSS at entry plus the
+block's working set. Compare peaks measured in the same process, after the same history (as E4 and E5 do).
 """
 
 from __future__ import annotations
