@@ -54,10 +54,9 @@ from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
 from metainf.runtime.device import resolve_device
 from metainf.runtime.executor import SchedulerUnreachableError
-from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner
+from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner, wandb_mirror
 from replication.estimate import format_estimate
 from replication.errors import UsageError
-from replication.wandb_mirror import MODES
 
 PROG = "metainf-repro"
 #: errors that are the input's fault or a numerical failure of the configured problem: one line, exit 2
@@ -113,7 +112,8 @@ def _run_options(parser: argparse.ArgumentParser, default_scale: str) -> None:
     parser.add_argument("--jobs", type=_positive_int, default=1,
                         help="seeds run at once, each in its own single-threaded process (default: 1, in process)")
     env_mode = os.environ.get("WANDB_MODE", "")
-    parser.add_argument("--wandb", choices=MODES, default=env_mode if env_mode in MODES else "offline")
+    parser.add_argument("--wandb", choices=wandb_mirror.MODES,
+                        default=env_mode if env_mode in wandb_mirror.MODES else "offline")
     parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                         help="where tensors live: cpu (default), cuda (or cuda:N; exit 2 if there is none) or auto")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
@@ -422,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args, argv)
+        try:
+            return args.handler(args, argv)
+        finally:
+            wandb_mirror.close_service()  # here, not in W&B's atexit hook, where Ctrl-C prints a traceback
     except BAD_INPUT as error:
         print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
         return 2

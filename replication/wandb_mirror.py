@@ -5,6 +5,7 @@ Modes: ``offline`` (default; no account; files under ``<results>/wandb``; upload
 truth: if wandb is missing or any W&B call fails, the mirror prints one warning, switches itself off and the run
 continues. ``online`` initialisation gives up after :data:`INIT_TIMEOUT_S` seconds (an unreachable server, no key)
 and falls back to ``offline``; this is said once per process, and later runs of the process go offline at once.
+:func:`close_service` ends W&B's service process at the end of a command, as W&B recommends (``wandb.teardown``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ MODES: tuple[str, ...] = ("offline", "online", "disabled")
 INIT_TIMEOUT_S = 10.0
 #: set once an online initialisation failed in this process: later mirrors start offline without waiting again
 _online_failed: list[str] = []
+#: set once a mirror of this process opened a W&B run: W&B's service process is then up until :func:`close_service`
+_service_up: list[bool] = []
 
 
 class WandbMirror:
@@ -67,6 +70,7 @@ class WandbMirror:
             if unreachable:
                 raise ConnectionError(unreachable)
             self._run = self._init(name, group, config, mode)
+            _service_up.append(True)
         except Exception as error:  # noqa: BLE001 - any W&B failure must not cost the result
             if mode != "online":
                 self._off(f"wandb.init failed: {error}")
@@ -78,6 +82,7 @@ class WandbMirror:
                   file=sys.stderr)
             try:
                 self._run = self._init(name, group, config, "offline")
+                _service_up.append(True)
             except Exception as offline_error:  # noqa: BLE001
                 self._off(f"wandb.init failed: {offline_error}")
 
@@ -134,6 +139,20 @@ class WandbMirror:
         except Exception as error:  # noqa: BLE001
             self._off(f"finish failed: {error}")
         self._run = None
+
+
+def close_service() -> None:
+    """End W&B's service process now, if a mirror of this process started it (``wandb.teardown``, which W&B
+    recommends at the end of a session). Otherwise W&B's ``atexit`` hook ends it after the CLI has returned, where a
+    Ctrl-C prints a traceback instead of the CLI's one line. A failure is one warning: the results are written."""
+    if not _service_up:
+        return
+    _service_up.clear()
+    try:
+        sys.modules["wandb"].teardown()
+    except Exception as error:  # noqa: BLE001 - the results are written; W&B's files are its own
+        print(f"metainf-repro: warning: W&B did not shut down cleanly ({error}); results are still written to JSON",
+              file=sys.stderr)
 
 
 def server_unreachable(timeout: float) -> str | None:

@@ -595,6 +595,22 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_ctrl_c_while_wandb_shuts_down_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """W&B's service ends inside ``main`` (``wandb_mirror.close_service``), so a Ctrl-C while it shuts down is the
+    CLI's one line and exit 130, not a traceback from W&B's atexit hook after ``main`` returned."""
+    calls: list[int] = []
+
+    def interrupted() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wandb_mirror, "close_service", interrupted)
+    assert cli.main(["data", "info", "mnist"]) == 130
+    assert calls == [1]
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metainf-repro: interrupted") and "\n" not in err
+
+
 def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The console script's entry point catches a Ctrl-C that arrives while replication.cli and torch load."""
     import importlib.abc

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from replication.plots.style import new_figure, save_figure
-from replication.wandb_mirror import WandbMirror
+from replication import wandb_mirror
+from replication.wandb_mirror import WandbMirror, close_service
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +80,56 @@ def test_disabled_mode_does_not_import_wandb(tmp_path: Path, monkeypatch: pytest
     mirror.start(name="n", group="g", config={})
     mirror.log({"x": 1.0})
     assert not mirror.active and not (tmp_path / "wandb").exists()
+
+
+def _fake_wandb(monkeypatch: pytest.MonkeyPatch, teardown) -> types.ModuleType:
+    class Run:
+        def finish(self) -> None:
+            pass
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: Run()
+    fake.teardown = teardown
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(wandb_mirror, "_service_up", [])
+    return fake
+
+
+def test_close_service_tears_wandb_down_once_if_a_run_was_opened(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    _fake_wandb(monkeypatch, lambda: calls.append(1))
+    close_service()
+    assert calls == []  # no run opened: nothing to end
+    mirror = WandbMirror("offline", tmp_path)
+    mirror.start(name="n", group="g", config={})
+    mirror.finish()
+    close_service()
+    close_service()
+    assert calls == [1]
+
+
+def test_a_failing_teardown_is_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def broken() -> None:
+        raise RuntimeError("service gone")
+
+    _fake_wandb(monkeypatch, broken)
+    mirror = WandbMirror("offline", tmp_path)
+    mirror.start(name="n", group="g", config={})
+    mirror.finish()
+    close_service()
+    err = capsys.readouterr().err
+    assert err.count("warning: W&B did not shut down cleanly (service gone)") == 1
+
+
+def test_a_run_after_close_service_starts_wandb_again(tmp_path: Path) -> None:
+    """With the real wandb: after its service was ended, a later mirror of the process opens a run again."""
+    pytest.importorskip("wandb")
+    for name in ("first", "second"):
+        mirror = WandbMirror("offline", tmp_path / name)
+        mirror.start(name=name, group="g", config={})
+        assert mirror.active
+        mirror.log({"x": 1.0})
+        mirror.finish()
+        close_service()
+        assert list((tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb"))
