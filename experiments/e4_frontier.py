@@ -246,9 +246,7 @@ def measure_row(row: Row, epoch: Callable[[], object], fr: dict) -> tuple[dict, 
 
 
 def _spearman(s: np.ndarray | None, ref: np.ndarray) -> float:
-    if s is None or float(np.std(s)) == 0.0 or float(np.std(ref)) == 0.0:
-        return float("nan")
-    return correlations(s, ref)["spearman"]
+    return float("nan") if s is None else correlations(s, ref)["spearman"]
 
 
 def frontier(obj: MetaObjective, ev: MetaObjective, lam: Tensor, lam0: Tensor, loo: np.ndarray, cfg: dict,

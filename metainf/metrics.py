@@ -12,8 +12,11 @@ from torch import Tensor
 
 
 def correlations(pred, actual) -> dict[str, float]:
-    """Pearson and Spearman correlation of two 1-D arrays."""
+    """Pearson and Spearman correlation of two 1-D arrays; both NaN, without scipy's warning, where either array is
+    constant (no correlation is defined: an oracle's partial LDS, a method that scores every unit alike)."""
     p, a = np.asarray(pred, dtype=float), np.asarray(actual, dtype=float)
+    if np.ptp(p) == 0 or np.ptp(a) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
     return {"pearson": float(stats.pearsonr(p, a)[0]), "spearman": float(stats.spearmanr(p, a)[0])}
 
 

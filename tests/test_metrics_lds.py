@@ -1,6 +1,7 @@
 """metainf.metrics.lds against a hand computation and against dattri's LDS."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -129,6 +130,14 @@ def test_correlations_tell_spearman_from_pearson():
     x, y = np.array([0.0, 1.0, 10.0]), np.array([0.0, 1.0, 2.0])
     pearson = ((x - x.mean()) @ (y - 1)) / (np.linalg.norm(x - x.mean()) * np.linalg.norm(y - 1))
     assert correlations(x, y) == pytest.approx({"pearson": pearson, "spearman": 1.0})
+
+
+def test_correlations_of_a_constant_array_are_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pred, actual in (([2.0, 2.0, 2.0], [1.0, 3.0, 2.0]), ([1.0, 3.0, 2.0], [0.0, 0.0, 0.0])):
+            got = correlations(pred, actual)
+            assert np.isnan(got["pearson"]) and np.isnan(got["spearman"])
 
 
 def test_mean_ci95_hand_computed():
