@@ -9,9 +9,8 @@ prints ``task_if_fast`` timed with and without ``run_method``).
 
 The RSS counts the pages the process holds, not what a block allocates: memory that malloc hands back from earlier
 frees (already resident) does not raise it, so a block's peak RSS can be below the process's RSS at entry plus the
-block's working set. A method's peak RSS is thus the process's footprint while it ran, not its own. In E4's
-frontier (``results/E4``) the iterative estimators' peaks lie within 20 MiB (digits) and 210 MiB (Omniglot) of
-each other, and the dense exact solve's up to 115 and 565 MiB above them.
+block's working set. A method's peak RSS is thus the process's footprint while it ran, not its own: in E4's
+frontier it sets a dense solve apart from the iterative estimators, but small differences between those say little.
 """
 
 from __future__ import annotations
