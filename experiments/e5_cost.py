@@ -51,6 +51,7 @@ from metainf.core.objective import MetaObjective
 from metainf.linalg.finite_difference import data_gradient_and_losses, supports_fd
 from metainf.methods import get_method, run_method
 from metainf.metrics import correlations
+from metainf.runtime.interrupts import reraise_interruption
 
 #: methods also timed on instance-IF (all M x S support points, solve included)
 INSTANCE_METHODS = ("task_if", "task_if_truncated", "task_if_fast")
@@ -126,6 +127,7 @@ def measure(ctx: RunContext, n_tasks: int, hidden: int) -> dict:
             try:
                 runs.append((epoch, run_method(get_method(name), problem, kind)))
             except Exception as error:  # noqa: BLE001 - recorded as this method's error; the others' results are kept
+                reraise_interruption(error)
                 out[f"{prefix}_error"] = f"{type(error).__name__}: {error}"
                 return
         sc = runs[0][1]

@@ -29,6 +29,7 @@ from metainf.core.problem import AttributionProblem
 from metainf.methods import get_method
 from metainf.methods.trajectory import phase_contributions
 from metainf.metrics import correlations
+from metainf.runtime.interrupts import reraise_interruption
 
 PHASES = ("early", "middle", "late")
 #: the MLP part's methods (exact Meta-DVEmb, and TracIn for contrast)
@@ -83,6 +84,7 @@ def phase_split(problem: AttributionProblem, methods: tuple[str, ...], kinds: li
                 instance = get_method(method, **(options or {}).get(method, {}))
                 parts = phase_contributions(problem, kind, instance, phases=len(PHASES)).reshape(len(PHASES), -1)
             except Exception as error:  # noqa: BLE001 - recorded as failed; the other methods' results are kept
+                reraise_interruption(error)
                 metrics.setdefault(scoring.metric_key(method), {})[f"{kind}_error"] = f"{type(error).__name__}: {error}"
                 continue
             parts = parts.cpu().numpy()

@@ -8,6 +8,7 @@ from torch import Tensor
 from metainf.core.objective import MetaObjective
 from metainf.linalg.types import IndefiniteHessianError, SolverNotConvergedError
 from metainf.methods import AttributionProblem, Scores, get_method, run_method
+from metainf.runtime.interrupts import reraise_interruption
 
 Unit = tuple[int, int | None]
 
@@ -57,8 +58,8 @@ def score_all(methods: tuple[str, ...], problem: AttributionProblem, kinds: tupl
                 continue
             try:
                 scores.setdefault(name, {})[kind] = run_method(method, problem, kind)
-            except METHOD_ERRORS as error:
-                skipped[f"{name}/{kind}"] = f"{type(error).__name__}: {error}"
             except Exception as error:  # noqa: BLE001 - a failing method is recorded; the others' results are kept
-                skipped[f"{name}/{kind}"] = f"failed: {type(error).__name__}: {error}"
+                reraise_interruption(error)
+                known = isinstance(error, METHOD_ERRORS)
+                skipped[f"{name}/{kind}"] = f"{'' if known else 'failed: '}{type(error).__name__}: {error}"
     return scores, skipped

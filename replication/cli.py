@@ -54,6 +54,7 @@ from metainf.data.roots import DataFormatError, DataNotFoundError
 from metainf.runtime.device import DTYPES
 from metainf.runtime.device import resolve_device
 from metainf.runtime.executor import SchedulerUnreachableError
+from metainf.runtime.interrupts import reraise_interruption
 from replication import benchmark, capabilities, check, figures, leaderboard, report, results, runner, wandb_mirror
 from replication.estimate import format_estimate
 from replication.errors import UsageError
@@ -342,6 +343,7 @@ def _cmd_all(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise pool_failures[name]
             _print_result(prepared, runner.execute(prepared))
         except Exception as error:  # noqa: BLE001 - report, go on with the other experiments, fail at the end
+            reraise_interruption(error)
             failed.append(f"{name}: {type(error).__name__}: {one_line(error)}")
             bad_input = bad_input or isinstance(error, BAD_INPUT)
     if todo:
@@ -424,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         try:
             return args.handler(args, argv)
+        except Exception as error:
+            reraise_interruption(error)  # a stop that torch turned into its own error: one line, 130 / 143
+            raise
         finally:
             wandb_mirror.close_service()  # here, not in W&B's atexit hook, where Ctrl-C prints a traceback
     except BAD_INPUT as error:

@@ -30,6 +30,7 @@ from experiments.base import SCALES, Experiment, RunContext
 from metainf.data.roots import portable_path
 from metainf.runtime.device import resolve_device, resolve_dtype
 from metainf.runtime.executor import UnitFailedError, check_scheduler, run_units
+from metainf.runtime.interrupts import reraise_interruption
 from metainf.runtime.seeding import seed_everything
 from replication import benchmark, capabilities, figures, results
 from replication.config import parse_overrides, resolve_config, run_key
@@ -494,6 +495,7 @@ def execute(run: PreparedRun) -> dict[str, Any]:
         try:
             result["figures"] = figures.render_result(run.experiment, result, Path(request.results_dir))
         except Exception as error:  # noqa: BLE001 - the result is written; a figure must not fail the run
+            reraise_interruption(error)
             print(f"metainf-repro: warning: {run.path}: figures not drawn ({type(error).__name__}: {error}); the "
                   "result is kept, redraw with 'metainf-repro figures'", file=sys.stderr)
         results.write_json(run.path, result)

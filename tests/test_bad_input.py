@@ -520,6 +520,32 @@ def test_sigterm_during_a_scoring_stops_the_run_and_records_nothing(tmp_path: Pa
     assert not list(out.rglob("seed-0.json"))  # the seed is not cached with the scoring marked as failed
 
 
+def test_sigterm_that_a_library_turned_into_its_own_error_still_stops_the_run(tmp_path: Path, capsys) -> None:
+    """SIGTERM inside code whose cleanup then raises a RuntimeError with the stop as its context (torch's vmap, seen
+    in CI): the run still stops (143, one line), and the RuntimeError is not recorded as the method failing."""
+    out = tmp_path / "out"
+    code, err = cli_run(capsys, "run", "E2", "--dataset", "mnist", "--scale", "smoke", "--out", str(out),
+                        "--method", "grad_dot", "tests.plugin_method:TerminatedInsideTorch")
+    assert code == 143, err
+    short_error(err, "terminated", "resume")
+    assert not list(out.rglob("seed-0.json"))
+
+
+def test_ctrl_c_that_a_library_turned_into_its_own_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys) -> None:
+    """The same outside any scoring (in CI: SIGTERM during training): ``main`` finds the stop behind the error."""
+    def execute(prepared: object) -> dict:
+        try:
+            raise KeyboardInterrupt
+        except BaseException:
+            raise RuntimeError("INTERNAL ASSERT FAILED (a stand-in)")
+
+    monkeypatch.setattr(runner, "execute", execute)
+    code, err = cli_run(capsys, *E6, "--dataset", "mnist", "--out", str(tmp_path / "out"), *FAST)
+    assert code == 130, err
+    short_error(err, "interrupted", "resume")
+
+
 def test_score_all_records_a_crashing_method(tmp_path: Path) -> None:
     obj = objective(delta=1.0)
     lam = obj.model.init(0)

@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 import torch
 from tqdm.auto import tqdm
 
+from metainf.runtime.interrupts import reraise_interruption
+
 EXECUTORS: tuple[str, ...] = ("serial", "local", "dask")
 MANIFEST = "_manifest.json"
 TMP_PREFIX = ".tmp-"
@@ -188,6 +190,7 @@ def _run_serial(fn: Callable[..., Any], todo: Mapping[str, tuple], track: _Track
             try:
                 value = deterministic_call(fn, args)
             except Exception as exc:  # noqa: BLE001 - any job error is retried, then reported
+                reraise_interruption(exc)
                 if track.error(uid, exc):
                     continue
             else:
