@@ -122,7 +122,8 @@ def run(ctx: RunContext) -> dict:
     acc_vec = test_obj.accuracy(lam)
     acc, ci = mean_ci95(acc_vec)
     n_fit = min(len(ptr), cfg["n_test_tasks"])
-    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype, device), chunk=cfg["chunk"])
+    fit_obj = MetaObjective(model, test_inner, pool_tensors(ptr.subset(range(n_fit)), dtype, device),
+                            chunk=cfg["chunk"])
     acc_train, ci_train = mean_ci95(fit_obj.accuracy(lam))
     eval_s = time.perf_counter() - t0
     chance = 1.0 / n_way

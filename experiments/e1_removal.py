@@ -32,8 +32,9 @@ from experiments.base import Experiment, RunContext, Workload
 from metainf.data.registry import data_source, load_split
 from metainf.methods import available_methods
 
-#: task-IF by truncated CG (``task_if_fisher`` etc. run with ``--method``); direct-IF; single-level IF with the Gauss-Newton curvature (what
-#: EK-FAC factorises); TRAK; TracIn at checkpoints; DVEmb (paper-faithful Fisher variant); random
+#: task-IF by truncated CG (``task_if_fisher`` etc. run with ``--method``); direct-IF; single-level IF with the
+#: Gauss-Newton curvature (what EK-FAC factorises); TRAK; TracIn at checkpoints; DVEmb (paper-faithful Fisher
+#: variant); random
 METHODS = ("task_if_truncated", "direct_if", "single_level_if", "trak", "tracin_cp", "dvemb_fisher", "random")
 #: (kind, method, mode) -> the paper's row
 PAPER_REFS = {("task", "oracle", "retrain"): "main/task/retrain",

@@ -64,7 +64,8 @@ def _with_conv4(scale: str) -> dict:
 CONFIGS = {
     "smoke": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 50, "outer_steps": 50,
               "removal_methods": ["task_if", "random"], "by_dataset": _with_conv4("smoke")},
-    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 200, "by_dataset": _with_conv4("quick")},
+    "quick": {**_BASE, "n_train_tasks": 40, "n_eval_tasks": 20, "n_test_tasks": 200,
+              "by_dataset": _with_conv4("quick")},
     # paper: full-size Omniglot images and the paper-scale width; only the smaller outer L2 is kept from the
     # quick-scale Omniglot set-up (chosen there so that lam = 0 is not a strict minimum; unverified at this size)
     "paper": {**_BASE, "n_train_tasks": 200, "n_eval_tasks": 100, "n_test_tasks": 600, "hidden": [32],
@@ -188,7 +189,8 @@ def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
 
 EXPERIMENT = Experiment(
     id="E2", title="Label-flip detection: corrupted units found and accuracy after removal vs fraction inspected",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run,
+    default_methods=tuple(m for m in METHODS if m in available_methods()),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

@@ -24,8 +24,9 @@ exist here. Two ground truths replace it, each reporting its own reliability:
   ``metainf.linalg.cg.cg_successive``), and ``task_lds_per_eval_own`` (``task_lds_partial_per_eval_own``) ranks each
   evaluation task's losses by its own column. ``task_lds_per_eval`` ranks every evaluation task by the scores of the
   mean evaluation loss. ``per_eval.options`` (a Hutchinson-diagonal preconditioner at the default config) apply to
-  these solves only: factored once, one preconditioner serves all of them. ``per_eval_solve`` records the solves' seconds and CG iterations, and with
-  ``per_eval.compare_cold`` the same solves from 0 beside them (issue "Fast task-IF", item 3).
+  these solves only: factored once, one preconditioner serves all of them. ``per_eval_solve`` records the solves'
+  seconds and CG iterations, and with ``per_eval.compare_cold`` the same solves from 0 beside them (issue
+  "Fast task-IF", item 3).
 - **Warm-start leave-one-out with a paired control** (``metainf.groundtruth.warmstart``; Koh & Liang 2017, 5.1):
   from lam_T, ``warmstart.steps`` more Adam steps with and without each of the first ``warmstart.n_units``
   tasks on the same batch order; the effect is the difference of the evaluation loss. Its noise floor (the RMS
@@ -35,8 +36,8 @@ exist here. Two ground truths replace it, each reporting its own reliability:
 
 Every method scores the tasks at lam_T (``experiments.regime.fit_regime``, as E1 trains). Curvature-based methods
 share E1's damping rule (``experiments.regime.damping_rule``: lam_T is not a minimum and H_F is indefinite there),
-``task_if_fast`` included. The problem's metrics go under ``<problem>`` (``unrolled_conv4`` at the default config): the inner
-problem, then the model.
+``task_if_fast`` included. The problem's metrics go under ``<problem>`` (``unrolled_conv4`` at the default config): the
+inner problem, then the model.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Two ground truths, both in the sign convention L_eval(without u) - L_eval(with u):
 
-- converged LOO: F without the unit re-minimised from lam* to the gradient tolerance (``metainf.groundtruth.converged.retrain``);
-  methods score the converged model lam*;
-- trajectory-specific LOO: the recorded SGD run replayed with the unit masked (``metainf.groundtruth.trajectory``); methods
-  score the model lam_T at the end of that run.
+- converged LOO: F without the unit re-minimised from lam* to the gradient tolerance
+  (``metainf.groundtruth.converged.retrain``); methods score the converged model lam*;
+- trajectory-specific LOO: the recorded SGD run replayed with the unit masked (``metainf.groundtruth.trajectory``);
+  methods score the model lam_T at the end of that run.
 
 For every method and unit kind: Pearson and Spearman with each ground truth over the chosen units (all tasks up to
 ``n_units.task``; ``n_units.support`` / ``n_units.query`` seeded (task, point) pairs), the scoring time, and the
@@ -62,16 +62,16 @@ _BASE = {
     "conv4": None,  # the Conv-4 part (experiments.e3_conv4): Omniglot only, see CONFIGS
     "by_dataset": {"omniglot": {"image_size": 12, "hidden": [4], "delta": 0.03}},  # 8x8, delta 0.1: lam* = 0
 }
-#: settings of the proximal problem at quick scale (in the default quick ``inners``). Every evaluation of F re-solves 40 inner problems by Newton-CG, warm started. CG applies
-#: Hess L_S by one reverse-mode linearisation per solve (``cg_hvp``, ~3x cheaper than a jvp per product); 20
-#: iterations give the 200-iteration total gradient to 1e-16 here, 10 suffice for the Newton directions (the inner
-#: solutions are fixed by the stationarity tolerance). Converged LOO (every problem) is batched
-#: (``loo_batch``, ``metainf.groundtruth.converged.retrain_many``): 16 BFGS runs from the exact start Hessians (H - tau_k H_k / M for a
-#: task, H for a point) share vmapped evaluations of F and stop at the same ||grad F_-u|| <= tol as the plain path,
-#: which takes over for a run that does not converge (seed 1: one task whose nearby stationary point is a saddle).
-#: Methods that need no replay through the inner solver, against converged LOO only. Measured single-threaded on
-#: the 2-core machine, per seed: 50-120 s (training 14-19 s, start Hessians 4.5 s, LOO 27-95 s, noise floors
-#: 3-5 s); 4.6 min for the 3 quick seeds.
+#: settings of the proximal problem at quick scale (in the default quick ``inners``). Every evaluation of F re-solves 40
+#: inner problems by Newton-CG, warm started. CG applies Hess L_S by one reverse-mode linearisation per solve
+#: (``cg_hvp``, ~3x cheaper than a jvp per product); 20 iterations give the 200-iteration total gradient to 1e-16 here,
+#: 10 suffice for the Newton directions (the inner solutions are fixed by the stationarity tolerance). Converged LOO
+#: (every problem) is batched (``loo_batch``, ``metainf.groundtruth.converged.retrain_many``): 16 BFGS runs from the
+#: exact start Hessians (H - tau_k H_k / M for a task, H for a point) share vmapped evaluations of F and stop at the
+#: same ||grad F_-u|| <= tol as the plain path, which takes over for a run that does not converge (seed 1: one task
+#: whose nearby stationary point is a saddle). Methods that need no replay through the inner solver, against converged
+#: LOO only. Measured single-threaded on the 2-core machine, per seed: 50-120 s (training 14-19 s, start Hessians 4.5 s,
+#: LOO 27-95 s, noise floors 3-5 s); 4.6 min for the 3 quick seeds.
 _PROXIMAL_QUICK = {
     "proximal": {"beta": 2.0, "newton_steps": 2, "cg_iters": 20, "newton_cg_iters": 10, "cg_hvp": "vjp"},
     "outer_steps": 50,
@@ -167,7 +167,8 @@ def run_problem(ctx: RunContext, name: str, cfg: dict) -> tuple[dict, dict, list
     probs = setups.problems(setup, fitted, ctx.seed)
     obj, lam = setup.objective, fitted.lam_star
     t0 = time.perf_counter()
-    batched = bool(cfg.get("loo_batch"))  # converged LOO and its noise floor by metainf.groundtruth.converged.retrain_many
+    # converged LOO and its noise floor by metainf.groundtruth.converged.retrain_many
+    batched = bool(cfg.get("loo_batch"))
     proximal = obj.inner.dense_blocks  # exact dense per-task blocks (the proximal inner problem)
     hk_star = None
     if lam.numel() > DENSE_NEWTON_MAX_PARAMS:
@@ -318,7 +319,8 @@ def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
 
 EXPERIMENT = Experiment(
     id="E3", title="Agreement of every method with converged and trajectory-specific leave-one-out retraining",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=tuple(m for m in METHODS if m in available_methods()),
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run,
+    default_methods=tuple(m for m in METHODS if m in available_methods()),
     # five quick seeds for the distribution of exact task-IF over seeds (issue "Fast task-IF"); one on Omniglot,
     # whose Conv-4 part retrains 2 x 24 subsets
     seeds={"smoke": (0,), "quick": (0, 1, 2, 3, 4), "paper": (0, 1, 2)}, validate=_validate,

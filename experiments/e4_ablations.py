@@ -14,8 +14,9 @@ Every combination of
 
 is scored against the exact path (proximal: dense / dense / exact; unrolled: dense / exact) by Pearson, Spearman and
 the relative error ||s - s_exact|| / ||s_exact|| of the task scores s_k = v . g_k / M, and against converged
-leave-one-task-out retraining by Spearman (``loo_batch`` tasks at a time by ``metainf.groundtruth.converged.retrain_many``, each to
-||grad F_-k|| <= ``tol``; ``metainf.groundtruth.converged.retrain`` one by one without it). Wall time of a configuration = evaluation
+leave-one-task-out retraining by Spearman (``loo_batch`` tasks at a time by
+``metainf.groundtruth.converged.retrain_many``, each to ||grad F_-k|| <= ``tol``;
+``metainf.groundtruth.converged.retrain`` one by one without it). Wall time of a configuration = evaluation
 gradient + task gradients (with its inner solver) + the solve (+ the shared power iteration for Neumann / LiSSA);
 the inner solutions theta_k(lam*) come with the trained model and are shared. Memory is the process RSS sampled
 during the configuration (``PeakSampler``): its peak and its growth over the RSS at the start (RSS rarely shrinks,
@@ -306,10 +307,10 @@ def _loo_effects(ctx: RunContext, obj: MetaObjective, ev: MetaObjective, lam: Te
     - it moved more than ``FAR_SHIFT`` ||lam*|| (e.g. a collapse to lam = 0 that the first-order shift, itself of
       the size of lam*, also points to: the problem sits at a bifurcation).
 
-    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.groundtruth.converged.retrain_many`` (quasi-Newton from
-    those start Hessians, batched evaluations of F, the plain path where a start Hessian is not positive definite
-    and as fallback); otherwise one at a time by ``metainf.groundtruth.converged.retrain`` from H. Both stop at ||grad F_-k|| <= tol.
-    The time includes the start curvature."""
+    With ``loo_batch: n`` the tasks are retrained n at a time by ``metainf.groundtruth.converged.retrain_many``
+    (quasi-Newton from those start Hessians, batched evaluations of F, the plain path where a start Hessian is not
+    positive definite and as fallback); otherwise one at a time by ``metainf.groundtruth.converged.retrain`` from H.
+    Both stop at ||grad F_-k|| <= tol. The time includes the start curvature."""
     cfg = ctx.config
     batch = cfg.get("loo_batch")
     if not batch:
@@ -429,7 +430,8 @@ def validate(scale: str, config: dict) -> None:
 
 EXPERIMENT = Experiment(
     id="E4", title="Ablation of the acceleration strategies: inner solver x total solver x H' / curvature",
-    datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, default_methods=("task_if",), seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
+    datasets=("omniglot", "mnist"), configs=CONFIGS, run=run, default_methods=("task_if",),
+    seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1, 2)},
     # one quick seed on Omniglot keeps `metainf-repro all --scale quick` under 45 minutes on 2 cores
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}}, validate=validate,
     # NaN here means undefined: correlations with constant LOO effects, residuals of direct solves, failed configs

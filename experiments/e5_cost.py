@@ -24,8 +24,8 @@ For each (number of training tasks M, hidden width) on the grid, measured in one
 - instance-IF for every support point of every task (``task_if`` and ``task_if_truncated`` with unit kind
   ``support``, a fresh method each, so the time includes the solve for v): ``{method}_support_s``;
 - ``loo_all_s``: converged leave-one-out retraining of all M tasks, *extrapolated* as ``loo_setup_s`` (the start
-  curvature at lam* that every retraining shares, ``ground_truth.start_curvature``, timed once) plus M times the mean time
-  ``loo_per_task_s`` of ``loo_sample`` measured retrainings (the number measured is stored beside it);
+  curvature at lam* that every retraining shares, ``ground_truth.start_curvature``, timed once) plus M times the mean
+  time ``loo_per_task_s`` of ``loo_sample`` measured retrainings (the number measured is stored beside it);
 - ``loop_grads_s`` vs ``batched_grads_s``: per-task total gradients by a Python loop over tasks vs one ``vmap``.
 
 Reported ratios: each method's time in meta-epochs, in batched per-task-gradient passes (``batched_grads_s``, the
@@ -68,7 +68,8 @@ _BASE = {
 # ~1e-21 (rank correlations of round-off)
 _OMNIGLOT = {"image_size": 12, "delta": 0.03}
 CONFIGS = {
-    "smoke": {**_BASE, "tasks_grid": [10, 20], "hidden_grid": [8], "loo_sample": 2, "by_dataset": {"omniglot": _OMNIGLOT}},
+    "smoke": {**_BASE, "tasks_grid": [10, 20], "hidden_grid": [8], "loo_sample": 2,
+              "by_dataset": {"omniglot": _OMNIGLOT}},
     # quick Omniglot: width 8 only (1,205 parameters, the size of the digits' width 16) and one timed leave-one-out
     # retraining per point: there a converged retraining of one task at M = 100 takes 10 to 20 minutes (tolerance
     # 1e-6), and width 16 took over an hour per grid point
@@ -196,7 +197,8 @@ def run(ctx: RunContext) -> dict:
                     entry[f"{mk}_spearman_vs_task_if"] = rho
                 rows.append({"tasks": p["n_tasks"], "params": p["n_params"], "method": name, "time_s": p[f"{name}_s"],
                              "meta_epochs": entry[f"{mk}_epochs"], "grad_passes": entry[f"{mk}_grad_passes"],
-                             **({"summed_grad_passes": entry[f"{mk}_summed_grad_passes"]} if "summed_grad_s" in p else {}),
+                             **({"summed_grad_passes": entry[f"{mk}_summed_grad_passes"]}
+                                if "summed_grad_s" in p else {}),
                              "peak_mb": p[f"{name}_peak_mb"],
                              "speedup_vs_loo": entry[f"{mk}_speedup_vs_loo"], "spearman_vs_task_if": rho})
         for name in (m for m in INSTANCE_METHODS if f"{m}_support_s" in p):
@@ -223,7 +225,8 @@ def run(ctx: RunContext) -> dict:
 
 EXPERIMENT = Experiment(
     id="E5", title="Cost: runtime and memory vs number of tasks and parameters, speed-up over retraining",
-    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=METHODS, seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1)},
+    datasets=("mnist", "omniglot", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=METHODS,
+    seeds={"smoke": (0,), "quick": (0, 1), "paper": (0, 1)},
     # one quick seed on Omniglot: its converged retrainings dominate the run (see CONFIGS)
     reproduce_datasets=("mnist", "omniglot"), dataset_seeds={"omniglot": {"quick": (0,)}},
 )

@@ -144,7 +144,8 @@ def train_steps(cfg: dict, methods: tuple[str, ...]) -> tuple[Workload, ...]:
 
 EXPERIMENT = Experiment(
     id="E6", title="Influence by training phase (early / middle / late), exact Meta-DVEmb and TracIn",
-    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run, default_methods=(*MLP_METHODS, "dvemb_fisher", "tracin_cp"),
+    datasets=("omniglot", "mnist", "miniimagenet", "fc100"), configs=CONFIGS, run=run,
+    default_methods=(*MLP_METHODS, "dvemb_fisher", "tracin_cp"),
     seeds={"smoke": (0,), "quick": (0, 1, 2), "paper": (0, 1, 2)},
     reproduce_datasets=("mnist", "omniglot"), train_steps=train_steps,
 )

@@ -54,7 +54,8 @@ def block_curvature(obj: MetaObjective, lam: Tensor) -> tuple[Tensor, Tensor]:
 
     the matrices of :func:`start_curvature` (``total_hessian`` forms the same blocks again for H)."""
     hk = task_total_hessians(obj, lam)
-    h = obj.delta * torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device) + torch.einsum("k,kij->ij", obj.tau, hk) / obj.n_tasks
+    h = (obj.delta * torch.eye(lam.numel(), dtype=lam.dtype, device=lam.device)
+         + torch.einsum("k,kij->ij", obj.tau, hk) / obj.n_tasks)
     return 0.5 * (h + h.T), hk
 
 
@@ -69,8 +70,8 @@ def unit_start_hessian(obj: MetaObjective, curvature: tuple[Tensor | None, Tenso
 def converged_many(obj: MetaObjective, lam: Tensor, ev: MetaObjective, kind: str, units: list[Unit], tol: float,
                    max_iter: int, curvature: tuple[Tensor | None, Tensor | None], batch: int,
                    eval_star: float) -> list[LooResult]:
-    """``metainf.groundtruth.converged.retrain_many`` of ``units`` from their exact start Hessians (:func:`unit_start_hessian`);
-    raises if one of them did not reach ``tol``."""
+    """``metainf.groundtruth.converged.retrain_many`` of ``units`` from their exact start Hessians
+    (:func:`unit_start_hessian`); raises if one of them did not reach ``tol``."""
     hessians = [unit_start_hessian(obj, curvature, k) for k, _ in units]
     results = retrain_many(obj, lam, ev, [(kind, k, j) for k, j in units], hessians, tol=tol, max_iter=max_iter,
                            batch=batch, eval_star=eval_star)
@@ -93,9 +94,9 @@ def converged_loo(ctx: RunContext, setup: Setup, fitted: Fitted, kind: str, unit
     For small models the Newton stage starts from the exact total Hessian of the objective without the unit
     at lam* (tasks: H - tau_k H_k / M) or from H (points), ``curvature`` = :func:`start_curvature` (computed if
     None); the result is fixed by the tolerance, not by this choice. With ``loo_batch: n`` in the config (and a
-    start curvature) the units are retrained n at a time by ``metainf.groundtruth.converged.retrain_many``: quasi-Newton runs from
-    those Hessians sharing batched evaluations of F, falling back to the plain path per unit; one cached job per
-    batch.
+    start curvature) the units are retrained n at a time by ``metainf.groundtruth.converged.retrain_many``: quasi-Newton
+    runs from those Hessians sharing batched evaluations of F, falling back to the plain path per unit; one cached job
+    per batch.
     """
     cfg, obj, lam = ctx.config, setup.objective, fitted.lam_star
     curvature = start_curvature(obj, lam, kind) if curvature is None else curvature

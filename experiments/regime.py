@@ -21,7 +21,8 @@ Damping rule (:func:`damping_rule`): ``damping_factor`` x lambda_max(H_F) at lam
 (``scripts/measure_conv4_curvature.py``: on Omniglot seed 0 at quick scale lambda_max ~ 480 and a negative
 eigenvalue ~ -0.45 after 8 power iterations, with 0.1 x the mean empirical-Fisher eigenvalue ~ 0.005), so the
 damping must exceed |lambda_min| for CG to see positive curvature: a fixed fraction of lambda_max does, with
-margin, where kronfluence's heuristic (0.1 x the mean eigenvalue of its curvature) does not. The same value goes to every curvature-based method of a run and is recorded.
+margin, where kronfluence's heuristic (0.1 x the mean eigenvalue of its curvature) does not. The same value goes to
+every curvature-based method of a run and is recorded.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def accuracy(test_obj: MetaObjective, lam: Tensor) -> tuple[float, float]:
     return mean_ci95(test_obj.accuracy(lam))
 
 
-def retrain_without(obj: MetaObjective, lam_star: Tensor, kind: str, mask: np.ndarray, cfg: dict) -> tuple[Tensor, float]:
+def retrain_without(obj: MetaObjective, lam_star: Tensor, kind: str, mask: np.ndarray,
+                    cfg: dict) -> tuple[Tensor, float]:
     """Group removal: re-minimise F without the masked units from lam* (warm start); returns (lam, seconds)."""
     t0 = time.perf_counter()
     res = train_converged(weights_without(obj, kind, mask), lam_star, tol=cfg["tol"], max_iter=cfg["max_iter"])

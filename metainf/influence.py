@@ -63,7 +63,8 @@ def hessian_operator(obj: MetaObjective, lam: Tensor, hprime: str):
     return lambda u: obj.hvp(lam, u, hprime)
 
 
-def eval_vector(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective, cfg: InfluenceConfig) -> tuple[Tensor, SolveInfo]:
+def eval_vector(obj: MetaObjective, lam: Tensor, eval_obj: MetaObjective,
+                cfg: InfluenceConfig) -> tuple[Tensor, SolveInfo]:
     """v = (damping I + H_F)^-1 grad L_eval: the single solve shared by every score."""
     b = eval_obj.mean_loss_grad(lam)
     return solve(hessian_operator(obj, lam, cfg.hprime), b, cfg.solver, cfg.damping, cfg.tol, cfg.max_iter)

@@ -109,7 +109,8 @@ def newton_refine(obj: MetaObjective, lam0: Tensor, tol: float = 1e-8, max_steps
     ``hessian`` (for instance the total Hessian at lam* when retraining a leave-one-out neighbour) is reused as a
     fixed curvature (chord method) while the gradient norm falls at least 2x per step; otherwise the dense total
     Hessian at the current point is recomputed (:func:`total_hessian`). A backtracking (Armijo) line search on F
-    keeps each step a descent step. An indefinite Hessian is used with the absolute values of its eigenvalues (saddle-free Newton).
+    keeps each step a descent step. An indefinite Hessian is used with the absolute values of its eigenvalues
+    (saddle-free Newton).
     """
     lam = lam0.detach().clone()
     value, g = obj.value_and_grad(lam)

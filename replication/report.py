@@ -39,7 +39,8 @@ E1_CONTEXT_METRICS = {"full.acc": "no removal (all data)", "oracle.task_retrain_
 TASK_IF_ROWS = ("task_if", "task_if_fast", "task_if_truncated")
 LDS = re.compile(r"^(?P<inner>[^.]+)\.(?P<method>[^.]+)\.(?P<unit>task|support|query)_lds(?P<partial>_partial)?"
                  r"(?P<per_eval>_per_eval(?P<own>_own)?)?$")
-LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling(?P<partial>_partial)?(?P<per_eval>_per_eval)?$")
+LDS_CEILING = re.compile(r"^(?P<inner>[^.]+)\.(?P<truth>[^.]+)\.lds_ceiling(?P<partial>_partial)?"
+                         r"(?P<per_eval>_per_eval)?$")
 
 Found = dict[str, dict[str, list[Run]]]
 
@@ -220,7 +221,8 @@ def _how_run(found: Found, datasets: Mapping[str, list[str]], detail_links: Mapp
     lines += [f"- Code: git {', '.join(commits)}",
               f"- Runtime: {total:.0f} s of measured compute over {len(everything)} result files "
               f"(sum over seeds; finished {finished[0]} to {finished[-1]})",
-              f"- Budget of `make reproduce` (quick scale, {REPRODUCE_JOBS} processes, target {REPRODUCE_BUDGET_MIN} min): "
+              f"- Budget of `make reproduce` (quick scale, {REPRODUCE_JOBS} processes, "
+              f"target {REPRODUCE_BUDGET_MIN} min): "
               + (f"{measured}; " if measured else "") + estimated,
               "- Commands: " + "; ".join(f"`{a}`" for a in argvs), "",
               "Each result below, its exact command, and its detail page:", ""]
@@ -484,7 +486,8 @@ def _e5(found: Found) -> list[str]:
                   if r.get("method") == "task_if_fast" and "summed_grad_passes" in r]
         if strict:
             claim += (". In the stricter unit of one reverse pass of the summed task losses (F and its gradient at "
-                      "once, the cheapest meta-epoch; one finite-difference HVP costs one), task_if_fast (mean over seeds): "
+                      "once, the cheapest meta-epoch; one finite-difference HVP costs one), "
+                      "task_if_fast (mean over seeds): "
                       + ", ".join(strict))
         lines += [f"### E5 {dataset} ({result['scale']} scale, {size:.0f} tasks, seeds "
                   f"{', '.join(map(str, result['seeds']))})", "",

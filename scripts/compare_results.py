@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TIMING = re.compile(r"(_s$|^s$|seconds|runtime|speedup|peak|rss|_mb$|epochs|slope|growth_exponent|grad_passes|_ratios$|pareto|(^|\.)best(\.|_|$)|^provenance$)")
+TIMING = re.compile(r"(_s$|^s$|seconds|runtime|speedup|peak|rss|_mb$|epochs|slope|growth_exponent|grad_passes|"
+                    r"_ratios$|pareto|(^|\.)best(\.|_|$)|^provenance$)")
 
 
 def leaves(x: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:

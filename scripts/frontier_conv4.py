@@ -206,7 +206,8 @@ def main(scale: str = "quick", results_dir: str | None = None) -> None:
     reference = scores.get("task_if_cg")
     ok = [r for r in rows if r["status"] == "ok"]
     for r in ok:
-        r["spearman_vs_reference"] = spearman(scores[r["estimator"]], reference) if reference is not None else float("nan")
+        r["spearman_vs_reference"] = (spearman(scores[r["estimator"]], reference) if reference is not None
+                                      else float("nan"))
     cost = [r["task_epochs_median"] for r in ok]
     for key, accuracy in (("lds_pareto", "lds"), ("reference_pareto", "spearman_vs_reference")):
         for r, on in zip(ok, pareto_mask(cost, [r[accuracy] for r in ok])):

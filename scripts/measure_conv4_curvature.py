@@ -31,7 +31,8 @@ def main() -> None:
     dataset = sys.argv[1] if len(sys.argv) > 1 else "omniglot"
     iters = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     cfg = dict(CONFIGS["quick"])
-    ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU,
+                                torch_dtype=lambda default: default, seed=0)
     setup, test = setups.build_noisy_setup(ctx, "unrolled")
     obj = setup.objective
     lam, _, seconds = regime.train_budget(obj, setup.model.init(0, setups.config_dtype(cfg)), cfg, 0)

@@ -74,7 +74,8 @@ def e3_problem(dataset: str, seed: int, inner: str):
     stored = json.loads((ROOT / "results" / "E3" / f"{dataset}-quick.json").read_text())
     # results written before real MNIST was added store no mnist_source: they used scikit-learn's 8x8 digits
     cfg = {"mnist_source": "digits", **problem_configs(stored["config"])[inner]}
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed), inner)
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU,
+                                                     torch_dtype=lambda default: default, seed=seed), inner)
     fitted = setups.fit(setup, cfg, seed)
     problem = setups.problems(setup, fitted, seed)["converged"]
     obj, lam = problem.objective, problem.lam

@@ -14,8 +14,8 @@ unrolled MAML 1 step, delta 0.1), 100 training tasks, hidden 8 and 16, seeds 0 a
 
 Part 2 (``--loo``): the E4 MNIST problem (``experiments/e4_ablations.py``, quick: 40 tasks, 83 parameters), rebuilt
 as E4 does; the converged leave-one-out effects are read from ``results/E4/mnist-quick.json`` when the rebuilt exact
-scores match the stored ones (else recomputed with ``metainf.groundtruth.converged.retrain``), and every setting is scored by
-Spearman with LOO next to the exact path's.
+scores match the stored ones (else recomputed with ``metainf.groundtruth.converged.retrain``), and every setting is
+scored by Spearman with LOO next to the exact path's.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_nystrom.py [--quick] [--loo] [--repeats 3]
 Prints tables and writes JSON to /tmp/nystrom_measure.json.

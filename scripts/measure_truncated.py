@@ -41,7 +41,8 @@ GROUPS = {
 def problem(dataset: str, seed: int, hidden: int):
     cfg = {**CONFIGS["quick"], "n_train_tasks": 100, "hidden": [hidden], **CONFIGS["quick"]["by_dataset"].get(
         dataset, {})}
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=seed),
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset=dataset, data_root=None, torch_device=CPU,
+                                                     torch_dtype=lambda default: default, seed=seed),
                                "unrolled")
     return setups.problems(setup, setups.fit(setup, cfg, seed), seed)["converged"]
 

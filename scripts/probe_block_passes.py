@@ -13,8 +13,8 @@ float64, trained as E5 trains them; ``scripts/measure_fast.py`` part e5), in one
 - ``k points``: the data gradients d at k points in one pass, k = 1, 2, 3, 4, 8.
 
 It then prints the least cost of 5 CG iterations when the first HVP shares its pass with the base point (b from a
-summed-loss pass over the evaluation tasks alone, which the first direction needs; the other 4 HVPs are sequential, since each
-direction needs the previous product): eval pass + 2-point pass + 4 passes.
+summed-loss pass over the evaluation tasks alone, which the first direction needs; the other 4 HVPs are sequential,
+since each direction needs the previous product): eval pass + 2-point pass + 4 passes.
 
 Usage: OMP_NUM_THREADS=1 python scripts/probe_block_passes.py   (about 1 min on one free core)
 """

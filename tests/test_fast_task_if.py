@@ -94,7 +94,8 @@ def test_fast_matches_dense_task_if_at_the_e3_size_where_three_iterations_do_not
     from metainf.metrics import correlations
 
     cfg = problem_configs(CONFIGS["quick"])["unrolled"]
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0), "unrolled")
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
+                                                     torch_dtype=lambda default: default, seed=0), "unrolled")
     problem = setups.problems(setup, setups.fit(setup, cfg, 0), 0)["converged"]
     assert problem.objective.n_tasks == 40
     exact = dense_scores(problem).numpy()

@@ -196,7 +196,8 @@ def test_three_iterations_match_exact_task_if_at_100_tasks_on_digits() -> None:
     from metainf.metrics import correlations
 
     cfg = {**CONFIGS["quick"], "n_train_tasks": 100, "hidden": [8]}
-    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU, torch_dtype=lambda default: default, seed=0), "unrolled")
+    setup = setups.build_setup(types.SimpleNamespace(config=cfg, dataset="mnist", data_root=None, torch_device=CPU,
+                                                     torch_dtype=lambda default: default, seed=0), "unrolled")
     problem = setups.problems(setup, setups.fit(setup, cfg, 0), 0)["converged"]
     assert problem.objective.n_tasks == 100
     exact = dense_scores(problem)

@@ -146,7 +146,8 @@ def test_sparse_recording_replays_the_missing_iterates(prob: AttributionProblem)
 
 
 # -- (b) TracInCP and TracIn against explicit loops ------------------------------------------------------------
-def hand_unit_derivative(p: AttributionProblem, kind: str, lam: torch.Tensor, task: int, v: torch.Tensor) -> torch.Tensor:
+def hand_unit_derivative(p: AttributionProblem, kind: str, lam: torch.Tensor, task: int,
+                         v: torch.Tensor) -> torch.Tensor:
     """tau_k omega v^T d g_k / d omega for the units of one task, by jacrev through the task's meta-gradient."""
     obj = p.objective
     t = TaskData(*(x[task] for x in obj.tasks))

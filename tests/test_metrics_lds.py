@@ -70,7 +70,8 @@ def test_lds_ceiling():
     truth = rng.normal(size=(25, 4))
     same = lds_ceiling(truth, truth.copy(), masks=np.ones((25, 3)))
     assert same.mean == pytest.approx(1.0) and same.per_eval == pytest.approx(1.0) and same.alpha == 1.0
-    noisy = lds_ceiling(truth + rng.normal(scale=3.0, size=truth.shape), truth + rng.normal(scale=3.0, size=truth.shape))
+    noisy = lds_ceiling(truth + rng.normal(scale=3.0, size=truth.shape),
+                        truth + rng.normal(scale=3.0, size=truth.shape))
     assert noisy.per_eval < 0.6
 
 

@@ -1,7 +1,7 @@
 """Fast converged leave-one-out for the proximal inner problem, against the plain path (float64).
 
-The plain path (``metainf.groundtruth.converged.retrain``): L-BFGS from lam* down to ||grad F_-u|| <= 1e-4, then Newton on dense
-total Hessians to the tolerance. The fast paths: ``chord_newton`` (quasi-Newton from the exact start Hessian
+The plain path (``metainf.groundtruth.converged.retrain``): L-BFGS from lam* down to ||grad F_-u|| <= 1e-4, then Newton
+on dense total Hessians to the tolerance. The fast paths: ``chord_newton`` (quasi-Newton from the exact start Hessian
 H0 = H_-u(lam*), one gradient per step, BFGS-updated or the pure chord iteration) and ``retrain_many`` (those runs
 for many units in lockstep on batched evaluations, ``stacked_value_and_grad``). Both stop at the same gradient
 tolerance, so they must land on the plain path's minimiser.

@@ -294,7 +294,8 @@ def test_point_loo_retraining_matches_closed_form(prob: Problem, kind: str, task
 
 
 def test_loo_retraining_matches_closed_form(prob: Problem) -> None:
-    """metainf.groundtruth.converged.retrain (warm-started L-BFGS to the gradient tolerance) recovers the exact leave-one-out change."""
+    """metainf.groundtruth.converged.retrain (warm-started L-BFGS to the gradient tolerance) recovers the exact
+    leave-one-out change."""
     k = 2
     res = retrain(prob.obj, prob.lam, prob.ev, "task", k, tol=1e-11, max_iter=200)
     assert res.converged

@@ -21,8 +21,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def dense_ggn(model: FlatModel, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
-    """sum_k sum_j w[k, j] J_kj^T H_kj J_kj: logits Jacobians by ``jacrev``, CE Hessians in the logits by ``hessian``."""
+def dense_ggn(model: FlatModel, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+              thetas: torch.Tensor) -> torch.Tensor:
+    """sum_k sum_j w[k, j] J_kj^T H_kj J_kj: logits Jacobians by ``jacrev``, CE Hessians in the logits by
+    ``hessian``."""
     total = torch.zeros(thetas.shape[1], thetas.shape[1], dtype=DT)
     for xk, yk, wk, th in zip(x, y, w, thetas):
         jac = torch.func.jacrev(lambda p: model(p, xk))(th)  # [n, C, P]
@@ -86,7 +88,8 @@ def objective_with_shared_query(m: int) -> tuple[MetaObjective, torch.Tensor]:
     model = build_model("mlp", (1, 2, 2), 3, hidden=())
     xq = torch.rand(1, 1, 1, 2, 2, generator=g, dtype=DT).expand(m, 1, 1, 2, 2).clone()
     tasks = TaskData(torch.rand(m, 3, 1, 2, 2, generator=g, dtype=DT), torch.randint(0, 3, (m, 3), generator=g),
-                     torch.ones(m, 3, dtype=DT), xq, torch.randint(0, 3, (m, 1), generator=g), torch.ones(m, 1, dtype=DT))
+                     torch.ones(m, 3, dtype=DT), xq, torch.randint(0, 3, (m, 1), generator=g),
+                     torch.ones(m, 1, dtype=DT))
     obj = MetaObjective(model, UnrolledInner(steps=1, lr=0.4), tasks, delta=0.3, chunk=2)
     obj.tau = torch.tensor([1.0, 0.0, 2.0, 1.0, 1.0], dtype=DT)[:m]
     return obj, model.init(0) + 0.3 * torch.randn(model.n_params, generator=g, dtype=DT)

@@ -1,5 +1,6 @@
-"""The chaos floor of trajectory-specific LOO (metainf.groundtruth.trajectory.chaos_floors / kick_size / trajectory_reliable):
-exact properties on a tiny float64 problem, and the reliability flag on a grid of E3 configs on digits."""
+"""The chaos floor of trajectory-specific LOO (metainf.groundtruth.trajectory.chaos_floors / kick_size /
+trajectory_reliable): exact properties on a tiny float64 problem, and the reliability flag on a grid of E3 configs on
+digits."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN/inf."""
 
 
-def pool_tensors(pool: TaskPool, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> TaskData:
+def pool_tensors(pool: TaskPool, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> TaskData:
     """Stack a pool into ``TaskData`` on ``device`` (default: where the pool is) with all point weights 1."""
     m = len(pool)
     dev = pool.support_x.device if device is None else torch.device(device)
@@ -291,7 +292,8 @@ class MetaObjective:
         for this lam and hprime). For first-order MAML (``"exact"``) this is the Jacobian-vector product of the
         meta-gradient map, D_lam grad F u, which is not symmetric: see :meth:`grad_vjp` for the transpose."""
         dense = self.curvature
-        if dense is not None and dense.hprime == hprime and dense.lam.shape == lam.shape and torch.equal(dense.lam, lam):
+        if (dense is not None and dense.hprime == hprime and dense.lam.shape == lam.shape
+                and torch.equal(dense.lam, lam)):
             return dense.matrix @ u
         self._prime(lam)
         hk = self.map_tasks(lambda t, s: self.inner.total_hvp(self.model, lam, t, s, u, hprime))

@@ -181,10 +181,10 @@ class EnsembleTrainer:
     vmapped over runs, so they round differently from the trainer's summed-loss pass, by about 1e-6 relative in
     float32: each run is a valid retraining, not a bit-for-bit copy of ``train_stochastic``), and returns
     ``eval_objective.task_losses`` of its final lam. ``lam0`` is one start for every run (only the batch order
-    depends on the seed) or a function of the seed, e.g. ``model.init``: then the initialisation varies too. The B runs step together: their parameters are stacked
-    [B, P] and every step's meta-gradients are one ``vmap`` over runs of a ``vmap`` over the batch's tasks
-    (unrolled inner problem; the proximal one, with data-dependent inner solves, loops over runs).
-    Every subset must hold at least ``batch`` tasks.
+    depends on the seed) or a function of the seed, e.g. ``model.init``: then the initialisation varies too. The B runs
+    step together: their parameters are stacked [B, P] and every step's meta-gradients are one ``vmap`` over runs of a
+    ``vmap`` over the batch's tasks (unrolled inner problem; the proximal one, with data-dependent inner solves, loops
+    over runs). Every subset must hold at least ``batch`` tasks.
     """
 
     objective: MetaObjective

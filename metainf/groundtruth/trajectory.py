@@ -4,7 +4,8 @@ The recorded run (``metainf.train.train_stochastic``) is replayed from the same 
 schedule, learning rates and optimiser; only the removed unit's weight changes, and only in the batch slots where
 it occurs (mask convention: the rest of the batch keeps its ``1/|B_t|``, nothing is re-averaged)::
 
-    step t:  lam_{t+1} = U_t(lam_t, g_t),   g_t = (1/|B_t|) sum_{s in B_t} w_s tau_{k_s} g_{k_s}(lam_t; ws, wq) + delta lam_t
+    step t:  lam_{t+1} = U_t(lam_t, g_t),
+             g_t = (1/|B_t|) sum_{s in B_t} w_s tau_{k_s} g_{k_s}(lam_t; ws, wq) + delta lam_t
 
     trajectory_loo(u) = L_eval(lam_T without u) - L_eval(lam_T with u)      (positive: u helps)
 

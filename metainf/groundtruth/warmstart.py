@@ -80,8 +80,8 @@ def warmstart_loo(obj: MetaObjective, eval_obj: MetaObjective, lam_star: Tensor,
                   chunk: int = 16) -> WarmStartResult:
     """Paired warm-start LOO effects of ``units`` ((task, point) pairs, point None for tasks) and the noise floor.
 
-    The paired runs are replayed side by side (``metainf.groundtruth.trajectory.replay``, ``chunk`` lanes at a time); the
-    ``2 * n_control`` control runs (seeds ``seed + 1 ...``) train at once (``EnsembleTrainer``, full pool).
+    The paired runs are replayed side by side (``metainf.groundtruth.trajectory.replay``, ``chunk`` lanes at a time);
+    the ``2 * n_control`` control runs (seeds ``seed + 1 ...``) train at once (``EnsembleTrainer``, full pool).
     """
     if steps < 1 or n_control < 1:
         raise ValueError(f"steps and n_control must be >= 1, got {steps} and {n_control}")

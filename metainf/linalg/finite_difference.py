@@ -8,11 +8,11 @@ costs one reverse pass of the weighted task losses at lam + eps u, vmapped over 
 ``MetaObjective.losses_and_data_grad``): the meta-gradient a trainer takes, without per-task gradients. So one
 finite-difference HVP costs one meta-epoch of an unrolled trainer (``MetaObjective.value_and_grad`` is the same
 pass), cheaper than a batched per-task-gradient pass (``scripts/profile_fast.py``) and than the forward-over-reverse
-HVP (``MetaObjective.hvp``, about 2 meta-epochs of the per-task trainer). The finite-difference Hessian-vector product is the one DARTS (Liu et al.
-2019) uses for its second-order bilevel term. The step is eps = sqrt(machine eps) (1 + ||lam||) / ||u||, which
-balances the O(eps) truncation against the O(machine eps / eps) rounding: in float64 the product is accurate to
-about 1e-7 relative (``tests/test_finite_difference.py``). In float32 it is not accurate at any step
-(:func:`fd_is_accurate`), so ``hvp="auto"`` (:func:`prefer_fd`) uses it in float64 only.
+HVP (``MetaObjective.hvp``, about 2 meta-epochs of the per-task trainer). The finite-difference Hessian-vector product
+is the one DARTS (Liu et al. 2019) uses for its second-order bilevel term. The step is
+eps = sqrt(machine eps) (1 + ||lam||) / ||u||, which balances the O(eps) truncation against the O(machine eps / eps)
+rounding: in float64 the product is accurate to about 1e-7 relative (``tests/test_finite_difference.py``). In float32 it
+is not accurate at any step (:func:`fd_is_accurate`), so ``hvp="auto"`` (:func:`prefer_fd`) uses it in float64 only.
 
 Only the unrolled inner problem qualifies: a proximal inner solution is accurate to its stationarity tolerance,
 which a difference quotient would divide by eps, and the first-order MAML Jacobian is not symmetric (CG needs a
@@ -138,9 +138,9 @@ class FDHessian:
 
         (G u_j)_k ~ (L_O^k(lam + eps_j u_j) - L_O^k(lam)) / eps_j = g_k . u_j + O(eps_j)
 
-    (forward differences of the task losses; relative error about sqrt(machine eps) in float64). ``projected_task_grads``
-    turns them into G P, P the orthogonal projector onto the span of the directions: it equals G on that span, so
-    for a Krylov solution v = sum_j a_j u_j the task scores G v / M need no per-task gradient pass.
+    (forward differences of the task losses; relative error about sqrt(machine eps) in float64).
+    ``projected_task_grads`` turns them into G P, P the orthogonal projector onto the span of the directions: it equals
+    G on that span, so for a Krylov solution v = sum_j a_j u_j the task scores G v / M need no per-task gradient pass.
 
     ``data_grad`` is d(lam) if known, else computed once; ``losses`` the task losses at lam (needed only for
     ``projected_task_grads``). ``rel_step`` defaults to sqrt(machine eps) of lam's dtype; eps = rel_step (1 + ||lam||)

@@ -38,8 +38,8 @@ H_data: nothing is clipped, and a model whose damped eigenvalue w_i + r is not p
 Probes (``probes``): ``gauss`` (i.i.d. normal columns) or ``span``: b and random combinations G^T R of the task
 gradients (R [M, k-1] normal; Gaussian columns beyond rank M), since the scores only need v along b and the g_k.
 
-The model is also a preconditioner: ``metainf.linalg.cg.cg`` runs preconditioned CG on the exact A (one total HVP per iteration)
-with M^-1 = A_hat^-1 (Nystrom-PCG, Frangella, Tropp & Udell 2021).
+The model is also a preconditioner: ``metainf.linalg.cg.cg`` runs preconditioned CG on the exact A (one total HVP per
+iteration) with M^-1 = A_hat^-1 (Nystrom-PCG, Frangella, Tropp & Udell 2021).
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ class TaskIF:
     """Task-IF for tasks (v . g_k / M) and instance-IF for support (two-stage proxy, ``variant``) and query points,
     with v = (damping I + H_F)^-1 grad L_eval from one solve per evaluation functional.
 
-    ``solver``: any ``metainf.linalg.solvers.solve`` method (``cg``, ``dense``, ``neumann``) or ``fisher``: H_F replaced by
-    the empirical-Fisher curvature (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, solved by Woodbury (no HVP;
+    ``solver``: any ``metainf.linalg.solvers.solve`` method (``cg``, ``dense``, ``neumann``) or ``fisher``: H_F replaced
+    by the empirical-Fisher curvature (1/M) sum_k tau_k g_k g_k^T + (delta + damping) I, solved by Woodbury (no HVP;
     the task gradients it is built from also give the task scores)."""
 
     solver: str = "cg"
@@ -274,8 +274,8 @@ class TaskIFFast(TaskIFTruncated):
       40-task digits problems (mean Spearman gap on tasks -0.09 unrolled, -0.13 proximal). 0.05 is the largest tolerance
       tested (0.15, 0.1, 0.075, 0.05, 0.03) with task, support and query gaps within 0.02 on every digits problem
       (seeds 0-2, both inner problems; 4-16 iterations). On E3's Omniglot problem (seed 0) support points need 0.03
-      (0.05 loses 0.23 on the unrolled problem, where the residual is not monotone). On E5's 100-task digits problems 0.05
-      takes 5 iterations (3 reach 0.09-0.15), two more HVPs than ``task_if_truncated``.
+      (0.05 loses 0.23 on the unrolled problem, where the residual is not monotone). On E5's 100-task digits problems
+      0.05 takes 5 iterations (3 reach 0.09-0.15), two more HVPs than ``task_if_truncated``.
     - ``cg_iters`` only caps a run that never reaches ``tol``."""
 
     name: str = "task_if_fast"

@@ -24,8 +24,8 @@ helpful, L_eval = ``problem.eval_objective.mean_loss``. Every method returns per
                          meta-gradients, sum_s (tau g_s)(tau g_s)^T / |B_t|, in an optional random projection
 
 DVEmbExact is the first-order unrolled change d L_eval(lam_T)/d omega_u * (-omega_u), all occurrences summed, and
-matches ``metainf.groundtruth.trajectory`` to first order. TracIn, TracInCP and DVEmbFisher treat an Adam run as SGD with the
-raw meta-gradients (the "SGD proxy" of the DVEmb paper); DVEmbExact differentiates through the Adam update and
+matches ``metainf.groundtruth.trajectory`` to first order. TracIn, TracInCP and DVEmbFisher treat an Adam run as SGD
+with the raw meta-gradients (the "SGD proxy" of the DVEmb paper); DVEmbExact differentiates through the Adam update and
 its moments.
 
 First-order MAML (``UnrolledInner(first_order=True)``): the meta-gradient g_k = grad_theta L_O(theta_K(lam; ws))

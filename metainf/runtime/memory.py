@@ -4,8 +4,8 @@
 On Linux the kernel keeps the peak RSS (``VmHWM`` in ``/proc/self/status``) and resets it to the current RSS when
 "5" is written to ``/proc/self/clear_refs``: the peak of a block is then exact and costs nothing while the block
 runs. Elsewhere (or where that file cannot be written) a thread samples the RSS every few milliseconds; it competes
-with the measured block for the interpreter lock, which inflates the timings of cheap methods (``scripts/profile_fast.py``
-prints ``task_if_fast`` timed with and without ``run_method``).
+with the measured block for the interpreter lock, which inflates the timings of cheap methods
+(``scripts/profile_fast.py`` prints ``task_if_fast`` timed with and without ``run_method``).
 
 The RSS counts the pages the process holds, not what a block allocates: memory that malloc hands back from earlier
 frees (already resident) does not raise it, so a block's peak RSS can be below the process's RSS at entry plus the

@@ -18,7 +18,8 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
     dataset = result.get("dataset", "")
     for seed, payload in result["per_seed"].items():
         for problem, by_kind in payload["series"].items():
-            for gt_name, methods in (("converged", ("task_if", "direct_if")), ("trajectory", ("dvemb_exact", "tracin"))):
+            for gt_name, methods in (("converged", ("task_if", "direct_if")),
+                                     ("trajectory", ("dvemb_exact", "tracin"))):
                 kinds = [k for k in by_kind if gt_name in by_kind[k]]
                 if not kinds:
                     continue

@@ -26,7 +26,8 @@ def figures(result: dict, out_dir: Path) -> list[Path]:
             ax.scatter(parts[0], parts[-1], s=10)
         else:
             corrupted = np.array(bad, dtype=bool)
-            for mask, colour, label in ((~corrupted, "tab:blue", "clean task"), (corrupted, "tab:red", "corrupted task")):
+            for mask, colour, label in ((~corrupted, "tab:blue", "clean task"),
+                                        (corrupted, "tab:red", "corrupted task")):
                 ax.scatter(parts[0][mask], parts[-1][mask], s=10, c=colour, label=label)
             ax.legend(loc="best", fontsize=8)
         ax.axhline(0, color="0.7", lw=0.8)
