@@ -47,6 +47,7 @@ from experiments.scoring import unit_values  # noqa: E402
 from experiments.e3_loo import problem_configs  # noqa: E402
 from experiments.e5_cost import CONFIGS as E5_CONFIGS, median_time  # noqa: E402
 from metainf.core.bilevel import ProximalInner  # noqa: E402
+from metainf.linalg.cg import cg  # noqa: E402
 from metainf.methods import get_method, run_method  # noqa: E402
 from metainf.metrics import correlations  # noqa: E402
 
@@ -111,6 +112,19 @@ def dense_reference(problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     obj, lam = problem.objective, problem.lam
     h, g = obj.dense_hessian(lam), obj.task_grads(lam)
     return h, g, problem.eval_objective.mean_loss_grad(lam), (g @ dense_v(problem, h)).numpy()
+
+
+def cg_sweep(op, pre, h: torch.Tensor, g: torch.Tensor, b: torch.Tensor, exact: np.ndarray, steps: int,
+             tol: float) -> tuple[int | str, list[str]]:
+    """CG on ``op`` (preconditioner ``pre`` or None) from 0 for k = 1..``steps`` iterations: the first k whose true
+    relative residual ||b - H v_k|| / ||b|| reaches ``tol`` (``">steps"`` if none does) and, per k, the cell
+    ``residual/Spearman`` of the task scores G v_k with exact task-IF's ``exact``."""
+    cells, residuals = [], []
+    for k in range(1, steps + 1):
+        v = cg(op, b, pre, tol=0.0, max_iter=k)[0]
+        residuals.append(float((b - h @ v).norm() / b.norm()))
+        cells.append(f"{residuals[-1]:.3f}/{spearman((g @ v).numpy(), exact):.4f}")
+    return next((k for k, r in enumerate(residuals, 1) if r <= tol), f">{steps}"), cells
 
 
 def unit_scores(problem, method, series) -> dict[str, np.ndarray]:

@@ -30,9 +30,8 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import dense_reference, e5_problem, spearman  # noqa: E402
+from measure_fast import cg_sweep, dense_reference, e5_problem  # noqa: E402
 from metainf.core.objective import MetaObjective  # noqa: E402
-from metainf.linalg.cg import cg  # noqa: E402
 from metainf.linalg.finite_difference import fd_hessian_operator  # noqa: E402
 
 STEPS = 7
@@ -87,12 +86,7 @@ def main() -> None:
             preconditioners = {"none": None, **{name: two_loop(*lbfgs_memory(obj, fitted.lam_traj, tol, history))
                                                 for name, (tol, history) in MEMORIES.items()}}
             for name, pre in preconditioners.items():
-                cells, residuals = [], []
-                for k in range(1, STEPS + 1):
-                    v = cg(op, b, pre, tol=0.0, max_iter=k)[0]
-                    residuals.append(float((b - h @ v).norm() / b.norm()))
-                    cells.append(f"{residuals[-1]:.3f}/{spearman((g @ v).numpy(), exact):.4f}")
-                reached = next((k for k, r in enumerate(residuals, 1) if r <= TOL), f">{STEPS}")
+                reached, cells = cg_sweep(op, pre, h, g, b, exact, STEPS, TOL)
                 print(f"digits s{seed} h{hidden} {name:<8s} residual <= {TOL} at k {reached}; per k residual/Spearman: "
                       + "  ".join(cells), flush=True)
 

@@ -28,8 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_fast import dense_reference, e5_problem, spearman  # noqa: E402
-from metainf.linalg.cg import cg  # noqa: E402
+from measure_fast import cg_sweep, dense_reference, e5_problem  # noqa: E402
 
 STEPS = 6
 TOL = 0.05
@@ -51,12 +50,7 @@ def main() -> None:
             kappa = float(mu[-1] / mu[0])
             energy = (u.T @ b / mu) ** 2
             energy = energy / energy.sum()
-            cells, residuals = [], []
-            for k in range(1, STEPS + 1):
-                v = cg(lambda x: h @ x, b, None, tol=0.0, max_iter=k)[0]
-                residuals.append(float((b - h @ v).norm() / b.norm()))
-                cells.append(f"{residuals[-1]:.3f}/{spearman((g @ v).numpy(), exact):.4f}")
-            reached = next((k for k, r in enumerate(residuals, 1) if r <= TOL), f">{STEPS}")
+            reached, cells = cg_sweep(lambda x: h @ x, None, h, g, b, exact, STEPS, TOL)
             print(f"digits s{seed} h{hidden}: P {h.shape[0]}, eigenvalues {float(mu[0]):.4f} .. {float(mu[-1]):.4f}, "
                   f"kappa {kappa:.1f}; H^-1 b: largest term {float(energy.max()):.2f} of its energy, 50% in "
                   f"{terms_holding(energy, 0.5)} terms, 90% in {terms_holding(energy, 0.9)}; CG residual <= {TOL} "
