@@ -317,7 +317,8 @@ class ProximalInner:
         if beta <= 0:
             raise ValueError(f"proximal beta must be > 0, got {beta}")
         if inner_solver not in PROXIMAL_INNER_SOLVERS:
-            raise ValueError(f"inner_solver must be 'cg', 'dense' or 'ekfac', got {inner_solver!r}")
+            raise ValueError(f"inner_solver must be one of {', '.join(map(repr, PROXIMAL_INNER_SOLVERS))}, "
+                             f"got {inner_solver!r}")
         if newton_cg_iters is not None and newton_cg_iters < 1:
             raise ValueError(f"newton_cg_iters must be >= 1 (or None: cg_iters), got {newton_cg_iters}")
         if cg_hvp not in ("jvp", "vjp"):
